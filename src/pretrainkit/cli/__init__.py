@@ -1,0 +1,1 @@
+"""The ``pretrainkit`` command line."""

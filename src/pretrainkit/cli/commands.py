@@ -1,0 +1,247 @@
+"""The commands. Each one parses into typed values and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+
+from pretrainkit.cli.main import command
+from pretrainkit.cli.options import (
+    add_dataclass_options,
+    dataclass_from_args,
+    read_config_file,
+    split_model_overrides,
+)
+
+# TrainConfig fields the CLI does not expose as flags (tuples, or set by the command itself).
+TRAIN_SKIP = ("betas",)
+
+
+def _train_options(parser: argparse.ArgumentParser, steps_required: bool) -> None:
+    from pretrainkit.training import TrainConfig
+
+    parser.add_argument("--config", help="YAML file of option values (defaults < file < flags)")
+    parser.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --out"
+    )
+    parser.add_argument("--strategy", default="single", help="single (ddp|fsdp|deepspeed later)")
+    add_dataclass_options(parser, TrainConfig, skip=TRAIN_SKIP, title="training")
+
+
+def _train_config(args: argparse.Namespace, file_values: dict, extra: dict | None = None):
+    from pretrainkit.training import TrainConfig
+
+    return dataclass_from_args(TrainConfig, args, file_values, extra)
+
+
+def _add_presets(p):
+    pass
+
+
+@command("presets", "list the shipped model presets")(_add_presets)
+def presets(args):
+    from pretrainkit.config.presets import list_presets, preset_summary
+
+    for name in list_presets():
+        print(f"{name:14s} {preset_summary(name)}")
+
+
+def _add_vocab(p):
+    p.add_argument("--corpus", nargs="+", required=True, help="text or .jsonl files")
+    p.add_argument("--kind", required=True, choices=["wordpiece", "bpe", "unigram"])
+    p.add_argument("--size", type=int, required=True, help="vocabulary size")
+    p.add_argument("--out", required=True, help="output tokenizer folder")
+    p.add_argument("--cased", action="store_true", help="keep case (default lowercases)")
+
+
+@command("vocab", "train a WordPiece / byte-level BPE / unigram vocabulary on a corpus")(_add_vocab)
+def vocab(args):
+    from pretrainkit.tokenization import train_tokenizer
+
+    tok = train_tokenizer(args.corpus, args.kind, args.size, args.out, lowercase=not args.cased)
+    return {"out": args.out, "kind": tok.kind, "vocab_size": tok.vocab_size}
+
+
+def _add_preprocess(p):
+    p.add_argument("--corpus", nargs="+", required=True, help="text or .jsonl corpus files")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model",
+    )
+    p.add_argument("--objective", required=True, choices=["bert", "albert", "mlm", "lm"])
+    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--out", required=True, help="output shard folder")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip undecodable or invalid lines (counted) instead of failing",
+    )
+
+
+@command("preprocess", "tokenize a corpus into token shards for pre-training")(_add_preprocess)
+def preprocess(args):
+    from pretrainkit.data import preprocess as run
+
+    manifest = run(
+        args.corpus,
+        args.tokenizer,
+        args.objective,
+        args.seq_length,
+        args.out,
+        workers=args.workers,
+        skip_bad_lines=args.skip_bad_lines,
+    )
+    return {k: v for k, v in manifest.items() if k not in ("corpus",)}
+
+
+def _add_pretrain(p):
+    p.add_argument(
+        "--model",
+        required=True,
+        help="preset name or YAML file; --model.KEY VALUE overrides any model key",
+    )
+    p.add_argument("--data", required=True, help="shard folder written by preprocess")
+    p.add_argument("--out", required=True, help="run folder")
+    _train_options(p, steps_required=True)
+
+
+@command("pretrain", "pre-train a model on token shards")(_add_pretrain)
+def pretrain(args, extra):
+    from pretrainkit.workflows.pretrain import pretrain as run
+
+    file_values = read_config_file(args.config)
+    overrides = dict(file_values.pop("model_overrides", {}) or {})
+    overrides.update(split_model_overrides(extra))
+    train = _train_config(args, file_values)
+    batch_size = args.batch_size or file_values.get("batch_size") or 32
+    return run(
+        args.model,
+        args.data,
+        args.out,
+        train,
+        batch_size,
+        overrides,
+        resume=args.resume,
+        strategy=args.strategy,
+    )
+
+
+pretrain.accepts_model_overrides = True  # type: ignore[attr-defined]
+
+
+def _add_finetune(p):
+    p.add_argument("--task", default="classification", choices=["classification"])
+    p.add_argument("--model", required=True, help="pre-trained model folder")
+    p.add_argument("--train", required=True, help="TSV with header label<TAB>text_a[<TAB>text_b]")
+    p.add_argument("--dev", help="TSV with the same header, evaluated during training")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=float, default=None, help="sets --steps from the data size")
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--pooling", default="first", choices=["first", "mean", "max", "last"])
+    p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
+    _train_options(p, steps_required=False)
+
+
+@command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
+def finetune(args):
+    from pretrainkit.workflows.finetune import finetune as run
+
+    file_values = read_config_file(args.config)
+    if args.epochs is None and "steps" not in vars(args) and "steps" not in file_values:
+        args.epochs = 3.0
+    extra = {"steps": 1} if args.epochs is not None else None  # replaced from epochs
+    train = _train_config(args, file_values, extra)
+    return run(
+        args.task,
+        args.model,
+        args.train,
+        args.dev,
+        args.out,
+        train,
+        batch_size=args.batch_size or file_values.get("batch_size") or 32,
+        seq_length=args.seq_length,
+        epochs=args.epochs,
+        pooling=args.pooling,
+        dropout=args.dropout,
+        strategy=args.strategy,
+        resume=args.resume,
+    )
+
+
+def _add_evaluate(p):
+    p.add_argument("--model", required=True, help="fine-tuned model folder")
+    p.add_argument("--data", required=True, help="TSV with labels")
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+@command("evaluate", "score a fine-tuned model on a labelled file")(_add_evaluate)
+def evaluate(args):
+    from pretrainkit.model import load
+    from pretrainkit.tasks.classification import read_classification_tsv
+    from pretrainkit.workflows.finetune import _classifier_of, evaluate_model
+
+    model = load(args.model)
+    labels = _classifier_of(model, args.model).labels
+    data = read_classification_tsv(args.data, label_set=labels)
+    return {
+        "data": args.data,
+        "rows": len(data.texts_a),
+        **evaluate_model(model, data, args.seq_length, args.batch_size),
+    }
+
+
+def _add_predict(p):
+    p.add_argument("--model", required=True, help="fine-tuned model folder")
+    p.add_argument("--data", required=True, help="TSV; the label column is optional")
+    p.add_argument("--out", required=True, help="output TSV: label<TAB>probability")
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+@command("predict", "write predictions of a fine-tuned model for a file")(_add_predict)
+def predict(args):
+    from pretrainkit.workflows.finetune import predict as run
+
+    return {"out": str(run(args.model, args.data, args.out, args.seq_length, args.batch_size))}
+
+
+def _add_plot(p):
+    p.add_argument("run", help="run folder with metrics.jsonl")
+
+
+@command("plot", "write PNG curves (loss, lr, tokens/s, dev metrics) of a run")(_add_plot)
+def plot(args):
+    from pretrainkit.training.plot import plot_run
+
+    return {"plots": [str(p) for p in plot_run(args.run)]}
+
+
+def _add_demo(p):
+    p.add_argument("--data", help="data folder (else $PRETRAINKIT_DATA, else ../shared/data)")
+    p.add_argument("--out", default="runs/demo", help="run folder (replaced if it exists)")
+    p.add_argument(
+        "--vocab",
+        help="use this vocab (BERT vocab.txt or tokenizer folder) instead of training one",
+    )
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--finetune-epochs", type=float, default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+
+
+@command("demo", "English quickstart: vocab → shards → pre-train → fine-tune → SST-2 dev")(
+    _add_demo
+)
+def demo(args):
+    from pretrainkit.workflows.demo import run_demo
+
+    return run_demo(
+        args.data,
+        args.out,
+        vocab=args.vocab,
+        pretrain_steps=args.pretrain_steps,
+        finetune_epochs=args.finetune_epochs,
+        precision=args.precision,
+    )

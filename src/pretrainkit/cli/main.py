@@ -1,0 +1,69 @@
+"""``pretrainkit <command>``: every command with a one-line summary in ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from pretrainkit.errors import PretrainkitError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def command(name: str, summary: str):
+    """Register a command: ``add_arguments(parser)`` fills its parser, the function runs it."""
+
+    def decorator(add_arguments):
+        def register(run):
+            COMMANDS[name] = (summary, add_arguments, run)
+            return run
+
+        return register
+
+    return decorator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pretrainkit.cli import commands  # noqa: F401  (fills COMMANDS)
+
+    parser = argparse.ArgumentParser(
+        prog="pretrainkit",
+        description="Assemble Transformer models from named parts, pre-train, fine-tune, serve.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (summary, add_arguments, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 0
+    _, _, run = COMMANDS[args.command]
+    if extra and not getattr(run, "accepts_model_overrides", False):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        result = run(args, extra) if getattr(run, "accepts_model_overrides", False) else run(args)
+    except PretrainkitError as error:
+        print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

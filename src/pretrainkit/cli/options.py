@@ -1,0 +1,108 @@
+"""Command-line options generated from typed dataclasses (one source of truth)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pretrainkit.config.typed import from_dict
+from pretrainkit.errors import ConfigError
+
+
+def _parser_for(tp: Any):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        base = _parser_for(inner)
+
+        def optional(text: str):
+            return None if text.lower() in ("none", "null") else base(text)
+
+        return optional
+    return {int: int, float: float, str: str}.get(tp, str)
+
+
+def add_dataclass_options(
+    parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (), title: str | None = None
+) -> None:
+    """One ``--field-name`` option per dataclass field; help from ``metadata['help']``."""
+    group = parser.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if hints[f.name] is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {default})",
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_parser_for(hints[f.name]),
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=f"{help_text} (default: {default})",
+            )
+
+
+def dataclass_from_args(
+    cls: type,
+    namespace: argparse.Namespace,
+    file_values: dict | None = None,
+    extra: dict | None = None,
+):
+    """defaults < config file < command line, then validated by the dataclass itself."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in (file_values or {}).items() if k in names}
+    values.update({k: v for k, v in vars(namespace).items() if k in names})
+    values.update(extra or {})
+    return from_dict(cls, values, cls.__name__)
+
+
+def read_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def split_model_overrides(extra: list[str]) -> dict[str, Any]:
+    """``--model.encoder.num_layers 4`` pairs → ``{"encoder.num_layers": 4}`` (YAML-typed)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--model."):
+            raise ConfigError(f"unrecognised argument {token!r}")
+        key, _, value = token[len("--model.") :].partition("=")
+        if not _:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{token} needs a value")
+            value = extra[i + 1]
+            i += 1
+        overrides[key] = yaml.safe_load(value)
+        i += 1
+    return overrides

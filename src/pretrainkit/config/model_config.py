@@ -1,0 +1,163 @@
+"""The typed model configuration: one section per slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pretrainkit.config.typed import check_choice, check_range, from_dict, to_dict
+from pretrainkit.errors import ConfigError, closest
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("absolute", "rotary", "alibi", "relative", "none")
+
+
+@dataclass
+class EmbeddingConfig:
+    """Embedding slot: the listed parts are summed, then optionally normalised and dropped out."""
+
+    parts: list[str] = field(default_factory=lambda: ["word", "position", "segment"])
+    max_positions: int = 512
+    num_segments: int = 2
+    # ALBERT's factorised embedding: parts live in this smaller size, a linear maps up to hidden.
+    factorized_size: int | None = None
+    layer_norm: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-12
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_choice(self.norm, NORMS, "norm")
+        check_range(self.dropout, "dropout", 0.0, 1.0)
+        check_range(self.max_positions, "max_positions", 1)
+        if self.factorized_size is not None:
+            check_range(self.factorized_size, "factorized_size", 1)
+        if not self.parts:
+            raise ConfigError("parts: at least one embedding part is needed")
+
+
+@dataclass
+class EncoderConfig:
+    """Encoder slot: a stack of transformer blocks."""
+
+    name: str = "transformer"
+    num_layers: int = 2
+    num_heads: int = 2
+    # Grouped-query attention when smaller than num_heads (must divide it).
+    num_kv_heads: int | None = None
+    ffn_size: int = 512
+    ffn: str = "dense"  # dense | gated (SwiGLU / GeGLU)
+    activation: str = "gelu"
+    norm: str = "layernorm"
+    norm_position: str = "post"  # post (BERT) | pre (GPT-2, LLaMA)
+    norm_eps: float = 1e-12
+    position: str = "absolute"  # absolute lives in the embedding slot
+    rotary_base: float = 10000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    causal: bool = False
+    share_layers: bool = False  # ALBERT: one block applied num_layers times
+    bias: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    # Norm after the last block; pre-norm stacks need it (None = on for pre-norm, off for post).
+    final_norm: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.ffn, ("dense", "gated"), "ffn")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        check_choice(self.norm, NORMS, "norm")
+        check_choice(self.norm_position, ("post", "pre"), "norm_position")
+        check_choice(self.position, POSITIONS, "position")
+        check_range(self.num_layers, "num_layers", 1)
+        check_range(self.num_heads, "num_heads", 1)
+        check_range(self.ffn_size, "ffn_size", 1)
+        check_range(self.dropout, "dropout", 0.0, 1.0)
+        check_range(self.attention_dropout, "attention_dropout", 0.0, 1.0)
+        kv = self.num_kv_heads
+        if kv is not None and (kv < 1 or self.num_heads % kv):
+            raise ConfigError(f"num_kv_heads: {kv} must divide num_heads ({self.num_heads})")
+        if self.final_norm is None:
+            self.final_norm = self.norm_position == "pre"
+
+
+@dataclass
+class TargetConfig:
+    """Target slot entry: a registered target name plus its keyword arguments."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """A whole model: shared sizes plus one section per slot."""
+
+    vocab_size: int
+    hidden_size: int
+    name: str = "custom"
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    targets: list[TargetConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_range(self.vocab_size, "vocab_size", 1)
+        check_range(self.hidden_size, "hidden_size", 1)
+        if self.hidden_size % self.encoder.num_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"encoder.num_heads ({self.encoder.num_heads})"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model config") -> ModelConfig:
+        if isinstance(data, dict) and isinstance(data.get("targets"), list):
+            data = dict(data)
+            data["targets"] = [
+                _target_entry(t, f"{where}.targets[{i}]") for i, t in enumerate(data["targets"])
+            ]
+        return from_dict(cls, data, where)
+
+    def to_dict(self) -> dict:
+        data = to_dict(self)
+        data["targets"] = [{"name": t.name, **t.options} for t in self.targets]
+        return data
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        return cls.from_dict(data, where=str(path))
+
+    def with_targets(self, targets: list[TargetConfig]) -> ModelConfig:
+        """The same model with another target: how a pre-trained model becomes a task model."""
+        return ModelConfig.from_dict(
+            {**self.to_dict(), "targets": [{"name": t.name, **t.options} for t in targets]}
+        )
+
+
+def _target_entry(entry: Any, where: str) -> dict:
+    # YAML writes a target as {name: mlm, <options>...}; the options are checked by the builder
+    # against the target's typed signature.
+    if isinstance(entry, str):
+        return {"name": entry, "options": {}}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: expected a target name or a mapping with a 'name' key")
+    if "options" in entry and len(entry) == 2:
+        return entry
+    return {"name": entry["name"], "options": {k: v for k, v in entry.items() if k != "name"}}
+
+
+__all__ = ["EmbeddingConfig", "EncoderConfig", "TargetConfig", "ModelConfig", "closest"]

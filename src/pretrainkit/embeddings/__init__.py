@@ -1,0 +1,5 @@
+"""Embedding slot: ids (and segments, positions) → vectors."""
+
+from pretrainkit.embeddings.embedding import EMBEDDING_PARTS, Embedding
+
+__all__ = ["EMBEDDING_PARTS", "Embedding"]

@@ -1,0 +1,152 @@
+"""The transformer encoder: a stack of blocks with the position scheme applied in attention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pretrainkit.layers.attention import MultiHeadAttention
+from pretrainkit.layers.block import TransformerBlock
+from pretrainkit.layers.feed_forward import FeedForward, GatedFeedForward
+from pretrainkit.layers.norms import make_norm
+from pretrainkit.layers.positions import RelativePositionBias, RotaryEmbedding, alibi_bias
+from pretrainkit.registry import Registry
+
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+
+
+class TransformerEncoder(nn.Module):
+    """Blocks applied in order; with ``share_layers`` one block is applied ``num_layers`` times.
+
+    Args:
+        layers: the blocks (a single one when shared).
+        num_layers: how many times blocks are applied.
+        num_heads: attention heads (for ALiBi / relative bias shapes).
+        position: "absolute" (done by the embedding), "rotary", "alibi", "relative" or "none".
+        causal: mask future positions (decoder-only LMs).
+        final_norm: norm after the last block (pre-norm stacks).
+        rotary: the rotary module when position == "rotary".
+        relative_bias: the T5 bias module when position == "relative".
+    """
+
+    def __init__(
+        self,
+        layers: list[nn.Module],
+        num_layers: int,
+        num_heads: int,
+        position: str,
+        causal: bool,
+        final_norm: nn.Module | None,
+        rotary: RotaryEmbedding | None = None,
+        relative_bias: RelativePositionBias | None = None,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.position = position
+        self.causal = causal
+        self.final_norm = final_norm
+        self.rotary = rotary
+        self.relative_bias = relative_bias
+
+    def _mask(
+        self, attention_mask: torch.Tensor | None, length: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, bool]:
+        """The attention mask for SDPA and whether SDPA may use its own causal path."""
+        bias = None
+        if self.position == "alibi":
+            bias = alibi_bias(self.num_heads, length, device)
+        elif self.position == "relative" and self.relative_bias is not None:
+            bias = self.relative_bias(length, length)
+        if bias is None and (attention_mask is None or bool(attention_mask.all())):
+            # No padding and no bias: the kernel's fast paths (and its own causal mask) apply.
+            return None, self.causal
+        keep = torch.ones(1, 1, 1, length, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            keep = attention_mask[:, None, None, :].bool()  # [b, 1, 1, s]
+        if self.causal:
+            keep = keep & torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        if bias is None:
+            return keep, False
+        neg = torch.finfo(torch.float32).min
+        return bias.float().masked_fill(~keep, neg), False
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens."""
+        length = x.shape[1]
+        mask, is_causal = self._mask(attention_mask, length, x.device)
+        rotary = None
+        if self.rotary is not None:
+            rotary = self.rotary(torch.arange(length, device=x.device))
+        for i in range(self.num_layers):
+            layer = self.layers[0] if len(self.layers) == 1 else self.layers[i]
+            x = layer(x, mask, rotary, is_causal)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+
+@ENCODERS.register("transformer")
+def build_transformer_encoder(
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int | None,
+    ffn_size: int,
+    ffn: str,
+    activation: str,
+    norm: str,
+    norm_position: str,
+    norm_eps: float,
+    position: str,
+    rotary_base: float,
+    relative_buckets: int,
+    relative_max_distance: int,
+    causal: bool,
+    share_layers: bool,
+    bias: bool,
+    dropout: float,
+    attention_dropout: float,
+    final_norm: bool | None,
+) -> TransformerEncoder:
+    """Wire blocks from typed sizes; the only place an encoder's options are interpreted."""
+
+    def block() -> TransformerBlock:
+        attention = MultiHeadAttention(
+            hidden_size, num_heads, num_kv_heads, bias, attention_dropout
+        )
+        if ffn == "gated":
+            feed_forward: nn.Module = GatedFeedForward(hidden_size, ffn_size, activation, bias)
+        else:
+            feed_forward = FeedForward(hidden_size, ffn_size, activation, bias)
+        return TransformerBlock(
+            attention,
+            feed_forward,
+            make_norm(norm, hidden_size, norm_eps),
+            make_norm(norm, hidden_size, norm_eps),
+            norm_position == "pre",
+            dropout,
+        )
+
+    layers = [block()] if share_layers else [block() for _ in range(num_layers)]
+    rotary = (
+        RotaryEmbedding(hidden_size // num_heads, rotary_base) if position == "rotary" else None
+    )
+    relative = None
+    if position == "relative":
+        relative = RelativePositionBias(
+            num_heads, relative_buckets, relative_max_distance, bidirectional=not causal
+        )
+    return TransformerEncoder(
+        layers,
+        num_layers,
+        num_heads,
+        position,
+        causal,
+        make_norm(norm, hidden_size, norm_eps) if final_norm else None,
+        rotary,
+        relative,
+    )

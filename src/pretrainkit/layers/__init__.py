@@ -1,0 +1,1 @@
+"""Building blocks shared by the slots: norms, positions, attention, feed-forward, blocks."""

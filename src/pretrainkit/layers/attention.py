@@ -1,0 +1,68 @@
+"""Multi-head attention with grouped-query heads, through PyTorch's fused SDPA kernel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrainkit.layers.positions import apply_rotary
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention; ``num_kv_heads < num_heads`` gives grouped-query attention.
+
+    Args:
+        hidden_size: model width.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (divides num_heads); None = num_heads.
+        bias: biases on the projections.
+        dropout: attention-probability dropout while training.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.head_dim = hidden_size // num_heads
+        kv_size = self.num_kv_heads * self.head_dim
+        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.key = nn.Linear(hidden_size, kv_size, bias=bias)
+        self.value = nn.Linear(hidden_size, kv_size, bias=bias)
+        self.output = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """x ``[b, s, h]``; mask bool (True = attend) or additive, broadcastable to ``[b, h, s, s]``."""
+        b, s, _ = x.shape
+        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [b, h, s, d]
+        k = self.key(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.value(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q = apply_rotary(q, *rotary)
+            k = apply_rotary(k, *rotary)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.output(out.transpose(1, 2).reshape(b, s, -1))

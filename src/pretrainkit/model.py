@@ -1,0 +1,282 @@
+"""The model: embedding ─► encoder ─► targets, with one typed output, save and load."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pretrainkit.config import ModelConfig, load_model_config
+from pretrainkit.embeddings.embedding import build_embedding
+from pretrainkit.encoders import ENCODERS
+from pretrainkit.errors import CheckpointError, ConfigError, closest
+from pretrainkit.targets import TARGETS, Target
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer"
+
+
+@dataclass
+class ModelOutput:
+    """What ``Model.forward`` returns, always.
+
+    Attributes:
+        loss: sum of the targets' losses when labels were given, else None.
+        logits: the first target's logits.
+        hidden_states: last encoder layer, ``[batch, seq, hidden]``.
+        metrics: scalar tensors per target (``mlm_loss``, ``nsp_accuracy``, ``accuracy`` ...).
+        target_logits: every target's logits by target name.
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    hidden_states: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    target_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """Five-slot model (this first version fills embedding, encoder and target).
+
+    Args:
+        config: the validated config the model was built from (saved beside the weights).
+        embedding: ids → ``[b, s, h]``.
+        encoder: ``[b, s, h]`` → ``[b, s, h]``.
+        targets: named heads; their losses are summed.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embedding: nn.Module,
+        encoder: nn.Module,
+        targets: dict[str, Target],
+    ):
+        super().__init__()
+        self.config = config
+        self.embedding = embedding
+        self.encoder = encoder
+        self.targets = nn.ModuleDict(targets)
+        self.tokenizer: Any = None  # set by the caller; saved with the model when present
+
+    def tied_parameters(self) -> dict[str, str]:
+        """Alias name → source name for every shared weight (one copy on disk)."""
+        return {
+            f"targets.{name}.{target.tie_word_embedding}.weight": "embedding.parts.word.weight"
+            for name, target in self.targets.items()
+            if target.tie_word_embedding
+        }
+
+    def tie_weights(self) -> None:
+        """Share the word embedding with every target that declares ``tie_word_embedding``."""
+        for target in self.targets.values():
+            if target.tie_word_embedding:
+                getattr(target, target.tie_word_embedding).weight = self.embedding.word_weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pair_labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        given = {"labels": labels, "pair_labels": pair_labels}
+        loss = None
+        metrics: dict[str, torch.Tensor] = {}
+        logits: dict[str, torch.Tensor] = {}
+        for name, target in self.targets.items():
+            out = target(hidden, attention_mask, given[target.label_key])
+            logits[name] = out.logits
+            metrics.update(out.metrics)
+            if out.loss is not None:
+                loss = out.loss if loss is None else loss + out.loss
+        first = next(iter(logits.values()), None)
+        return ModelOutput(loss, first, hidden, metrics, logits)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            self.config.save(tmp / CONFIG)
+            aliases = self.tied_parameters()
+            state = {
+                k: v.detach().contiguous().cpu()
+                for k, v in self.state_dict().items()
+                if k not in aliases
+            }
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pretrainkit"})
+            if self.tokenizer is not None:
+                self.tokenizer.save(tmp / TOKENIZER)
+            _replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load ``model.safetensors`` strictly; mismatches are listed by key."""
+        path = Path(directory) / WEIGHTS if Path(directory).is_dir() else Path(directory)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no weights file")
+        state = load_file(str(path))
+        load_state_strict(self, state, str(path))
+
+
+def load_state_strict(model: Model, state: dict[str, torch.Tensor], source: str) -> None:
+    aliases = model.tied_parameters()
+    expected = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensors: {', '.join(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches: {'; '.join(wrong)}")
+        raise CheckpointError(f"{source} does not match its config: " + " | ".join(parts))
+    model.load_state_dict(state, strict=False)  # aliases are checked above, then re-tied
+    model.tie_weights()
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def _build_target(
+    name: str, options: dict[str, Any], provided: dict[str, Any], where: str
+) -> Target:
+    cls = TARGETS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    settable = [p for p in params if p != "self" and p not in provided]
+    for key in options:
+        if key not in settable:
+            raise ConfigError(
+                f"{where}: unknown option {key!r} for target {name!r}{closest(key, settable)}; "
+                f"valid options: {', '.join(settable) or 'none'}"
+            )
+    kwargs = {k: v for k, v in provided.items() if k in params}
+    required = [
+        p
+        for p, spec in params.items()
+        if p != "self"
+        and spec.default is inspect.Parameter.empty
+        and p not in kwargs
+        and p not in options
+    ]
+    if required:
+        raise ConfigError(f"{where}: target {name!r} needs option(s): {', '.join(required)}")
+    try:
+        return cls(**kwargs, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: target {name!r}: {error}") from None
+
+
+def _init_weights(module: nn.Module, std: float = 0.02) -> None:
+    # BERT's initialisation: N(0, 0.02) weights, zero biases, unit norms.
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif (
+        hasattr(module, "weight")
+        and isinstance(module.weight, nn.Parameter)
+        and module.weight.dim() == 2
+        and not list(module.children())
+    ):
+        nn.init.normal_(module.weight, std=std)  # embedding parts
+
+
+def build_model(
+    spec: str | os.PathLike | ModelConfig | dict, overrides: dict[str, Any] | None = None
+) -> Model:
+    """Build a freshly initialised model from a preset name, YAML path, dict or config."""
+    config = load_model_config(spec if not isinstance(spec, os.PathLike) else str(spec), overrides)
+    emb = config.embedding
+    enc = config.encoder
+    embedding = build_embedding(
+        config.vocab_size,
+        config.hidden_size,
+        emb.parts,
+        emb.max_positions,
+        emb.num_segments,
+        emb.factorized_size,
+        emb.layer_norm,
+        emb.norm,
+        emb.norm_eps,
+        emb.dropout,
+    )
+    encoder_kwargs = asdict(enc)
+    encoder = ENCODERS.get(encoder_kwargs.pop("name"))(
+        hidden_size=config.hidden_size, **encoder_kwargs
+    )
+    embedding_size = emb.factorized_size or config.hidden_size
+    provided = {
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "embedding_size": embedding_size,
+    }
+    targets: dict[str, Target] = {}
+    for i, entry in enumerate(config.targets):
+        if entry.name in targets:
+            raise ConfigError(f"targets[{i}]: target {entry.name!r} appears twice")
+        targets[entry.name] = _build_target(entry.name, entry.options, provided, f"targets[{i}]")
+    for name, target in targets.items():
+        tied = target.tie_word_embedding
+        if tied and getattr(target, tied).weight.shape[1] != embedding_size:
+            raise ConfigError(
+                f"target {name!r} cannot tie to a word embedding of size "
+                f"{embedding_size}; set tied: false"
+            )
+    model = Model(config, embedding, encoder, targets)
+    model.apply(_init_weights)
+    model.tie_weights()
+    return model
+
+
+def load(directory: str | os.PathLike) -> Model:
+    """Load a model folder written by ``Model.save`` (config, weights and tokenizer)."""
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file():
+        raise CheckpointError(f"{directory}: not a model folder (no {CONFIG})")
+    model = build_model(ModelConfig.load(directory / CONFIG))
+    model.load_weights(directory)
+    if (directory / TOKENIZER).exists():
+        from pretrainkit.tokenization import load_tokenizer
+
+        model.tokenizer = load_tokenizer(directory / TOKENIZER)
+    return model

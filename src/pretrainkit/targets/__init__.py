@@ -1,0 +1,6 @@
+"""Target slot: head + loss + metrics. A downstream task is the same model with another target."""
+
+from pretrainkit.targets import classification, language_model, sentence_pair  # noqa: F401  (register)
+from pretrainkit.targets.base import TARGETS, Target, TargetOutput
+
+__all__ = ["TARGETS", "Target", "TargetOutput"]

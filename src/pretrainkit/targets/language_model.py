@@ -1,0 +1,80 @@
+"""Token-level pre-training targets: masked LM and causal LM."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from pretrainkit.layers.norms import make_activation, make_norm
+from pretrainkit.targets.base import TARGETS, Target, TargetOutput, accuracy
+
+
+@TARGETS.register("mlm")
+class MaskedLMTarget(Target):
+    """BERT's MLM head: dense → activation → norm → decoder tied to the word embedding.
+
+    Logits are computed only at masked positions during training, which is where the loss is;
+    this saves most of the vocab-sized matmul.
+    """
+
+    tie_word_embedding = "decoder"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        embedding_size: int,
+        vocab_size: int,
+        activation: str = "gelu",
+        norm: str = "layernorm",
+        norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, embedding_size)
+        self.act = make_activation(activation)
+        self.norm = make_norm(norm, embedding_size, norm_eps)
+        self.decoder = nn.Linear(embedding_size, vocab_size)
+
+    def forward(self, hidden_states, attention_mask, labels) -> TargetOutput:
+        if labels is not None:
+            keep = labels != -100
+            selected = hidden_states[keep]  # [n, h]
+            logits = self.decoder(self.norm(self.act(self.dense(selected))))
+            gold = labels[keep]
+            loss = F.cross_entropy(logits.float(), gold) if gold.numel() else logits.sum() * 0
+            return TargetOutput(
+                loss,
+                logits,
+                {
+                    "mlm_loss": loss.detach(),
+                    "mlm_accuracy": accuracy(logits.detach(), gold),
+                },
+            )
+        logits = self.decoder(self.norm(self.act(self.dense(hidden_states))))
+        return TargetOutput(None, logits)
+
+
+@TARGETS.register("lm")
+class CausalLMTarget(Target):
+    """Next-token prediction; labels are the inputs (the shift happens here)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, bias: bool = False, tied: bool = True):
+        super().__init__()
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=bias)
+        # Only ties when the embedding width equals hidden; checked by the builder.
+        self.tie_word_embedding = "decoder" if tied else None
+
+    def forward(self, hidden_states, attention_mask, labels) -> TargetOutput:
+        logits = self.decoder(hidden_states)  # [b, s, v]
+        if labels is None:
+            return TargetOutput(None, logits)
+        shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+        shifted_labels = labels[:, 1:].reshape(-1)
+        loss = F.cross_entropy(shifted_logits.float(), shifted_labels, ignore_index=-100)
+        return TargetOutput(
+            loss,
+            logits,
+            {
+                "lm_loss": loss.detach(),
+                "lm_accuracy": accuracy(shifted_logits.detach(), shifted_labels),
+            },
+        )

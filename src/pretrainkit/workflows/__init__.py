@@ -1,0 +1,1 @@
+"""End-to-end recipes behind the CLI commands, usable from Python."""

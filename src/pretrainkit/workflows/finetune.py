@@ -1,0 +1,171 @@
+"""Fine-tuning, evaluation and prediction for sequence classification."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrainkit.config import TargetConfig
+from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.model import Model, build_model, load
+from pretrainkit.tasks.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification",)
+
+
+def _classifier_of(model: Model, where: str):
+    target = model.targets["classification"] if "classification" in model.targets else None
+    if target is None:
+        raise ConfigError(
+            f"{where}: the model has no classification target (targets: "
+            f"{list(model.targets)}); fine-tune it first"
+        )
+    if model.tokenizer is None:
+        raise CheckpointError(f"{where}: the model folder has no tokenizer")
+    return target
+
+
+def task_model(base: Model, labels: list[str], pooling: str, dropout: float) -> Model:
+    """The same embedding and encoder with a fresh classification target."""
+    options = {"labels": labels, "pooling": pooling, "dropout": dropout}
+    model = build_model(base.config.with_targets([TargetConfig("classification", options)]))
+    # Copied strictly: the embedding and encoder must match key for key.
+    model.embedding.load_state_dict(base.embedding.state_dict())
+    model.encoder.load_state_dict(base.encoder.state_dict())
+    model.tokenizer = base.tokenizer
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: Model, data, seq_length: int, batch_size: int) -> np.ndarray:
+    from pretrainkit.tasks.classification import classification_batches
+
+    target = _classifier_of(model, "model")
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for batch in classification_batches(
+        data, model.tokenizer, target.labels, seq_length, batch_size
+    ):
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        chunks.append(model(**batch).logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(target.labels)))
+
+
+def evaluate_model(
+    model: Model, data, seq_length: int = 128, batch_size: int = 64
+) -> dict[str, float]:
+    target = _classifier_of(model, "model")
+    logits = predict_logits(model, data, seq_length, batch_size)
+    gold = np.array([target.labels.index(label) for label in data.labels])
+    return classification_metrics(logits.argmax(-1), gold, len(target.labels))
+
+
+def finetune(
+    task: str,
+    model: str | Path,
+    train_file: str | Path,
+    dev_file: str | Path | None,
+    out: str | Path,
+    train: Any,
+    batch_size: int = 32,
+    seq_length: int = 128,
+    epochs: float | None = None,
+    pooling: str = "first",
+    dropout: float = 0.1,
+    strategy: str = "single",
+    resume: bool = False,
+) -> dict:
+    """Fine-tune the model folder ``model`` on a TSV classification task.
+
+    ``epochs`` (when given) sets ``train.steps`` from the training-set size.
+    """
+    from pretrainkit.tasks.classification import (
+        ClassificationStream,
+        label_set_of,
+        read_classification_tsv,
+    )
+    from pretrainkit.training import Trainer
+
+    if task not in TASKS:
+        raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
+    base = load(model)
+    if base.tokenizer is None:
+        raise CheckpointError(f"{model}: the model folder has no tokenizer")
+    train_data = read_classification_tsv(train_file)
+    labels = label_set_of(train_data)
+    dev_data = read_classification_tsv(dev_file, label_set=labels) if dev_file else None
+    if epochs is not None:
+        train.steps = max(1, math.ceil(epochs * len(train_data.texts_a) / batch_size))
+    torch.manual_seed(train.seed)
+    net = task_model(base, labels, pooling, dropout)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "command": "finetune",
+                "task": task,
+                "model": str(model),
+                "train": str(train_file),
+                "dev": str(dev_file) if dev_file else None,
+                "labels": labels,
+                "steps": train.steps,
+                "batch_size": batch_size,
+                "seq_length": seq_length,
+            },
+            indent=2,
+        )
+    )
+    stream = ClassificationStream(train_data, base.tokenizer, labels, seq_length, train.seed)
+    from pretrainkit.data import BatchIterator
+
+    batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return evaluate_model(m, dev_data, seq_length)  # type: ignore[arg-type]
+
+    trainer = Trainer(
+        net,
+        batches,
+        train,
+        out,
+        evaluate=evaluate if dev_data else None,
+        resume=resume,
+        strategy=strategy,
+    )
+    return trainer.fit()
+
+
+def predict(
+    model: str | Path,
+    data_file: str | Path,
+    out_file: str | Path,
+    seq_length: int = 128,
+    batch_size: int = 64,
+) -> Path:
+    """Write ``label<TAB>probability`` for every row of ``data_file`` (labels optional)."""
+    from pretrainkit.tasks.classification import read_classification_tsv
+
+    net = load(model)
+    target = _classifier_of(net, str(model))
+    data = read_classification_tsv(data_file, label_set=target.labels, require_labels=False)
+    logits = predict_logits(net, data, seq_length, batch_size)
+    probs = torch.from_numpy(logits).softmax(-1).numpy()
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("label\tprobability\n")
+        for row in probs:
+            f.write(f"{target.labels[int(row.argmax())]}\t{row.max():.6f}\n")
+    tmp.replace(out_file)
+    return out_file

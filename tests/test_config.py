@@ -1,0 +1,61 @@
+import pytest
+
+import pretrainkit
+from pretrainkit.config import ModelConfig, load_model_config
+from pretrainkit.errors import ConfigError
+
+TINY = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "encoder": {"num_layers": 1, "num_heads": 2, "ffn_size": 64},
+}
+
+
+def test_misspelt_key_is_rejected_with_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'num_layer'.*did you mean 'num_layers'"):
+        ModelConfig.from_dict({**TINY, "encoder": {"num_layer": 2}})
+    with pytest.raises(ConfigError, match=r"did you mean 'hidden_size'"):
+        ModelConfig.from_dict({**TINY, "hiden_size": 3})
+
+
+def test_unknown_module_names_list_choices():
+    with pytest.raises(ConfigError, match=r"activation: 'gleu'.*did you mean 'gelu'"):
+        ModelConfig.from_dict({**TINY, "encoder": {"activation": "gleu"}})
+    with pytest.raises(
+        ConfigError, match=r"unknown target 'mml'.*did you mean 'mlm'.*classification"
+    ):
+        pretrainkit.build_model({**TINY, "targets": [{"name": "mml"}]})
+    with pytest.raises(ConfigError, match=r"unknown embedding part 'wrd'.*did you mean 'word'"):
+        pretrainkit.build_model({**TINY, "embedding": {"parts": ["wrd"]}})
+    with pytest.raises(ConfigError, match=r"unknown option 'poling'.*did you mean 'pooling'"):
+        pretrainkit.build_model(
+            {
+                **TINY,
+                "targets": [{"name": "classification", "labels": ["a", "b"], "poling": "mean"}],
+            }
+        )
+
+
+def test_values_are_type_and_range_checked():
+    with pytest.raises(ConfigError, match="expected an integer"):
+        ModelConfig.from_dict({**TINY, "hidden_size": "big"})
+    with pytest.raises(ConfigError, match="num_kv_heads"):
+        ModelConfig.from_dict({**TINY, "encoder": {"num_heads": 4, "num_kv_heads": 3}})
+    with pytest.raises(ConfigError, match="dropout"):
+        ModelConfig.from_dict({**TINY, "embedding": {"dropout": 1.5}})
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig.from_dict({**TINY, "hidden_size": 33})
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'bert-tiny'"):
+        load_model_config("bert-tiyn")
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    config = load_model_config("bert-tiny", {"encoder.num_layers": 1, "vocab_size": 500})
+    assert config.encoder.num_layers == 1 and config.vocab_size == 500
+    config.save(tmp_path / "c.yaml")
+    again = load_model_config(tmp_path / "c.yaml")
+    assert again == config
+    assert [t.name for t in again.targets] == ["mlm", "nsp"]
