@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -68,17 +68,20 @@ class Model(nn.Module):
         self.targets = nn.ModuleDict(targets)
         self.tokenizer: Any = None  # set by the caller; saved with the model when present
 
+    def target_modules(self) -> dict[str, Target]:
+        return {name: cast(Target, target) for name, target in self.targets.items()}
+
     def tied_parameters(self) -> dict[str, str]:
         """Alias name → source name for every shared weight (one copy on disk)."""
         return {
             f"targets.{name}.{target.tie_word_embedding}.weight": "embedding.parts.word.weight"
-            for name, target in self.targets.items()
+            for name, target in self.target_modules().items()
             if target.tie_word_embedding
         }
 
     def tie_weights(self) -> None:
         """Share the word embedding with every target that declares ``tie_word_embedding``."""
-        for target in self.targets.values():
+        for target in self.target_modules().values():
             if target.tie_word_embedding:
                 getattr(target, target.tie_word_embedding).weight = self.embedding.word_weight
 
@@ -95,7 +98,7 @@ class Model(nn.Module):
         loss = None
         metrics: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
-        for name, target in self.targets.items():
+        for name, target in self.target_modules().items():
             out = target(hidden, attention_mask, given[target.label_key])
             logits[name] = out.logits
             metrics.update(out.metrics)

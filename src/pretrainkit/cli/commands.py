@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from pretrainkit.cli.main import command
 from pretrainkit.cli.options import (
     add_dataclass_options,
     dataclass_from_args,
     read_config_file,
     split_model_overrides,
 )
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def command(name: str, summary: str):
+    """Register a command: ``add_arguments(parser)`` fills its parser, the function runs it."""
+
+    def decorator(add_arguments):
+        def register(run):
+            COMMANDS[name] = (summary, add_arguments, run)
+            return run
+
+        return register
+
+    return decorator
+
 
 # TrainConfig fields the CLI does not expose as flags (tuples, or set by the command itself).
 TRAIN_SKIP = ("betas",)

@@ -6,29 +6,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 
+from pretrainkit.cli.commands import COMMANDS
 from pretrainkit.errors import PretrainkitError
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
-
-
-def command(name: str, summary: str):
-    """Register a command: ``add_arguments(parser)`` fills its parser, the function runs it."""
-
-    def decorator(add_arguments):
-        def register(run):
-            COMMANDS[name] = (summary, add_arguments, run)
-            return run
-
-        return register
-
-    return decorator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pretrainkit.cli import commands  # noqa: F401  (fills COMMANDS)
-
     parser = argparse.ArgumentParser(
         prog="pretrainkit",
         description="Assemble Transformer models from named parts, pre-train, fine-tune, serve.",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Iterable
@@ -29,17 +32,38 @@ def _parser_for(tp: Any):
     return {int: int, float: float, str: str}.get(tp, str)
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (a string literal right after a field) by field name."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def add_dataclass_options(
     parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = (), title: str | None = None
 ) -> None:
-    """One ``--field-name`` option per dataclass field; help from ``metadata['help']``."""
+    """One ``--field-name`` option per dataclass field; help from the field's docstring."""
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = docs.get(f.name, "").replace("%", "%%")
         default = f.default if f.default is not dataclasses.MISSING else None
         if hints[f.name] is bool:
             group.add_argument(

@@ -46,6 +46,8 @@ class LearnedPositionEmbedding(nn.Module):
 class SinusoidalPositionEmbedding(nn.Module):
     """Fixed sine/cosine positions (Transformer, 2017); nothing to learn or save."""
 
+    table: torch.Tensor
+
     def __init__(self, max_positions: int, size: int, **_: object):
         super().__init__()
         position = torch.arange(max_positions, dtype=torch.float32)[:, None]
@@ -100,7 +102,9 @@ class Embedding(nn.Module):
 
     @property
     def word_weight(self) -> nn.Parameter:
-        return self.parts["word"].weight
+        weight = self.parts["word"].weight
+        assert isinstance(weight, nn.Parameter)
+        return weight
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None

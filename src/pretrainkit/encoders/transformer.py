@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self,
-        layers: list[nn.Module],
+        layers: Sequence[nn.Module],
         num_layers: int,
         num_heads: int,
         position: str,

@@ -11,6 +11,8 @@ from torch import nn
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoPE) in the split-halves layout used by LLaMA/GPT-NeoX."""
 
+    inv_freq: torch.Tensor
+
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))

@@ -1,0 +1,5 @@
+import sys
+
+from pretrainkit.cli.main import main
+
+sys.exit(main())

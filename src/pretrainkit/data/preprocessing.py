@@ -1,0 +1,152 @@
+"""`preprocess`: tokenize a corpus once into flat token shards that the streams read back.
+
+Output folder:
+    tokens.bin      all token ids back to back (uint16 when the vocabulary allows, else uint32)
+    sentences.npy   int64 end offset (into tokens) of each sentence
+    documents.npy   int64 end index (into sentences) of each document
+    manifest.json   counts, dtype, corpus and tokenizer hashes, `content_hash` of tokens.bin
+    tokenizer/      the tokenizer, so training can take it from the data folder
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pretrainkit.data.corpus import CorpusFile, read_documents
+from pretrainkit.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter
+from pretrainkit.data.workers import Chunk, encode_chunks
+from pretrainkit.errors import ConfigError, DataError, closest
+from pretrainkit.tokenization import Tokenizer, load_tokenizer
+from pretrainkit.tokenization.files import atomic_dir, sha256_file
+
+OBJECTIVES = ("mlm", "lm", "bert", "albert")
+# Fewest positions that leave room for the special tokens and at least one real token a side.
+MIN_SEQ_LENGTH = {"mlm": 3, "lm": 2, "bert": 5, "albert": 5}
+# Characters per task: big enough to amortise inter-process traffic, small enough to balance.
+_CHUNK_CHARS = 64 * 1024
+
+
+def check_objective(objective: str, seq_length: int, tokenizer: Tokenizer) -> None:
+    """Raise ConfigError when the objective, length or tokenizer cannot work together."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"unknown objective {objective!r}{closest(objective, OBJECTIVES)}; "
+            f"valid: {', '.join(OBJECTIVES)}"
+        )
+    if seq_length < MIN_SEQ_LENGTH[objective]:
+        raise ConfigError(
+            f"seq_length {seq_length} is too short for {objective} "
+            f"(at least {MIN_SEQ_LENGTH[objective]})"
+        )
+    if objective != "lm" and tokenizer.mask_id is None:
+        raise ConfigError(
+            f"objective {objective!r} masks tokens, but this {tokenizer.kind} tokenizer has no "
+            "mask token; use objective 'lm' or a vocabulary with a mask token"
+        )
+
+
+def preprocess(
+    corpus_files: Iterable[str | Path],
+    tokenizer_path: str | Path,
+    objective: str,
+    seq_length: int,
+    out_dir: str | Path,
+    workers: int = 1,
+    skip_bad_lines: bool = False,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Tokenize corpus files into a shard folder.
+
+    Args:
+        corpus_files: plain-text files (one sentence a line, blank line between documents) or
+            `.jsonl` files (one `{"text": ...}` document a line).
+        tokenizer_path: anything `load_tokenizer` reads.
+        objective: "mlm", "lm", "bert" or "albert"; recorded as the streams' default.
+        seq_length: recorded as the streams' default window length.
+        out_dir: the shard folder; written through `out_dir.tmp-<pid>` and renamed at the end.
+        workers: processes that tokenize, this one included; the output does not depend on it.
+        skip_bad_lines: skip lines that are not UTF-8 / valid JSONL records (counted in the log
+            and the manifest) instead of failing.
+        log: receives one progress line per file and a summary.
+
+    Returns:
+        The manifest (also written as manifest.json).
+
+    Raises:
+        DataError: missing file, bad line (file and line named), or no tokens at all.
+        ConfigError: unknown objective, too short seq_length, mask-less tokenizer for masking.
+    """
+    paths = [Path(p) for p in corpus_files]
+    if not paths:
+        raise DataError("no corpus files given")
+    for path in paths:
+        if not path.is_file():
+            raise DataError("corpus file not found", path)
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    tokenizer = load_tokenizer(tokenizer_path)
+    check_objective(objective, seq_length, tokenizer)
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    infos = [CorpusFile(path) for path in paths]
+    start = time.perf_counter()
+    with atomic_dir(out_dir, MANIFEST) as tmp:
+        tokenizer.save(tmp / "tokenizer")
+        writer = ShardWriter(tmp, dtype)
+        chunks = _chunks(paths, infos, skip_bad_lines, log)
+        for encoded in encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers):
+            writer.add(*encoded)
+        counts = writer.finish()
+        if counts["tokens"] == 0:
+            raise DataError("corpus holds no tokens", ", ".join(map(str, paths)))
+        counts["skipped_lines"] = sum(info.skipped_lines for info in infos)
+        tokenizer_dir = tmp / "tokenizer"
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "objective": objective,
+            "seq_length": seq_length,
+            "dtype": dtype.name,
+            "counts": counts,
+            "corpora": [
+                {"path": str(i.path.resolve()), "bytes": i.bytes, "sha256": i.sha256} for i in infos
+            ],
+            "tokenizer": {
+                "kind": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size,
+                "files": {
+                    f.name: sha256_file(f) for f in sorted(tokenizer_dir.iterdir()) if f.is_file()
+                },
+            },
+            "content_hash": writer.content_hash,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    seconds = time.perf_counter() - start
+    megabytes = sum(i.bytes for i in infos) / 1e6
+    log(
+        f"preprocess: {megabytes:.1f} MB -> {counts['tokens']:,} tokens, {counts['sentences']:,} "
+        f"sentences, {counts['documents']:,} documents in {seconds:.1f} s "
+        f"({megabytes / max(seconds, 1e-9):.1f} MB/s); skipped lines: {counts['skipped_lines']}"
+    )
+    return manifest
+
+
+def _chunks(
+    paths: list[Path], infos: list[CorpusFile], skip: bool, log: Callable[[str], object]
+) -> Iterator[Chunk]:
+    chunk: Chunk = []
+    size = 0
+    for path, info in zip(paths, infos):
+        for document in read_documents(path, skip, info):
+            chunk.append(document)
+            size += sum(len(s) for s in document)
+            if size >= _CHUNK_CHARS:
+                yield chunk
+                chunk, size = [], 0
+        skipped = f", skipped {info.skipped_lines} bad lines" if info.skipped_lines else ""
+        log(f"read {path} ({info.bytes / 1e6:.1f} MB, {info.lines:,} lines{skipped})")
+    if chunk:
+        yield chunk

@@ -1,0 +1,1 @@
+"""Downstream tasks: data formats, streams and batches (classification), and metrics."""

@@ -1,0 +1,97 @@
+"""The run's metrics: one JSON record per line in ``metrics.jsonl``, mirrored to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, TextIO
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` file; a line cut short by a killed process is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; a non-finite value is written as null rather than invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLog:
+    """Appends metric records to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tb``).
+
+    Args:
+        run_dir: The run folder.
+        keep_until: None starts a new log (the file is emptied). An integer keeps the records
+            with ``step <= keep_until`` (resume from that checkpoint) and hides later
+            TensorBoard events.
+        enabled: False on non-main processes: nothing is written.
+        tensorboard: Also write TensorBoard event files.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        keep_until: int | None = None,
+        enabled: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self._file: TextIO | None = None
+        self._writer: Any = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if keep_until is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
+        # Rewrite then rename, so a crash here cannot lose the records being kept.
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when used
+
+            # TensorBoard hides events at or after purge_step: everything of an earlier run in
+            # this folder (fresh start), or what a killed run wrote past its checkpoint.
+            purge = 0 if keep_until is None else keep_until + 1
+            self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (must have an integer ``step``); flushed at once."""
+        if self._file is None:
+            return
+        record = {key: _clean(value) for key, value in record.items()}
+        # One write call per line: a process killed mid-write leaves at most one broken line.
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    tag = key if "/" in key else f"train/{key}"
+                    self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
