@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pretrainkit.cli.options import (
     add_dataclass_options,
     dataclass_from_args,
-    read_config_file,
     split_model_overrides,
 )
+from pretrainkit.errors import ConfigError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
@@ -32,22 +32,24 @@ def command(name: str, summary: str):
 TRAIN_SKIP = ("betas",)
 
 
-def _train_options(parser: argparse.ArgumentParser, steps_required: bool) -> None:
+def _train_options(parser: argparse.ArgumentParser) -> None:
     from pretrainkit.training import TrainConfig
 
     parser.add_argument("--config", help="YAML file of option values (defaults < file < flags)")
-    parser.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
-    parser.add_argument("--strategy", default="single", help="single (ddp|fsdp|deepspeed later)")
+    parser.add_argument(
+        "--strategy", default="single", help="single; ddp, fsdp and deepspeed come with scale-out"
+    )
     add_dataclass_options(parser, TrainConfig, skip=TRAIN_SKIP, title="training")
 
 
-def _train_config(args: argparse.Namespace, file_values: dict, extra: dict | None = None):
+def _train_config(args: argparse.Namespace, extra: dict | None = None):
     from pretrainkit.training import TrainConfig
 
-    return dataclass_from_args(TrainConfig, args, file_values, extra)
+    return dataclass_from_args(TrainConfig, args, extra)
 
 
 def _add_presets(p):
@@ -120,27 +122,32 @@ def _add_pretrain(p):
     )
     p.add_argument("--data", required=True, help="shard folder written by preprocess")
     p.add_argument("--out", required=True, help="run folder")
-    _train_options(p, steps_required=True)
+    p.add_argument(
+        "--dev", help="held-out shard folder scored every --eval-every steps and at the end"
+    )
+    p.add_argument("--eval-batches", type=int, default=20, help="batches of --dev per evaluation")
+    # Only from a --config file: a mapping of dotted model keys, like --model.KEY VALUE flags.
+    p.set_defaults(model_overrides=None)
+    _train_options(p)
 
 
 @command("pretrain", "pre-train a model on token shards")(_add_pretrain)
 def pretrain(args, extra):
     from pretrainkit.workflows.pretrain import pretrain as run
 
-    file_values = read_config_file(args.config)
-    overrides = dict(file_values.pop("model_overrides", {}) or {})
+    overrides = dict(args.model_overrides or {})
     overrides.update(split_model_overrides(extra))
-    train = _train_config(args, file_values)
-    batch_size = args.batch_size or file_values.get("batch_size") or 32
     return run(
         args.model,
         args.data,
         args.out,
-        train,
-        batch_size,
+        _train_config(args),
+        args.batch_size,
         overrides,
         resume=args.resume,
         strategy=args.strategy,
+        dev=args.dev,
+        eval_batches=args.eval_batches,
     )
 
 
@@ -157,18 +164,19 @@ def _add_finetune(p):
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--pooling", default="first", choices=["first", "mean", "max", "last"])
     p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
-    _train_options(p, steps_required=False)
+    _train_options(p)
 
 
 @command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
 def finetune(args):
     from pretrainkit.workflows.finetune import finetune as run
 
-    file_values = read_config_file(args.config)
-    if args.epochs is None and "steps" not in vars(args) and "steps" not in file_values:
-        args.epochs = 3.0
-    extra = {"steps": 1} if args.epochs is not None else None  # replaced from epochs
-    train = _train_config(args, file_values, extra)
+    has_steps = "steps" in vars(args)
+    if args.epochs is not None and has_steps:
+        raise ConfigError("finetune: give --steps or --epochs, not both")
+    epochs = args.epochs if args.epochs is not None or has_steps else 3.0
+    # With epochs, steps is computed from the training-set size once the data is read.
+    train = _train_config(args, {"steps": 1} if epochs is not None else None)
     return run(
         args.task,
         args.model,
@@ -176,9 +184,9 @@ def finetune(args):
         args.dev,
         args.out,
         train,
-        batch_size=args.batch_size or file_values.get("batch_size") or 32,
+        batch_size=args.batch_size,
         seq_length=args.seq_length,
-        epochs=args.epochs,
+        epochs=epochs,
         pooling=args.pooling,
         dropout=args.dropout,
         strategy=args.strategy,
@@ -197,10 +205,10 @@ def _add_evaluate(p):
 def evaluate(args):
     from pretrainkit.model import load
     from pretrainkit.tasks.classification import read_classification_tsv
-    from pretrainkit.workflows.finetune import _classifier_of, evaluate_model
+    from pretrainkit.workflows.finetune import classifier_of, evaluate_model
 
     model = load(args.model)
-    labels = _classifier_of(model, args.model).labels
+    labels = classifier_of(model, args.model).labels
     data = read_classification_tsv(args.data, label_set=labels)
     return {
         "data": args.data,

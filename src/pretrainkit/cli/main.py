@@ -8,7 +8,8 @@ import logging
 import sys
 
 from pretrainkit.cli.commands import COMMANDS
-from pretrainkit.errors import PretrainkitError
+from pretrainkit.cli.options import read_config_file
+from pretrainkit.errors import ConfigError, PretrainkitError, closest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def _apply_config_file(
+    parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, path: str, argv: list[str] | None
+):
+    """defaults < config file < flags: the file's values become the parser's defaults."""
+    values = read_config_file(path)
+    dests = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
+    dests |= set(sub._defaults)
+    for key in values:
+        if key not in dests:
+            raise ConfigError(
+                f"{path}: unknown option {key!r}{closest(key, dests)}; "
+                f"valid options: {', '.join(sorted(dests))}"
+            )
+    sub.set_defaults(**values)
+    return parser.parse_known_args(argv)
+
+
+def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool) -> None:
+    flags = [o for a in sub._actions for o in a.option_strings]
+    for token in extra:
+        if token.startswith("--model.") and overrides:
+            continue
+        if token.startswith("-"):
+            name = token.split("=")[0]
+            raise ConfigError(f"unrecognised option {name}{closest(name, flags)}")
+    if extra and not overrides:
+        raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -36,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _, _, run = COMMANDS[args.command]
-    if extra and not getattr(run, "accepts_model_overrides", False):
-        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    overrides = getattr(run, "accepts_model_overrides", False)
     try:
-        result = run(args, extra) if getattr(run, "accepts_model_overrides", False) else run(args)
+        sub = _subparser(parser, args.command)
+        if getattr(args, "config", None):
+            args, extra = _apply_config_file(parser, sub, args.config, argv)
+        _check_extra(sub, extra, overrides)
+        result = run(args, extra) if overrides else run(args)
     except PretrainkitError as error:
         print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -84,16 +84,11 @@ def add_dataclass_options(
             )
 
 
-def dataclass_from_args(
-    cls: type,
-    namespace: argparse.Namespace,
-    file_values: dict | None = None,
-    extra: dict | None = None,
-):
-    """defaults < config file < command line, then validated by the dataclass itself."""
+def dataclass_from_args(cls: type, namespace: argparse.Namespace, extra: dict | None = None):
+    """The dataclass from parsed options; a --config file's values are already the parser's
+    defaults (defaults < file < flags), and the dataclass validates the result."""
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in (file_values or {}).items() if k in names}
-    values.update({k: v for k, v in vars(namespace).items() if k in names})
+    values = {k: v for k, v in vars(namespace).items() if k in names}
     values.update(extra or {})
     return from_dict(cls, values, cls.__name__)
 

@@ -5,10 +5,11 @@ The training loop calls ``parallelize`` once and otherwise never asks which back
 
 from pretrainkit.distributed.parallel import (
     STRATEGIES,
+    check_strategy,
     is_main_process,
     parallelize,
     rank,
     world_size,
 )
 
-__all__ = ["STRATEGIES", "is_main_process", "parallelize", "rank", "world_size"]
+__all__ = ["STRATEGIES", "check_strategy", "is_main_process", "parallelize", "rank", "world_size"]

@@ -41,6 +41,25 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def check_strategy(strategy: str) -> None:
+    """Fail early, before any output is written, on a strategy that cannot run here."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"unknown strategy {strategy!r}{closest(strategy, STRATEGIES)}; "
+            f"valid choices: {', '.join(STRATEGIES)}"
+        )
+    if strategy != "single":
+        raise ConfigError(
+            f"strategy {strategy!r} is not implemented yet: ddp, fsdp and deepspeed come with the "
+            "scale-out work; use strategy 'single' for now"
+        )
+    if world_size() > 1:
+        raise ConfigError(
+            f"strategy 'single' was launched with {world_size()} processes; "
+            "use one process, or a distributed strategy (ddp, fsdp, deepspeed)"
+        )
+
+
 def parallelize(model: nn.Module, strategy: str = "single") -> nn.Module:
     """Wrap ``model`` for the given distribution strategy.
 
@@ -54,21 +73,7 @@ def parallelize(model: nn.Module, strategy: str = "single") -> nn.Module:
     Raises:
         ConfigError: Unknown strategy, or ``single`` launched with several processes (each
             would train its own copy and only rank 0 would save).
-        NotImplementedError: A scale-out strategy; they arrive with the scale-out work.
+            A scale-out strategy is refused the same way until the scale-out work lands.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {strategy!r}{closest(strategy, STRATEGIES)}; "
-            f"valid choices: {', '.join(STRATEGIES)}"
-        )
-    if strategy == "single":
-        if world_size() > 1:
-            raise ConfigError(
-                f"strategy 'single' was launched with {world_size()} processes; "
-                "use one process, or a distributed strategy (ddp, fsdp, deepspeed)"
-            )
-        return model
-    raise NotImplementedError(
-        f"strategy {strategy!r} is not implemented yet: ddp, fsdp and deepspeed come with the "
-        "scale-out work; use strategy 'single' for now"
-    )
+    check_strategy(strategy)
+    return model

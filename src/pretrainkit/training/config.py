@@ -103,6 +103,9 @@ class TrainConfig:
             )
         _choice("precision", self.precision, PRECISIONS)
         self._check_device()
+        from pretrainkit.training.precision import resolve_precision
+
+        resolve_precision(self.precision, self.resolved_device())  # fp16 on CPU fails here, early
         for name, minimum in (("save_every", 0), ("keep_last", 1), ("eval_every", 0)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
@@ -124,6 +127,8 @@ class TrainConfig:
             kind = None
         if kind not in ("cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r}: no CUDA device is available here")
 
     def resolved_device(self) -> torch.device:
         """The device to train on, with ``auto`` resolved to cuda when available."""

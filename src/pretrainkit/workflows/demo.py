@@ -5,36 +5,40 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pretrainkit.errors import DataError, PretrainkitError
+from pretrainkit.errors import ConfigError, DataError, PretrainkitError
 from pretrainkit.paths import find_data_dir
 
 log = logging.getLogger(__name__)
 
 MARKER = ".pretrainkit-demo"
 
-# Sized for 2 CPU cores and about 10 minutes end to end (measured in BENCHMARKS.md).
-DEMO_MODEL = "bert-mini"
-DEMO_OVERRIDES = {
-    "embedding.max_positions": 128,
-    "targets": [{"name": "mlm"}],
-}
-DEMO = {
-    "vocab_size": 8000,
-    "seq_length": 128,
-    "pretrain_steps": 1200,
-    "pretrain_batch": 32,
-    "pretrain_lr": 1e-3,
-    "finetune_epochs": 3.0,
-    "finetune_batch": 32,
-    "finetune_lr": 1e-4,
-    "finetune_seq_length": 64,
-}
+
+@dataclass
+class DemoSettings:
+    """What the demo trains; sized for 2 CPU cores and at most 10 minutes (BENCHMARKS.md)."""
+
+    model: str = "bert-mini"
+    # The demo's sentences are short: 128 positions suffice, and only the MLM target is trained.
+    overrides: dict[str, Any] = field(
+        default_factory=lambda: {"embedding.max_positions": 128, "targets": [{"name": "mlm"}]}
+    )
+    vocab_size: int = 8000
+    seq_length: int = 128
+    pretrain_steps: int = 450
+    pretrain_batch: int = 32
+    pretrain_lr: float = 1e-3
+    finetune_epochs: float = 3.0
+    finetune_batch: int = 32
+    finetune_lr: float = 2e-4
+    finetune_seq_length: int = 64
 
 
-def sst2_to_tsv(source: Path, tsv: Path, corpus: Path | None = None) -> int:
-    """SST-2's ``label<TAB>sentence`` rows → a task TSV with header (and the sentences as a corpus)."""
+def read_sst2(source: Path) -> list[tuple[str, str]]:
+    """SST-2's ``label<TAB>sentence`` rows (no header), checked line by line."""
     rows = []
     with source.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -51,17 +55,20 @@ def sst2_to_tsv(source: Path, tsv: Path, corpus: Path | None = None) -> int:
                     source,
                     number,
                 )
-            rows.append(fields)
+            rows.append((fields[0], fields[1]))
     if not rows:
         raise DataError("no rows", source)
+    return rows
+
+
+def write_task_files(rows: list[tuple[str, str]], tsv: Path, corpus: Path) -> None:
+    """A task TSV with header, and the sentences as a corpus (one document each)."""
     with tsv.open("w", encoding="utf-8") as f:
         f.write("label\ttext_a\n")
         f.writelines(f"{label}\t{text}\n" for label, text in rows)
-    if corpus is not None:
-        # Each sentence is its own document: SST-2 sentences are independent snippets.
-        with corpus.open("w", encoding="utf-8") as f:
-            f.writelines(f"{text}\n\n" for _, text in rows)
-    return len(rows)
+    # Each sentence is its own document: SST-2 sentences are independent snippets.
+    with corpus.open("w", encoding="utf-8") as f:
+        f.writelines(f"{text}\n\n" for _, text in rows)
 
 
 def _fresh_folder(out: Path) -> None:
@@ -80,47 +87,74 @@ def run_demo(
     pretrain_steps: int | None = None,
     finetune_epochs: float | None = None,
     precision: str = "auto",
+    settings: DemoSettings | None = None,
 ) -> dict:
+    """Run the quickstart into ``out`` and return its summary (also printed)."""
     from pretrainkit.data import preprocess
     from pretrainkit.model import load
     from pretrainkit.tasks.classification import read_classification_tsv
-    from pretrainkit.tokenization import train_tokenizer
+    from pretrainkit.tokenization import load_tokenizer, train_tokenizer
     from pretrainkit.training import TrainConfig
     from pretrainkit.training.plot import plot_run
-    from pretrainkit.workflows.finetune import evaluate_model, finetune
+    from pretrainkit.workflows.finetune import classifier_of, evaluate_model, finetune
     from pretrainkit.workflows.pretrain import pretrain
 
+    demo = settings or DemoSettings()
     start = time.perf_counter()
+    # Everything that can fail on the user's input is checked before the old run is replaced.
     data_dir = find_data_dir(data, required=("sst2/train.tsv", "sst2/dev.tsv"))
+    train_rows = read_sst2(data_dir / "sst2/train.tsv")
+    dev_rows = read_sst2(data_dir / "sst2/dev.tsv")
+    if vocab is not None:
+        load_tokenizer(vocab)
+    steps = demo.pretrain_steps if pretrain_steps is None else pretrain_steps
+    epochs = demo.finetune_epochs if finetune_epochs is None else finetune_epochs
+    if epochs <= 0:
+        raise ConfigError(f"finetune epochs must be positive, got {epochs}")
+    pretrain_config = TrainConfig(
+        steps=steps,
+        lr=demo.pretrain_lr,
+        warmup=steps // 10,
+        scheduler="linear",
+        precision=precision,
+        log_every=20,
+        save_every=0,
+        eval_every=max(1, steps // 4),
+    )
+    finetune_config = TrainConfig(
+        steps=1,  # set from the epochs once the data is read
+        lr=demo.finetune_lr,
+        warmup=0,
+        scheduler="linear",
+        precision=precision,
+        log_every=20,
+        save_every=0,
+        eval_every=200,
+    )
+
     out = Path(out)
     _fresh_folder(out)
     work = out / "data"
     work.mkdir()
-    n_train = sst2_to_tsv(data_dir / "sst2/train.tsv", work / "train.tsv", work / "corpus.txt")
-    n_dev = sst2_to_tsv(data_dir / "sst2/dev.tsv", work / "dev.tsv")
-    log.info("SST-2: %d train, %d dev sentences from %s", n_train, n_dev, data_dir)
-
+    write_task_files(train_rows, work / "train.tsv", work / "corpus.txt")
+    write_task_files(dev_rows, work / "dev.tsv", work / "dev_corpus.txt")
+    log.info("SST-2: %d train, %d dev sentences from %s", len(train_rows), len(dev_rows), data_dir)
     if vocab is None:
         vocab = str(out / "tokenizer")
-        train_tokenizer([work / "corpus.txt"], "wordpiece", DEMO["vocab_size"], vocab)
-    preprocess([work / "corpus.txt"], vocab, "mlm", DEMO["seq_length"], out / "shards", workers=2)
+        train_tokenizer([work / "corpus.txt"], "wordpiece", demo.vocab_size, vocab)
+    preprocess([work / "corpus.txt"], vocab, "mlm", demo.seq_length, out / "shards", workers=2)
+    # Held-out MLM loss on the dev sentences, for the pre-training curve only.
+    preprocess([work / "dev_corpus.txt"], vocab, "mlm", demo.seq_length, out / "dev_shards")
 
-    steps = pretrain_steps or DEMO["pretrain_steps"]
     pre = pretrain(
-        DEMO_MODEL,
+        demo.model,
         out / "shards",
         out / "pretrain",
-        TrainConfig(
-            steps=steps,
-            lr=DEMO["pretrain_lr"],
-            warmup=steps // 10,
-            scheduler="linear",
-            precision=precision,
-            log_every=20,
-            save_every=0,
-        ),
-        batch_size=DEMO["pretrain_batch"],
-        overrides=DEMO_OVERRIDES,
+        pretrain_config,
+        batch_size=demo.pretrain_batch,
+        overrides=demo.overrides,
+        dev=out / "dev_shards",
+        eval_batches=5,
     )
     fine = finetune(
         "classification",
@@ -128,25 +162,16 @@ def run_demo(
         work / "train.tsv",
         work / "dev.tsv",
         out / "finetune",
-        TrainConfig(
-            steps=1,
-            lr=DEMO["finetune_lr"],
-            warmup=0,
-            scheduler="linear",
-            precision=precision,
-            log_every=20,
-            save_every=0,
-            eval_every=200,
-        ),
-        batch_size=DEMO["finetune_batch"],
-        seq_length=DEMO["finetune_seq_length"],
-        epochs=finetune_epochs or DEMO["finetune_epochs"],
+        finetune_config,
+        batch_size=demo.finetune_batch,
+        seq_length=demo.finetune_seq_length,
+        epochs=epochs,
     )
     model = load(out / "finetune" / "model")
     dev = evaluate_model(
         model,
-        read_classification_tsv(work / "dev.tsv", model.targets["classification"].labels),
-        DEMO["finetune_seq_length"],
+        read_classification_tsv(work / "dev.tsv", classifier_of(model, str(out)).labels),
+        demo.finetune_seq_length,
     )
     plots = plot_run(out / "pretrain") + plot_run(out / "finetune")
     summary = {

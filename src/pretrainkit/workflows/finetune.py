@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from pretrainkit.config import TargetConfig
+from pretrainkit.distributed import check_strategy
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.model import Model, build_model, load
+from pretrainkit.targets.classification import ClassificationTarget
 from pretrainkit.tasks.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,10 @@ log = logging.getLogger(__name__)
 TASKS = ("classification",)
 
 
-def _classifier_of(model: Model, where: str):
-    target = model.targets["classification"] if "classification" in model.targets else None
-    if target is None:
+def classifier_of(model: Model, where: str) -> ClassificationTarget:
+    """The model's classification target; a clear error when it has none or no tokenizer."""
+    target = model.target_modules().get("classification")
+    if not isinstance(target, ClassificationTarget):
         raise ConfigError(
             f"{where}: the model has no classification target (targets: "
             f"{list(model.targets)}); fine-tune it first"
@@ -48,7 +51,7 @@ def task_model(base: Model, labels: list[str], pooling: str, dropout: float) -> 
 def predict_logits(model: Model, data, seq_length: int, batch_size: int) -> np.ndarray:
     from pretrainkit.tasks.classification import classification_batches
 
-    target = _classifier_of(model, "model")
+    target = classifier_of(model, "model")
     was_training = model.training
     model.eval()
     chunks = []
@@ -64,7 +67,7 @@ def predict_logits(model: Model, data, seq_length: int, batch_size: int) -> np.n
 def evaluate_model(
     model: Model, data, seq_length: int = 128, batch_size: int = 64
 ) -> dict[str, float]:
-    target = _classifier_of(model, "model")
+    target = classifier_of(model, "model")
     logits = predict_logits(model, data, seq_length, batch_size)
     gold = np.array([target.labels.index(label) for label in data.labels])
     return classification_metrics(logits.argmax(-1), gold, len(target.labels))
@@ -98,6 +101,7 @@ def finetune(
 
     if task not in TASKS:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
+    check_strategy(strategy)  # before anything is written
     base = load(model)
     if base.tokenizer is None:
         raise CheckpointError(f"{model}: the model folder has no tokenizer")
@@ -157,11 +161,12 @@ def predict(
     from pretrainkit.tasks.classification import read_classification_tsv
 
     net = load(model)
-    target = _classifier_of(net, str(model))
+    target = classifier_of(net, str(model))
     data = read_classification_tsv(data_file, label_set=target.labels, require_labels=False)
     logits = predict_logits(net, data, seq_length, batch_size)
     probs = torch.from_numpy(logits).softmax(-1).numpy()
     out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write("label\tprobability\n")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pretrainkit.config import load_model_config
+from pretrainkit.distributed import check_strategy
 from pretrainkit.errors import ConfigError
 from pretrainkit.model import build_model
 
@@ -38,6 +40,42 @@ def check_targets(objective: str, target_names: list[str], where: str) -> None:
         )
 
 
+def heldout_evaluator(
+    dev: str | Path, tokenizer: Any, objective: str, batch_size: int, num_batches: int
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Mean loss and target metrics over the same ``num_batches`` batches of the dev shards.
+
+    The batches (and their masks) are drawn once with a fixed seed, so every evaluation of a
+    run scores exactly the same tokens and the curve is comparable across steps.
+    """
+    from pretrainkit.data import BatchIterator, Shards, pretraining_stream
+
+    shards = Shards.open(dev)
+    if shards.manifest["objective"] != objective:
+        raise ConfigError(
+            f"--dev {dev}: objective {shards.manifest['objective']!r} differs from the "
+            f"training shards' {objective!r}"
+        )
+    if shards.tokenizer.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(
+            f"--dev {dev}: its tokenizer has {shards.tokenizer.vocab_size} tokens, the "
+            f"training shards' has {tokenizer.vocab_size}"
+        )
+    source = BatchIterator(pretraining_stream(shards, seed=12345), batch_size, tokenizer.pad_id)
+    batches = [source.next_batch() for _ in range(num_batches)]
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        totals: dict[str, float] = {}
+        for batch in batches:
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            for name, value in {"loss": out.loss, **out.metrics}.items():
+                totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+        return totals
+
+    return evaluate
+
+
 def pretrain(
     model: str | Path,
     data: str | Path,
@@ -47,14 +85,24 @@ def pretrain(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
     strategy: str = "single",
+    dev: str | Path | None = None,
+    eval_batches: int = 20,
 ) -> dict:
     """Pre-train ``model`` (preset, YAML or folder config) on the shards in ``data``.
 
-    The model's vocabulary size follows the shards' tokenizer.
+    The model's vocabulary size follows the shards' tokenizer. ``dev`` (shards of held-out
+    text, same tokenizer and objective) is scored every ``train.eval_every`` steps and at the
+    end, on ``eval_batches`` fixed batches.
     """
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.training import Trainer
 
+    check_strategy(strategy)  # before anything is written
+    if train.eval_every and dev is None:
+        raise ConfigError(
+            "--eval-every needs held-out shards to score: pass --dev DIR "
+            "(a corpus preprocessed with the same tokenizer and objective)"
+        )
     shards = Shards.open(data)
     tokenizer = shards.tokenizer
     objective = shards.manifest["objective"]
@@ -74,6 +122,9 @@ def pretrain(
             f"the shards' seq_length {seq_length} exceeds the model's "
             f"embedding.max_positions {config.embedding.max_positions}"
         )
+    evaluate = None
+    if dev is not None:
+        evaluate = heldout_evaluator(dev, tokenizer, objective, batch_size, eval_batches)
     torch.manual_seed(train.seed)
     net = build_model(config)
     net.tokenizer = tokenizer
@@ -87,6 +138,7 @@ def pretrain(
                 "data": str(data),
                 "batch_size": batch_size,
                 "overrides": overrides or {},
+                "dev": str(dev) if dev else None,
                 "objective": objective,
                 "seq_length": seq_length,
                 "parameters": sum(p.numel() for p in net.parameters()),
@@ -97,4 +149,5 @@ def pretrain(
     batches = BatchIterator(
         pretraining_stream(shards, seed=train.seed), batch_size, tokenizer.pad_id
     )
-    return Trainer(net, batches, train, out, resume=resume, strategy=strategy).fit()
+    trainer = Trainer(net, batches, train, out, evaluate=evaluate, resume=resume, strategy=strategy)
+    return trainer.fit()

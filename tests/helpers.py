@@ -1,0 +1,161 @@
+"""Small fixtures shared by the end-to-end tests: synthetic corpora, task files, CLI runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from pretrainkit.cli.main import main
+
+# A tiny BERT: 2 layers, hidden 64, 2 heads; targets are added per test.
+TINY_MODEL = [
+    "--model",
+    "bert-tiny",
+    "--model.hidden_size",
+    "64",
+    "--model.encoder.num_heads",
+    "2",
+    "--model.encoder.ffn_size",
+    "128",
+    "--model.embedding.max_positions",
+    "64",
+]
+MLM_ONLY = ["--model.targets", "[{name: mlm}]"]
+QUIET = ["--precision", "fp32", "--no-progress"]
+
+# Adjective and noun always come together, so a masked noun is predictable from its adjective.
+PAIRS = [
+    ("big", "horse"),
+    ("small", "mouse"),
+    ("red", "fox"),
+    ("old", "farmer"),
+    ("happy", "child"),
+    ("quiet", "owl"),
+]
+VERBS = ["sees", "likes", "follows", "feeds", "helps", "calls"]
+POSITIVE = ["great", "good", "lovely", "wonderful"]
+NEGATIVE = ["bad", "awful", "boring", "terrible"]
+
+
+def sentence(rng: random.Random) -> str:
+    (a, n), (b, m) = rng.choice(PAIRS), rng.choice(PAIRS)
+    return f"the {a} {n} {rng.choice(VERBS)} the {b} {m} ."
+
+
+def write_corpus(path: Path, documents: int = 80, seed: int = 0, reviews: bool = False) -> Path:
+    """Plain-text corpus: documents of 3-5 grammar sentences, a blank line between documents.
+
+    With ``reviews`` every sentence ends with one cue word, so that the vocabulary learns the
+    words the classification files use.
+    """
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(documents):
+        for _ in range(rng.randint(3, 5)):
+            text = sentence(rng)
+            if reviews:
+                text = f"{text[:-2]} and it was {rng.choice(POSITIVE + NEGATIVE)} ."
+            lines.append(text)
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_classification(
+    path: Path, rows: int, seed: int, pairs: bool = False, flip_every: int = 0
+) -> list[str]:
+    """A separable task file: the label is whether the cue word is positive.
+
+    Single sentences: header ``label<TAB>text_a``, labels 0/1. Pairs: header
+    ``label<TAB>text_a<TAB>text_b``, labels neg/pos, the cue in ``text_b``. With
+    ``flip_every`` N, rows 0, N, 2N, ... carry the wrong label (a perfect model scores 1 - 1/N).
+
+    Returns:
+        The labels in row order, as written.
+    """
+    rng = random.Random(seed)
+    labels = []
+    lines = ["label\ttext_a\ttext_b" if pairs else "label\ttext_a"]
+    for row in range(rows):
+        positive = rng.random() < 0.5
+        cue = rng.choice(POSITIVE if positive else NEGATIVE)
+        if flip_every and row % flip_every == 0:
+            positive = not positive
+        if pairs:
+            label = "pos" if positive else "neg"
+            lines.append(f"{label}\t{sentence(rng)}\tit was {cue} .")
+        else:
+            label = "1" if positive else "0"
+            lines.append(f"{label}\t{sentence(rng)[:-2]} and it was {cue} .")
+        labels.append(label)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return labels
+
+
+def cli(*argv: object) -> None:
+    """Run ``pretrainkit ARGV`` in this process and require success (for fixtures)."""
+    code = main([str(a) for a in argv])
+    assert code == 0, f"pretrainkit {' '.join(map(str, argv))} exited with {code}"
+
+
+def invoke(capsys, *argv: object) -> tuple[int, str, str]:
+    """Run ``pretrainkit ARGV`` in this process; returns (exit code, stdout, stderr)."""
+    capsys.readouterr()  # drop what earlier steps printed
+    crash = ""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse: --help and usage errors
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except Exception:  # what `python -m pretrainkit` would die of: a traceback and exit code 1
+        code, crash = 1, traceback.format_exc()
+    out, err = capsys.readouterr()
+    return code, out, err + crash
+
+
+def last_json(out: str) -> dict:
+    """The JSON result a command prints last (after any progress lines)."""
+    start = out.rindex("\n{\n") + 1 if "\n{\n" in out else out.index("{\n")
+    return json.loads(out[start:])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The training records (those with a loss) of ``run/metrics.jsonl``, in file order."""
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process: the test machine has two shared cores."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def popen_cli(*argv: object, log: Path) -> subprocess.Popen:
+    """Start ``python -m pretrainkit ARGV`` with stdout and stderr going to ``log``."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pretrainkit", *map(str, argv)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+        )
+
+
+class OneThread:
+    """Context manager: torch on one thread (two threads on a loaded 2-core box are ~7x slower)."""
+
+    def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
