@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from pretrainkit.layers.norms import make_activation, make_norm
-from pretrainkit.targets.base import TARGETS, Target, TargetOutput, accuracy
+from pretrainkit.targets.base import TARGETS, Target, TargetOutput, accuracy, vocab_cross_entropy
 
 
 @TARGETS.register("mlm")
@@ -40,7 +39,7 @@ class MaskedLMTarget(Target):
             selected = hidden_states[keep]  # [n, h]
             logits = self.decoder(self.norm(self.act(self.dense(selected))))
             gold = labels[keep]
-            loss = F.cross_entropy(logits.float(), gold) if gold.numel() else logits.sum() * 0
+            loss = vocab_cross_entropy(logits, gold) if gold.numel() else logits.sum() * 0
             return TargetOutput(
                 loss,
                 logits,
@@ -69,7 +68,7 @@ class CausalLMTarget(Target):
             return TargetOutput(None, logits)
         shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
         shifted_labels = labels[:, 1:].reshape(-1)
-        loss = F.cross_entropy(shifted_logits.float(), shifted_labels, ignore_index=-100)
+        loss = vocab_cross_entropy(shifted_logits, shifted_labels)
         return TargetOutput(
             loss,
             logits,
