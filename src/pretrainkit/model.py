@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +16,7 @@ from pretrainkit.config import ModelConfig, load_model_config
 from pretrainkit.embeddings.embedding import build_embedding
 from pretrainkit.encoders import ENCODERS
 from pretrainkit.errors import CheckpointError, ConfigError, closest
+from pretrainkit.fileio import atomic_directory
 from pretrainkit.targets import TARGETS, Target
 
 WEIGHTS = "model.safetensors"
@@ -112,8 +111,7 @@ class Model(nn.Module):
         """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             self.config.save(tmp / CONFIG)
             aliases = self.tied_parameters()
             state = {
@@ -124,10 +122,6 @@ class Model(nn.Module):
             save_file(state, str(tmp / WEIGHTS), metadata={"format": "pretrainkit"})
             if self.tokenizer is not None:
                 self.tokenizer.save(tmp / TOKENIZER)
-            _replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -160,16 +154,6 @@ def load_state_strict(model: Model, state: dict[str, torch.Tensor], source: str)
         raise CheckpointError(f"{source} does not match its config: " + " | ".join(parts))
     model.load_state_dict(state, strict=False)  # aliases are checked above, then re-tied
     model.tie_weights()
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 # -- building ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,27 @@ class InstanceStream(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict) -> None:
         """Move to a position saved by `state_dict`."""
+
+
+class ShardStream(InstanceStream):
+    """A stream over shards in a seeded epoch order; subclasses set the attributes below."""
+
+    shards: Any
+    objective: str
+    seq_length: int
+    seed: int
+    order: EpochOrder
+
+    def _identity(self) -> dict:
+        """What a saved position is only valid for: the same data, objective, seed and rank."""
+        return {
+            "objective": self.objective,
+            "seq_length": self.seq_length,
+            "seed": self.seed,
+            "rank": self.order.rank,
+            "world_size": self.order.world_size,
+            "content_hash": self.shards.manifest.get("content_hash"),
+        }
 
 
 class EpochOrder:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, ShardStream, check_state
 from pretrainkit.data.masking import mask_tokens
 from pretrainkit.data.shards import Shards
 from pretrainkit.errors import DataError
@@ -18,7 +18,7 @@ from pretrainkit.tokenization.base import truncated_lengths
 Pair = tuple[np.ndarray, np.ndarray, int]  # (segment a, segment b, pair label)
 
 
-class PairStream(InstanceStream):
+class PairStream(ShardStream):
     """`[CLS] a [SEP] b [SEP]` instances with MLM labels and `pair_labels`.
 
     bert: b follows a (label 0) or, half of the time, comes from another document (label 1).
@@ -193,16 +193,6 @@ class PairStream(InstanceStream):
         front_a = int(rng.binomial(len(a) - keep_a, 0.5))
         front_b = int(rng.binomial(len(b) - keep_b, 0.5))
         return a[front_a : front_a + keep_a], b[front_b : front_b + keep_b]
-
-    def _identity(self) -> dict:
-        return {
-            "objective": self.objective,
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-            "content_hash": self.shards.manifest.get("content_hash"),
-        }
 
     def state_dict(self) -> dict:
         return {**self._identity(), **self.order.state_dict(), "inner": self.inner}

@@ -6,7 +6,7 @@ import bisect
 
 import numpy as np
 
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, InstanceStream, ShardStream, check_state
 from pretrainkit.data.masking import mask_tokens
 from pretrainkit.data.pairs import PairStream
 from pretrainkit.data.preprocessing import check_objective
@@ -66,7 +66,7 @@ class _DocumentEnds:
         return int(self._sentence_ends[self._document_ends[d] - 1]) + d + 1
 
 
-class WindowStream(InstanceStream):
+class WindowStream(ShardStream):
     """Full windows cut from the token stream, a separator after every document.
 
     `mlm`: windows of seq_length - 2 tokens wrapped in [CLS] ... [SEP], separator sep_id,
@@ -132,16 +132,6 @@ class WindowStream(InstanceStream):
             ids, rng, tokenizer.mask_id, tokenizer.vocab_size, self._special, self.mask_prob
         )
         return {"input_ids": ids, "token_type_ids": types, "labels": labels}
-
-    def _identity(self) -> dict:
-        return {
-            "objective": self.objective,
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-            "content_hash": self.shards.manifest.get("content_hash"),
-        }
 
     def state_dict(self) -> dict:
         return {**self._identity(), **self.order.state_dict()}

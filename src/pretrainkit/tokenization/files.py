@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from pretrainkit.errors import DataError
+from pretrainkit.fileio import atomic_directory
 
 
 def sha256_file(path: str | Path) -> str:
@@ -36,22 +35,8 @@ def atomic_dir(out_dir: str | Path, marker: str) -> Iterator[Path]:
             "refusing to overwrite it",
             out_dir,
         )
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out_dir) as tmp:
         yield tmp
-        if out_dir.exists():
-            # Swap in two renames so a crash in between still leaves one complete folder.
-            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _replaceable(out_dir: Path, marker: str) -> bool:

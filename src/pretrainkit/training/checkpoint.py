@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import torch
 from torch import nn
 
 from pretrainkit.errors import CheckpointError
+from pretrainkit.fileio import atomic_directory
 
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state.json"
@@ -49,46 +47,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The most recent complete checkpoint folder, or None when there is none."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
-
-
-def _fsync_tree(directory: Path) -> None:
-    # Data must be on disk before the rename publishes it, or a power cut could leave a
-    # complete-looking folder with empty files.
-    for path in [*directory.rglob("*"), directory]:
-        if path.is_file() or path == directory:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` at once.
-
-    On an exception the temporary folder is removed and ``target`` is left as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        old = None
-        if target.exists():
-            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-            old = target.parent / f".old-{target.name}-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def remove_leftovers(directory: Path) -> None:
@@ -167,7 +125,7 @@ def save_checkpoint(
     except TypeError as error:
         raise CheckpointError(f"the batch source's state_dict() is not JSON: {error}") from None
     target = checkpoint_dir(run_dir, step)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, fsync=True) as tmp:
         model.save(tmp)  # type: ignore[operator]
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / DATA_STATE).write_text(data_json, encoding="utf-8")
@@ -208,6 +166,6 @@ def load_data_state(checkpoint: Path) -> dict[str, Any]:
 
 def save_model(model: nn.Module, directory: Path) -> Path:
     """``model.save`` into ``directory``, atomically (readers never see a half-written model)."""
-    with atomic_directory(Path(directory)) as tmp:
+    with atomic_directory(Path(directory), fsync=True) as tmp:
         model.save(tmp)  # type: ignore[operator]
     return Path(directory)
