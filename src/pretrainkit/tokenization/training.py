@@ -19,15 +19,8 @@ from pretrainkit.tokenization.files import atomic_dir
 from pretrainkit.tokenization.spm import SentencePieceTokenizer
 
 KINDS = ("wordpiece", "bpe", "unigram")
-_SPM_SPECIALS: dict[str, str | None] = {
-    "pad": "<pad>",
-    "unk": "<unk>",
-    "cls": "<s>",
-    "sep": "</s>",
-    "mask": "<mask>",
-    "bos": "<s>",
-    "eos": "</s>",
-}
+# Trained SentencePiece models carry the same special-token strings as trained byte-level BPE.
+_SPM_SPECIALS = hf.ROBERTA_SPECIALS
 
 
 def train_tokenizer(
