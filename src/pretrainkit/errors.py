@@ -33,6 +33,27 @@ class CheckpointError(PretrainkitError, ValueError):
     """A checkpoint does not match what is expected (keys, shapes, format)."""
 
 
+def check_tensor_keys(
+    source: str,
+    missing: list[str],
+    unexpected: list[str],
+    wrong: list[str],
+    tied: list[str] | tuple[str, ...] = (),
+) -> None:
+    """Raise one CheckpointError listing every offending key, or return when there is none."""
+    parts = []
+    if missing:
+        parts.append(f"missing tensors: {', '.join(sorted(missing))}")
+    if unexpected:
+        parts.append(f"unexpected tensors: {', '.join(sorted(unexpected))}")
+    if wrong:
+        parts.append(f"shape mismatches: {'; '.join(sorted(wrong))}")
+    if tied:
+        parts.append(f"tied tensors that differ from their source: {', '.join(sorted(tied))}")
+    if parts:
+        raise CheckpointError(f"{source}: " + " | ".join(parts))
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or '' when none is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -15,13 +18,16 @@ from torch import nn
 from pretrainkit.config import ModelConfig, load_model_config
 from pretrainkit.embeddings.embedding import build_embedding
 from pretrainkit.encoders import ENCODERS
-from pretrainkit.errors import CheckpointError, ConfigError, closest
+from pretrainkit.errors import CheckpointError, ConfigError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.targets import TARGETS, Target
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
+# Sentence-embedding defaults (pooling, normalize, max_length), e.g. from a sentence-transformers
+# folder; written only when set.
+ENCODE_DEFAULTS = "encode.json"
 
 
 @dataclass
@@ -66,6 +72,8 @@ class Model(nn.Module):
         self.encoder = encoder
         self.targets = nn.ModuleDict(targets)
         self.tokenizer: Any = None  # set by the caller; saved with the model when present
+        # Defaults of `encode` recorded with the model (keys: pooling, normalize, max_length).
+        self.encode_defaults: dict[str, Any] = {}
 
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
@@ -106,6 +114,45 @@ class Model(nn.Module):
         first = next(iter(logits.values()), None)
         return ModelOutput(loss, first, hidden, metrics, logits)
 
+    def layer_outputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Every encoder layer's output ``[b, s, h]`` in order; the last equals ``hidden_states``."""
+        layer_outputs = getattr(self.encoder, "layer_outputs", None)
+        if layer_outputs is None:
+            raise ConfigError(f"{type(self.encoder).__name__} cannot return every layer's output")
+        return layer_outputs(self.embedding(input_ids, token_type_ids), attention_mask)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Sentence embeddings ``[len(texts), hidden]`` (float32), like sentence-transformers.
+
+        Runs in eval mode without gradients through ``self.tokenizer``. Options left as None take
+        the model's ``encode_defaults`` (recorded when converting a sentence-transformers folder),
+        else mean pooling, no normalisation and the position table's capacity.
+
+        Args:
+            texts: the sentences.
+            batch_size: sentences per forward pass.
+            pooling: ``cls`` (first token), ``mean``, ``max`` (over real tokens) or
+                ``first-last-avg`` (mean over tokens of the average of the first and the last
+                transformer layer's outputs, as in BERT-whitening).
+            normalize: scale every embedding to unit L2 norm.
+            max_length: longest input in tokens, special tokens included; longer texts are cut.
+        """
+        from pretrainkit.workflows.embed import encode
+
+        return encode(self, texts, batch_size, pooling, normalize, max_length)
+
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically."""
@@ -122,6 +169,8 @@ class Model(nn.Module):
             save_file(state, str(tmp / WEIGHTS), metadata={"format": "pretrainkit"})
             if self.tokenizer is not None:
                 self.tokenizer.save(tmp / TOKENIZER)
+            if self.encode_defaults:
+                (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -143,15 +192,7 @@ def load_state_strict(model: Model, state: dict[str, torch.Tensor], source: str)
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     )
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected tensors: {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatches: {'; '.join(wrong)}")
-        raise CheckpointError(f"{source} does not match its config: " + " | ".join(parts))
+    check_tensor_keys(f"{source} does not match its config", missing, unexpected, wrong)
     model.load_state_dict(state, strict=False)  # aliases are checked above, then re-tied
     model.tie_weights()
 
@@ -226,6 +267,7 @@ def build_model(
         emb.norm,
         emb.norm_eps,
         emb.dropout,
+        emb.position_offset,
     )
     encoder_kwargs = asdict(enc)
     encoder = ENCODERS.get(encoder_kwargs.pop("name"))(
@@ -266,4 +308,9 @@ def load(directory: str | os.PathLike) -> Model:
         from pretrainkit.tokenization import load_tokenizer
 
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
+    if (directory / ENCODE_DEFAULTS).is_file():
+        try:
+            model.encode_defaults = dict(json.loads((directory / ENCODE_DEFAULTS).read_text()))
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{directory / ENCODE_DEFAULTS}: {error}") from None
     return model

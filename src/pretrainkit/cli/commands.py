@@ -269,3 +269,63 @@ def demo(args):
         finetune_epochs=args.finetune_epochs,
         precision=args.precision,
     )
+
+
+def _add_convert(p):
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", metavar="HF_DIR", help="HF model folder to import")
+    direction.add_argument("--to-hf", metavar="DIR", help="pretrainkit model folder to export")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument(
+        "--family",
+        help="HF model_type (bert, roberta, albert); default: config.json's, or inferred",
+    )
+
+
+@command("convert", "convert a model folder between HuggingFace and pretrainkit")(_add_convert)
+def convert(args):
+    from pretrainkit.convert import convert_from_hf, convert_to_hf
+
+    if args.from_hf:
+        return {"out": str(convert_from_hf(args.from_hf, args.out, args.family))}
+    return {"out": str(convert_to_hf(args.to_hf, args.out, args.family))}
+
+
+def _add_embed(p):
+    p.add_argument("--model", required=True, help="model folder with a tokenizer")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="one text per line; a .tsv task file (header label/text_a/text_b) gives text_a",
+    )
+    p.add_argument("--out", required=True, help="output .npy file, float32 [rows, hidden]")
+    p.add_argument(
+        "--pooling",
+        choices=["cls", "mean", "max", "first-last-avg"],
+        help="default: the model's recorded one (sentence-transformers), else mean",
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="unit-length embeddings (default: the model's recorded choice, else off)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--max-length", type=int, help="tokens per text incl. specials (default: the model's)"
+    )
+
+
+@command("embed", "write sentence embeddings of a text file as a .npy array")(_add_embed)
+def embed(args):
+    from pretrainkit.workflows.embed import embed as run
+
+    return run(
+        args.model,
+        args.data,
+        args.out,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )

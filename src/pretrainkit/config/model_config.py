@@ -22,6 +22,9 @@ class EmbeddingConfig:
 
     parts: list[str] = field(default_factory=lambda: ["word", "position", "segment"])
     max_positions: int = 512
+    # Added to every position index before the table lookup. RoBERTa's table starts real tokens
+    # at padding_idx + 1 = 2; keeping its rows 0-1 (and this offset) makes import/export exact.
+    position_offset: int = 0
     num_segments: int = 2
     # ALBERT's factorised embedding: parts live in this smaller size, a linear maps up to hidden.
     factorized_size: int | None = None
@@ -34,6 +37,7 @@ class EmbeddingConfig:
         check_choice(self.norm, NORMS, "norm")
         check_range(self.dropout, "dropout", 0.0, 1.0)
         check_range(self.max_positions, "max_positions", 1)
+        check_range(self.position_offset, "position_offset", 0, self.max_positions - 1)
         if self.factorized_size is not None:
             check_range(self.factorized_size, "factorized_size", 1)
         if not self.parts:

@@ -91,6 +91,7 @@ class Embedding(nn.Module):
         norm: nn.Module | None,
         dropout: float,
         project: nn.Module | None = None,
+        position_offset: int = 0,
     ):
         super().__init__()
         if "word" not in parts:
@@ -99,6 +100,7 @@ class Embedding(nn.Module):
         self.norm = norm
         self.dropout = nn.Dropout(dropout)
         self.project = project
+        self.position_offset = position_offset
 
     @property
     def word_weight(self) -> nn.Parameter:
@@ -112,6 +114,8 @@ class Embedding(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        if self.position_offset:
+            positions = positions + self.position_offset
         x = None
         for part in self.parts.values():
             y = part(input_ids, token_type_ids, positions)
@@ -136,6 +140,7 @@ def build_embedding(
     norm: str,
     norm_eps: float,
     dropout: float,
+    position_offset: int = 0,
 ) -> Embedding:
     size = factorized_size or hidden_size
     modules = {
@@ -146,5 +151,9 @@ def build_embedding(
     }
     project = nn.Linear(size, hidden_size) if factorized_size else None
     return Embedding(
-        modules, make_norm(norm, size, norm_eps) if layer_norm else None, dropout, project
+        modules,
+        make_norm(norm, size, norm_eps) if layer_norm else None,
+        dropout,
+        project,
+        position_offset,
     )

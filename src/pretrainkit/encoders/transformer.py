@@ -76,17 +76,39 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens."""
+        return self._run(x, attention_mask, keep_all=False)[-1]
+
+    def layer_outputs(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The output of every layer application ``[b, s, h]``, in order.
+
+        The last entry is what ``forward`` returns (after the final norm, where there is one);
+        with shared layers every application counts as a layer.
+        """
+        return self._run(x, attention_mask, keep_all=True)
+
+    def _run(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, keep_all: bool
+    ) -> list[torch.Tensor]:
         length = x.shape[1]
         mask, is_causal = self._mask(attention_mask, length, x.device)
         rotary = None
         if self.rotary is not None:
             rotary = self.rotary(torch.arange(length, device=x.device))
+        outputs = []
         for i in range(self.num_layers):
             layer = self.layers[0] if len(self.layers) == 1 else self.layers[i]
             x = layer(x, mask, rotary, is_causal)
+            if keep_all:
+                outputs.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x
+        if keep_all:
+            outputs[-1] = x
+        else:
+            outputs.append(x)
+        return outputs
 
 
 @ENCODERS.register("transformer")

@@ -117,10 +117,11 @@ def pretrain(
         )
         config = load_model_config(config, {"vocab_size": tokenizer.vocab_size})
     check_targets(objective, [t.name for t in config.targets], f"model {model}")
-    if "position" in config.embedding.parts and seq_length > config.embedding.max_positions:
+    emb = config.embedding
+    if "position" in emb.parts and seq_length + emb.position_offset > emb.max_positions:
         raise ConfigError(
-            f"the shards' seq_length {seq_length} exceeds the model's "
-            f"embedding.max_positions {config.embedding.max_positions}"
+            f"the shards' seq_length {seq_length} (+ position_offset {emb.position_offset}) "
+            f"exceeds the model's embedding.max_positions {emb.max_positions}"
         )
     evaluate = None
     if dev is not None:

@@ -1,0 +1,166 @@
+"""BERT and RoBERTa (and every checkpoint of their shape, e.g. sentence-transformers MiniLM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrainkit.config import ModelConfig, TargetConfig
+from pretrainkit.convert import common
+from pretrainkit.convert.spec import Family, Head, params, register
+
+BODY = (
+    ("embedding.parts.word.weight", "embeddings.word_embeddings.weight"),
+    ("embedding.parts.position.weight", "embeddings.position_embeddings.weight"),
+    ("embedding.parts.segment.weight", "embeddings.token_type_embeddings.weight"),
+    *params(
+        ("embedding.norm", "embeddings.LayerNorm"),
+        ("encoder.layers.{i}.attention.query", "encoder.layer.{i}.attention.self.query"),
+        ("encoder.layers.{i}.attention.key", "encoder.layer.{i}.attention.self.key"),
+        ("encoder.layers.{i}.attention.value", "encoder.layer.{i}.attention.self.value"),
+        ("encoder.layers.{i}.attention.output", "encoder.layer.{i}.attention.output.dense"),
+        ("encoder.layers.{i}.attention_norm", "encoder.layer.{i}.attention.output.LayerNorm"),
+        ("encoder.layers.{i}.feed_forward.up", "encoder.layer.{i}.intermediate.dense"),
+        ("encoder.layers.{i}.feed_forward.down", "encoder.layer.{i}.output.dense"),
+        ("encoder.layers.{i}.ffn_norm", "encoder.layer.{i}.output.LayerNorm"),
+    ),
+)
+# Buffers older checkpoints saved; they hold no weights.
+IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
+POOLER = ("pooler.dense.weight", "pooler.dense.bias")
+UNSUPPORTED = (
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForNextSentencePrediction",
+    "LMHeadModel",
+    "ForCausalLM",
+)
+
+
+def _bert_heads() -> tuple[Head, ...]:
+    mlm = params(
+        ("targets.mlm.dense", "cls.predictions.transform.dense"),
+        ("targets.mlm.norm", "cls.predictions.transform.LayerNorm"),
+    ) + (("targets.mlm.decoder.bias", "cls.predictions.bias"),)
+    tied = (
+        ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+        ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    )
+    return (
+        Head("BertModel", (), passthrough=POOLER),
+        Head("BertForMaskedLM", ("mlm",), "bert.", mlm, tied),
+        Head(
+            "BertForPreTraining",
+            ("mlm", "nsp"),
+            "bert.",
+            mlm
+            + params(
+                ("targets.nsp.pooler", "bert.pooler.dense"),
+                ("targets.nsp.classifier", "cls.seq_relationship"),
+            ),
+            tied,
+        ),
+        Head(
+            "BertForSequenceClassification",
+            ("classification",),
+            "bert.",
+            params(
+                ("targets.classification.pooler", "bert.pooler.dense"),
+                ("targets.classification.classifier", "classifier"),
+            ),
+        ),
+    )
+
+
+def _roberta_heads() -> tuple[Head, ...]:
+    mlm = params(
+        ("targets.mlm.dense", "lm_head.dense"),
+        ("targets.mlm.norm", "lm_head.layer_norm"),
+    ) + (("targets.mlm.decoder.bias", "lm_head.bias"),)
+    tied = (
+        ("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+        ("lm_head.decoder.bias", "lm_head.bias"),
+    )
+    return (
+        Head("RobertaModel", (), passthrough=POOLER),
+        Head("RobertaForMaskedLM", ("mlm",), "roberta.", mlm, tied),
+        # HF's RobertaClassificationHead is first token → dense → tanh → out_proj: our pooler.
+        Head(
+            "RobertaForSequenceClassification",
+            ("classification",),
+            "roberta.",
+            params(
+                ("targets.classification.pooler", "classifier.dense"),
+                ("targets.classification.classifier", "classifier.out_proj"),
+            ),
+        ),
+    )
+
+
+def _bert_target(name: str, hf: dict[str, Any]) -> dict[str, Any]:
+    if name == "mlm":
+        return common.mlm_from_hf(hf, common.activation_from_hf(hf.get("hidden_act", "gelu")))
+    if name == "classification":
+        return common.classification_from_hf(hf, "classifier_dropout")
+    return {}
+
+
+def _bert_target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, Any]:
+    if entry.name == "mlm":
+        common.check_mlm(entry, config, config.encoder.activation)
+    if entry.name == "classification":
+        return common.classification_to_hf(entry, "classifier_dropout")
+    return {}
+
+
+def _roberta_offset(hf: dict[str, Any]) -> int:
+    # HF numbers RoBERTa's positions from padding_idx + 1; rows below stay in the table.
+    return int(hf.get("pad_token_id", 1)) + 1
+
+
+def _roberta_target(name: str, hf: dict[str, Any]) -> dict[str, Any]:
+    if name == "mlm":
+        return common.mlm_from_hf(hf, "gelu")  # RobertaLMHead uses exact gelu, not hidden_act
+    return _bert_target(name, hf)
+
+
+def _roberta_target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, Any]:
+    if entry.name == "mlm":
+        common.check_mlm(entry, config, "gelu")
+        return {}
+    return _bert_target_to_hf(entry, config)
+
+
+def _roberta_to_hf(config: ModelConfig) -> dict[str, Any]:
+    offset = config.embedding.position_offset
+    hf = common.bert_like_to_hf(config, "roberta", position_offset=max(offset, 1))
+    return {**hf, "pad_token_id": offset - 1, "bos_token_id": 0, "eos_token_id": 2}
+
+
+register(
+    Family(
+        model_type="bert",
+        config_from_hf=common.bert_like_from_hf,
+        config_to_hf=lambda config: common.bert_like_to_hf(config, "bert"),
+        target_from_hf=_bert_target,
+        target_to_hf=_bert_target_to_hf,
+        body=BODY,
+        heads=_bert_heads(),
+        unsupported=tuple(f"Bert{suffix}" for suffix in UNSUPPORTED),
+        ignored=IGNORED,
+    )
+)
+register(
+    Family(
+        model_type="roberta",
+        config_from_hf=lambda hf: common.bert_like_from_hf(hf, _roberta_offset(hf)),
+        config_to_hf=_roberta_to_hf,
+        target_from_hf=_roberta_target,
+        target_to_hf=_roberta_target_to_hf,
+        body=BODY,
+        heads=_roberta_heads(),
+        unsupported=tuple(f"Roberta{suffix}" for suffix in UNSUPPORTED),
+        ignored=IGNORED,
+        tokenizer_class="RobertaTokenizer",
+    )
+)

@@ -1,0 +1,208 @@
+"""The one converter between HF model folders and pretrainkit model folders.
+
+Everything family-specific lives in the family tables (``convert/bert.py`` ...); this file only
+interprets them, strictly: every HF tensor is consumed, every one of ours is produced, shapes
+agree, or a CheckpointError lists what does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pretrainkit.config import ModelConfig
+from pretrainkit.convert import files
+from pretrainkit.convert.spec import FAMILIES, Family, Head, expand
+from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
+from pretrainkit.fileio import atomic_directory
+from pretrainkit.model import Model, build_model, load, load_state_strict
+
+log = logging.getLogger(__name__)
+
+PASSTHROUGH = "hf_passthrough.safetensors"
+
+
+def get_family(model_type: str) -> Family:
+    """The family registered for a HF ``model_type``; unknown names list the supported ones."""
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"unknown model_type {model_type!r}{closest(model_type, FAMILIES.names())}; "
+            f"supported: {', '.join(FAMILIES.names())}"
+        )
+    return FAMILIES.get(model_type)
+
+
+def _pairs(family: Family, head: Head, model: Model) -> list[tuple[str, str]]:
+    """(ours, hf) for every tensor, checked to cover our model's state exactly."""
+    num_layers = len(getattr(model.encoder, "layers", []))
+    pairs = expand(family.body, num_layers, head.prefix) + expand(head.keys, num_layers)
+    aliases = model.tied_parameters()
+    ours = {k for k in model.state_dict() if k not in aliases}
+    mapped = {o for o, _ in pairs}
+    if mapped != ours:
+        # The config passed the family's checks, so this is a gap in the family's table.
+        raise CheckpointError(
+            f"{family.model_type} key map for {head.architecture} does not cover the model: "
+            f"unmapped {sorted(ours - mapped)}, unknown {sorted(mapped - ours)}"
+        )
+    return pairs
+
+
+def _fail(source: str, missing: list, unexpected: list, wrong: list, tied: list) -> None:
+    check_tensor_keys(source, missing, unexpected, wrong, tied)
+
+
+def state_from_hf(
+    family: Family, head: Head, hf_state: dict[str, torch.Tensor], model: Model, source: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Our state dict and the pass-through tensors from a HF state dict, strictly."""
+    pairs = _pairs(family, head, model)
+    shapes = model.state_dict()
+    missing = [hf for _, hf in pairs if hf not in hf_state]
+    wrong = [
+        f"{hf}: file {tuple(hf_state[hf].shape)} vs {ours} {tuple(shapes[ours].shape)}"
+        for ours, hf in pairs
+        if hf in hf_state and hf_state[hf].shape != shapes[ours].shape
+    ]
+    consumed = {hf for _, hf in pairs} | {head.prefix + k for k in family.ignored}
+    tied = []
+    for alias, original in head.tied:
+        if alias in hf_state:
+            consumed.add(alias)
+            if original in hf_state and not torch.equal(hf_state[alias], hf_state[original]):
+                tied.append(alias)
+    passthrough = {k: hf_state[k] for k in head.passthrough if k in hf_state}
+    unexpected = sorted(set(hf_state) - consumed - set(passthrough))
+    _fail(source, missing, unexpected, wrong, tied)
+    return {ours: hf_state[hf] for ours, hf in pairs}, passthrough
+
+
+def state_to_hf(
+    family: Family, head: Head, model: Model, passthrough: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The HF state dict of ``model`` (tied copies left for HF to re-tie)."""
+    state = model.state_dict()
+    out = {hf: state[ours].detach().cpu().contiguous() for ours, hf in _pairs(family, head, model)}
+    unknown = sorted(set(passthrough) - set(head.passthrough))
+    if unknown:
+        raise CheckpointError(
+            f"{PASSTHROUGH} holds tensors {head.architecture} has no place for: "
+            f"{', '.join(unknown)}"
+        )
+    return {**out, **passthrough}
+
+
+def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple[Model, dict]:
+    """Build our model from a HF folder; returns it and the pass-through tensors."""
+    directory = Path(hf_dir)
+    hf = files.read_json(directory / "config.json")
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{directory / 'config.json'}: expected a JSON object")
+    model_type = family or hf.get("model_type")
+    if not model_type:
+        raise CheckpointError(f"{directory / 'config.json'}: no model_type; pass --family")
+    fam = get_family(str(model_type))
+    hf = {**hf, "model_type": fam.model_type}
+    architectures = hf.get("architectures") or [fam.heads[0].architecture]
+    if len(architectures) != 1:
+        raise CheckpointError(f"{directory}: expected one architecture, got {architectures}")
+    head = fam.head_for_architecture(architectures[0])
+    config_dict = fam.config_from_hf(hf)
+    config_dict["targets"] = [{"name": t, **fam.target_from_hf(t, hf)} for t in head.targets]
+    model = build_model(ModelConfig.from_dict(config_dict, where=f"{directory} (converted)"))
+    hf_state, source = files.read_weights(directory)
+    state, passthrough = state_from_hf(fam, head, hf_state, model, source)
+    load_state_strict(model, state, source)
+    model.tokenizer = files.import_tokenizer(directory)
+    model.encode_defaults = files.sentence_transformers_defaults(directory)
+    return model.eval(), passthrough
+
+
+def convert_from_hf(
+    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None
+) -> Path:
+    """Convert a HF model folder into a pretrainkit model folder.
+
+    Args:
+        hf_dir: folder with ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``,
+            read with ``weights_only``; sharded indexes too), and optionally the tokenizer files
+            and sentence-transformers settings (pooling, normalisation, max_seq_length).
+        out_dir: the pretrainkit model folder to write (replaced atomically).
+        family: HF ``model_type`` to use instead of the one in config.json.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        CheckpointError: unknown model_type or architecture, a head not supported yet, or
+            tensors missing, left over or of the wrong shape (all listed).
+    """
+    model, passthrough = model_from_hf(hf_dir, family)
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        model.save(tmp)
+        if passthrough:
+            save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
+    if model.tokenizer is None:
+        log.warning(
+            "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json)", hf_dir
+        )
+    return out
+
+
+def _family_of(config: ModelConfig, family: str | None) -> Family:
+    if family:
+        return get_family(family)
+    if config.name in FAMILIES:  # converted models are named after their model_type
+        return FAMILIES.get(config.name)
+    emb = config.embedding
+    if emb.factorized_size is not None or config.encoder.share_layers:
+        return FAMILIES.get("albert")
+    return FAMILIES.get("roberta" if emb.position_offset else "bert")
+
+
+def convert_to_hf(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None
+) -> Path:
+    """Write a pretrainkit model folder as a HF folder that ``transformers`` loads as is.
+
+    The architecture follows the targets (none → ``BertModel``, mlm → ``...ForMaskedLM``,
+    mlm + nsp → ``BertForPreTraining``, classification → ``...ForSequenceClassification``).
+    Writes config.json, model.safetensors and, for WordPiece / byte-level BPE, the vocabulary.
+
+    Raises:
+        CheckpointError: the model uses something the HF family cannot compute (named).
+    """
+    model = load(model_dir)
+    config = model.config
+    fam = _family_of(config, family)
+    head = fam.head_for_targets(tuple(t.name for t in config.targets))
+    hf: dict[str, Any] = fam.config_to_hf(config)
+    for entry in config.targets:
+        hf.update(fam.target_to_hf(entry, config))
+    tokenizer = model.tokenizer
+    if tokenizer is not None:
+        if "pad_token_id" in hf and hf["pad_token_id"] != tokenizer.pad_id:
+            raise CheckpointError(
+                f"the tokenizer pads with id {tokenizer.pad_id}, {fam.model_type} positions "
+                f"need pad_token_id {hf['pad_token_id']}"
+            )
+        hf["pad_token_id"] = tokenizer.pad_id
+    hf.setdefault("pad_token_id", 0)
+    hf["architectures"] = [head.architecture]
+    passthrough_file = Path(model_dir) / PASSTHROUGH
+    passthrough = load_file(str(passthrough_file)) if passthrough_file.is_file() else {}
+    state = state_to_hf(fam, head, model, passthrough)
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
+    return out

@@ -1,0 +1,129 @@
+"""What a model family is to the converter: config translators plus declarative key maps.
+
+A key map is a tuple of ``(ours, hf)`` name pairs; ``{i}`` in both names stands for the layer
+index and is expanded over the layers the pretrainkit model actually stores (one for ALBERT's
+shared block). The converter in ``convert.hf`` is the only code that interprets them, so adding a
+family means adding one file of tables, not another script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pretrainkit.config import ModelConfig, TargetConfig
+from pretrainkit.errors import CheckpointError
+from pretrainkit.registry import Registry
+
+KeyMap = tuple[tuple[str, str], ...]
+
+
+def params(*modules: tuple[str, str], kinds: tuple[str, ...] = ("weight", "bias")) -> KeyMap:
+    """Key pairs for modules that hold the same parameters on both sides (Linear, LayerNorm)."""
+    return tuple((f"{ours}.{kind}", f"{hf}.{kind}") for ours, hf in modules for kind in kinds)
+
+
+def expand(keys: KeyMap, num_layers: int, prefix: str = "") -> list[tuple[str, str]]:
+    """Concrete ``(ours, hf)`` names: ``{i}`` expanded, ``prefix`` put before every HF name."""
+    out = []
+    for ours, hf in keys:
+        indices = range(num_layers) if "{i}" in ours else [None]
+        for i in indices:
+            out.append((ours.replace("{i}", str(i)), prefix + hf.replace("{i}", str(i))))
+    return out
+
+
+@dataclass(frozen=True)
+class Head:
+    """One HF architecture of a family and the pretrainkit targets it corresponds to.
+
+    Attributes:
+        architecture: the HF class name (``BertForPreTraining``).
+        targets: our target names, in order (``("mlm", "nsp")``); empty for the bare encoder.
+        prefix: where the encoder body sits inside this architecture (``"bert."``).
+        keys: the head's own tensors, ``(ours, hf)`` with full HF names.
+        tied: ``(hf alias, hf source)``: tensors HF shares with another one (the decoder and the
+            word embedding). Older checkpoints store them; they are checked equal on import and
+            never written (HF re-ties them on load).
+        passthrough: HF tensors with no slot in pretrainkit (BertModel's unused pooler); they
+            are kept beside the model (``hf_passthrough.safetensors``) and written back on
+            export, so nothing is dropped. They may be absent.
+    """
+
+    architecture: str
+    targets: tuple[str, ...]
+    prefix: str = ""
+    keys: KeyMap = ()
+    tied: tuple[tuple[str, str], ...] = ()
+    passthrough: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """A HF ``model_type`` and how it maps onto the five slots.
+
+    Attributes:
+        model_type: HF's ``model_type`` (``bert``).
+        config_from_hf: HF config.json dict → our model config dict without targets.
+        config_to_hf: our config → HF config.json keys for the body (raises CheckpointError when
+            the model cannot be expressed in this family).
+        target_from_hf: (our target name, HF config) → that target's options.
+        target_to_hf: our target entry → HF config keys it implies (labels ...), checking that
+            its options are ones HF's head computes.
+        body: encoder-body key map, HF names relative to the head's ``prefix``.
+        heads: supported architectures.
+        unsupported: architectures recognised but not converted yet (a clear error, no drop).
+        ignored: HF buffers that carry no weights (``embeddings.position_ids``), relative to
+            the prefix; consumed without a slot.
+        tokenizer_class: what HF's config/tokenizer files call the tokenizer on export.
+    """
+
+    model_type: str
+    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
+    config_to_hf: Callable[[ModelConfig], dict[str, Any]]
+    target_from_hf: Callable[[str, dict[str, Any]], dict[str, Any]]
+    target_to_hf: Callable[[TargetConfig, ModelConfig], dict[str, Any]]
+    body: KeyMap
+    heads: tuple[Head, ...]
+    unsupported: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    tokenizer_class: str = "BertTokenizer"
+
+    def head_for_architecture(self, architecture: str) -> Head:
+        for head in self.heads:
+            if head.architecture == architecture:
+                return head
+        if architecture in self.unsupported:
+            raise CheckpointError(
+                f"{architecture} is not supported yet (token-classification, question-answering "
+                f"and other heads come later); supported {self.model_type} architectures: "
+                f"{', '.join(h.architecture for h in self.heads)}"
+            )
+        raise CheckpointError(
+            f"unknown {self.model_type} architecture {architecture!r}; supported: "
+            f"{', '.join(h.architecture for h in self.heads)}"
+        )
+
+    def head_for_targets(self, targets: tuple[str, ...]) -> Head:
+        for head in self.heads:
+            if head.targets == targets:
+                return head
+        known = "; ".join(f"{list(h.targets)} → {h.architecture}" for h in self.heads)
+        raise CheckpointError(
+            f"no {self.model_type} architecture has the targets {list(targets)}; "
+            f"exportable: {known}"
+        )
+
+
+FAMILIES: Registry[Family] = Registry("HF model_type")
+
+
+def register(family: Family) -> Family:
+    return FAMILIES.register(family.model_type)(family)
+
+
+def need(condition: bool, what: str) -> None:
+    """Raise CheckpointError(``what``) unless ``condition``: the translators' one check."""
+    if not condition:
+        raise CheckpointError(what)
