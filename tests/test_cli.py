@@ -52,6 +52,7 @@ PRESETS = [
     "bert-small",
     "bert-tiny",
     "gpt2-small",
+    "llama",
     "roberta-base",
 ]
 
@@ -128,7 +129,7 @@ def test_training_flags_come_from_train_config(capsys) -> None:
     assert "--config CONFIG YAML file of option values (defaults < file < flags)" in text
 
 
-def test_presets_prints_the_nine_presets(capsys) -> None:
+def test_presets_prints_every_preset(capsys) -> None:
     code, out, _ = invoke(capsys, "presets")
     assert code == 0
     lines = out.strip().splitlines()

@@ -49,6 +49,14 @@ def hf_reference_count(name):
             model = tf.RobertaForMaskedLM(tf.RobertaConfig(**common, type_vocab_size=1))
         elif name.startswith("albert"):
             model = tf.AlbertForPreTraining(tf.AlbertConfig(**common, embedding_size=128))
+        elif name.startswith("llama"):
+            model = tf.LlamaForCausalLM(
+                tf.LlamaConfig(
+                    **common,
+                    num_key_value_heads=enc.num_kv_heads or enc.num_heads,
+                    tie_word_embeddings=False,
+                )
+            )
         else:
             model = tf.GPT2LMHeadModel(
                 tf.GPT2Config(

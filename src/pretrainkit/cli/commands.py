@@ -329,3 +329,72 @@ def embed(args):
         batch_size=args.batch_size,
         max_length=args.max_length,
     )
+
+
+def _add_generate(p):
+    p.add_argument("--model", required=True, help="decoder-only model folder with a tokenizer")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt")
+    source.add_argument("--data", help="text file, one prompt per line")
+    p.add_argument("--out", help="write the outputs here (one per line) instead of printing")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam", "sample"])
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k best (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="seed of the sampling generator")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (left-padded)")
+    p.add_argument("--no-cache", action="store_true", help="recompute every step (slower)")
+
+
+@command("generate", "continue prompts with a decoder-only (lm) model")(_add_generate)
+def generate(args):
+    from pathlib import Path
+
+    from pretrainkit.generation import check_generative
+    from pretrainkit.generation import generate as run
+    from pretrainkit.model import load
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = load(args.model)
+    check_generative(model)
+    tok = model.tokenizer
+    if tok is None:
+        raise ConfigError(f"{args.model}: no tokenizer folder; generate needs one to read text")
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        path = Path(args.data)
+        if not path.is_file():
+            raise ConfigError(f"--data {path}: no such file")
+        prompts = path.read_text(encoding="utf-8").splitlines()
+    outputs = []
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start : start + args.batch_size]
+        # The bos token gives an empty line something to condition on.
+        ids = [[tok.bos_id, *tok.encode(text)] for text in chunk]
+        new = run(
+            model,
+            ids,
+            args.max_new_tokens,
+            strategy=args.strategy,
+            num_beams=args.num_beams,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            temperature=args.temperature,
+            seed=args.seed,
+            eos_id=tok.eos_id,
+            use_cache=not args.no_cache,
+            pad_id=tok.pad_id,
+        )
+        # One output per line: line breaks inside a generated text become spaces.
+        outputs += [" ".join(tok.decode(row, skip_special_tokens=True).splitlines()) for row in new]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(line + "\n" for line in outputs), encoding="utf-8")
+        return {"out": args.out, "prompts": len(prompts)}
+    for line in outputs:
+        print(line)
+    return None

@@ -1,10 +1,11 @@
 """HuggingFace ⇄ pretrainkit conversion: one declarative key map per family, one converter.
 
-Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta`` and
-``albert``. See ``convert.spec`` for the table format and ``convert.hf`` for the converter.
+Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
+``albert``, ``gpt2`` and ``llama``. See ``convert.spec`` for the table format and ``convert.hf``
+for the converter.
 """
 
-from pretrainkit.convert import albert, bert  # noqa: F401  (register the families)
+from pretrainkit.convert import albert, bert, gpt2, llama  # noqa: F401  (register the families)
 from pretrainkit.convert.hf import PASSTHROUGH, convert_from_hf, convert_to_hf, get_family
 from pretrainkit.convert.spec import FAMILIES, Family, Head
 

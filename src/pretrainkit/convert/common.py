@@ -183,3 +183,26 @@ def classification_to_hf(entry: TargetConfig, dropout_key: str) -> dict[str, Any
         "label2id": {label: i for i, label in enumerate(labels)},
         dropout_key: options["dropout"],
     }
+
+
+def refuse_mismatches(checks: dict[str, tuple[Any, Any]], model_type: str) -> None:
+    """CheckpointError listing every ``key: (got, want)`` that differs."""
+    wrong = [
+        f"{key} is {got!r}, {model_type} needs {want!r}"
+        for key, (got, want) in checks.items()
+        if got != want
+    ]
+    need(not wrong, f"the model cannot be written as HF {model_type}: {'; '.join(wrong)}")
+
+
+def lm_from_hf(name: str, hf: dict[str, Any]) -> dict[str, Any]:
+    """Options of the causal-LM target: a bias-free head, tied as config.json says."""
+    need(name == "lm", f"target {name!r} has no causal-LM HF head")
+    return {"bias": False, "tied": bool(hf.get("tie_word_embeddings", True))}
+
+
+def lm_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, Any]:
+    """HF keys the ``lm`` target implies; HF's causal-LM heads have no bias."""
+    options = target_options(entry)
+    need(not options["bias"], "target lm cannot be written to HF with bias: true")
+    return {"tie_word_embeddings": bool(options["tied"])}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pretrainkit.errors import CheckpointError
+from pretrainkit.errors import CheckpointError, DataError
 from pretrainkit.tokenization import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,13 @@ def import_tokenizer(directory: Path) -> Tokenizer | None:
             raise CheckpointError(f"{directory}: lower-casing byte-level BPE is not supported")
         return load_tokenizer(directory / "vocab.json")
     if (directory / "tokenizer.json").is_file():
-        return _tokenizer_json_without_padding(directory / "tokenizer.json")
+        try:
+            return _tokenizer_json_without_padding(directory / "tokenizer.json")
+        except DataError as err:
+            # GPT-2's <|endoftext|> or LLaMA's <s>/</s> are not special tokens our loader can
+            # name yet; the weights are still worth converting, so say so and go on without.
+            log.warning("%s: tokenizer.json not imported: %s", directory, err)
+            return None
     present = [p.name for p in directory.glob("*.model")]
     if present:
         log.warning("%s: tokenizer %s not imported (not supported yet)", directory, present)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from pretrainkit.config import ModelConfig
 from pretrainkit.convert import files
-from pretrainkit.convert.spec import FAMILIES, Family, Head, expand
+from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import Model, build_model, load, load_state_strict
@@ -31,20 +31,29 @@ PASSTHROUGH = "hf_passthrough.safetensors"
 def get_family(model_type: str) -> Family:
     """The family registered for a HF ``model_type``; unknown names list the supported ones."""
     if model_type not in FAMILIES:
+        # Grouped so the reader sees at once which families are causal decoders.
+        names = sorted(FAMILIES.names())
+        causal = [n for n in names if any("lm" in h.targets for h in FAMILIES.get(n).heads)]
+        encoders = [n for n in names if n not in causal]
         raise CheckpointError(
             f"unknown model_type {model_type!r}{closest(model_type, FAMILIES.names())}; "
-            f"supported: {', '.join(FAMILIES.names())}"
+            f"supported: {', '.join(encoders)} (encoders); {', '.join(causal)} (decoders)"
         )
     return FAMILIES.get(model_type)
 
 
-def _pairs(family: Family, head: Head, model: Model) -> list[tuple[str, str]]:
-    """(ours, hf) for every tensor, checked to cover our model's state exactly."""
-    num_layers = len(getattr(model.encoder, "layers", []))
+def _pairs(family: Family, head: Head, model: Model) -> list[Mapping]:
+    """(ours, hf, transform) for every tensor, checked to cover our model's state exactly.
+
+    Pairs whose our side is tied to the word embedding are dropped: the tensor is stored once,
+    and HF re-ties (or, untied, the table's pair for it applies).
+    """
+    num_layers = _num_layers(model)
     pairs = expand(family.body, num_layers, head.prefix) + expand(head.keys, num_layers)
     aliases = model.tied_parameters()
+    pairs = [pair for pair in pairs if pair[0] not in aliases]
     ours = {k for k in model.state_dict() if k not in aliases}
-    mapped = {o for o, _ in pairs}
+    mapped = {o for o, _, _ in pairs}
     if mapped != ours:
         # The config passed the family's checks, so this is a gap in the family's table.
         raise CheckpointError(
@@ -52,6 +61,10 @@ def _pairs(family: Family, head: Head, model: Model) -> list[tuple[str, str]]:
             f"unmapped {sorted(ours - mapped)}, unknown {sorted(mapped - ours)}"
         )
     return pairs
+
+
+def _num_layers(model: Model) -> int:
+    return len(getattr(model.encoder, "layers", []))
 
 
 def _fail(source: str, missing: list, unexpected: list, wrong: list, tied: list) -> None:
@@ -64,23 +77,32 @@ def state_from_hf(
     """Our state dict and the pass-through tensors from a HF state dict, strictly."""
     pairs = _pairs(family, head, model)
     shapes = model.state_dict()
-    missing = [hf for _, hf in pairs if hf not in hf_state]
+    hf_names = list(dict.fromkeys(hf for _, hf, _ in pairs))  # fused tensors appear once
+    missing = [hf for hf in hf_names if hf not in hf_state]
+    want = {hf: transform.hf_shape(tuple(shapes[ours].shape)) for ours, hf, transform in pairs}
+    names: dict[str, list[str]] = {}
+    for ours, hf, _ in pairs:
+        names.setdefault(hf, []).append(ours)
     wrong = [
-        f"{hf}: file {tuple(hf_state[hf].shape)} vs {ours} {tuple(shapes[ours].shape)}"
-        for ours, hf in pairs
-        if hf in hf_state and hf_state[hf].shape != shapes[ours].shape
+        f"{hf}: file {tuple(hf_state[hf].shape)} vs {' + '.join(names[hf])} {want[hf]}"
+        for hf in hf_names
+        if hf in hf_state and tuple(hf_state[hf].shape) != want[hf]
     ]
-    consumed = {hf for _, hf in pairs} | {head.prefix + k for k in family.ignored}
+    # Ignored buffers may be per layer (GPT-2's causal-mask ``h.{i}.attn.bias``).
+    ignored = expand(tuple((k, k) for k in family.ignored), _num_layers(model), head.prefix)
+    consumed = set(hf_names) | {hf for _, hf, _ in ignored}
     tied = []
     for alias, original in head.tied:
-        if alias in hf_state:
+        if alias in hf_state and alias not in want:  # untied: the alias is a real tensor
             consumed.add(alias)
             if original in hf_state and not torch.equal(hf_state[alias], hf_state[original]):
                 tied.append(alias)
     passthrough = {k: hf_state[k] for k in head.passthrough if k in hf_state}
     unexpected = sorted(set(hf_state) - consumed - set(passthrough))
     _fail(source, missing, unexpected, wrong, tied)
-    return {ours: hf_state[hf] for ours, hf in pairs}, passthrough
+    # contiguous: a transposed or sliced view would be saved as a view of the whole HF tensor.
+    state = {ours: transform.from_hf(hf_state[hf]).contiguous() for ours, hf, transform in pairs}
+    return state, passthrough
 
 
 def state_to_hf(
@@ -88,7 +110,13 @@ def state_to_hf(
 ) -> dict[str, torch.Tensor]:
     """The HF state dict of ``model`` (tied copies left for HF to re-tie)."""
     state = model.state_dict()
-    out = {hf: state[ours].detach().cpu().contiguous() for ours, hf in _pairs(family, head, model)}
+    grouped: dict[str, list[tuple[Transform, torch.Tensor]]] = {}
+    for ours, hf, transform in _pairs(family, head, model):
+        grouped.setdefault(hf, []).append((transform, state[ours].detach().cpu()))
+    out = {}
+    for hf, parts in grouped.items():
+        parts.sort(key=lambda item: item[0].part)
+        out[hf] = parts[0][0].to_hf([tensor for _, tensor in parts]).contiguous()
     unknown = sorted(set(passthrough) - set(head.passthrough))
     if unknown:
         raise CheckpointError(
@@ -161,8 +189,10 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
         return get_family(family)
     if config.name in FAMILIES:  # converted models are named after their model_type
         return FAMILIES.get(config.name)
-    emb = config.embedding
-    if emb.factorized_size is not None or config.encoder.share_layers:
+    enc, emb = config.encoder, config.embedding
+    if enc.causal:  # a decoder-only stack: rotary means LLaMA, absolute positions GPT-2
+        return FAMILIES.get("llama" if enc.position == "rotary" else "gpt2")
+    if emb.factorized_size is not None or enc.share_layers:
         return FAMILIES.get("albert")
     return FAMILIES.get("roberta" if emb.position_offset else "bert")
 

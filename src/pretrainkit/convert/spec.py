@@ -1,9 +1,11 @@
 """What a model family is to the converter: config translators plus declarative key maps.
 
-A key map is a tuple of ``(ours, hf)`` name pairs; ``{i}`` in both names stands for the layer
-index and is expanded over the layers the pretrainkit model actually stores (one for ALBERT's
-shared block). The converter in ``convert.hf`` is the only code that interprets them, so adding a
-family means adding one file of tables, not another script.
+A key map is a tuple of ``(ours, hf)`` name pairs, or ``(ours, hf, Transform)`` where the HF
+tensor is stored differently (GPT-2's transposed Conv1D weights, its fused query/key/value
+``c_attn``); ``{i}`` in both names stands for the layer index and is expanded over the layers the
+pretrainkit model actually stores (one for ALBERT's shared block). The converter in
+``convert.hf`` is the only code that interprets them, so adding a family means adding one file of
+tables, not another script.
 """
 
 from __future__ import annotations
@@ -12,11 +14,55 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from pretrainkit.config import ModelConfig, TargetConfig
 from pretrainkit.errors import CheckpointError
 from pretrainkit.registry import Registry
 
-KeyMap = tuple[tuple[str, str], ...]
+
+@dataclass(frozen=True)
+class Transform:
+    """How one of our tensors sits inside a HF tensor; the identity by default.
+
+    Import takes part ``part`` of ``parts`` equal slices of the HF tensor along ``dim`` (HF
+    layout), then transposes it; export transposes back and concatenates the parts of one HF
+    name in ``part`` order. Both are pure copies, so a round trip is bit for bit.
+
+    Attributes:
+        transpose: the HF tensor is the transpose of ours (Conv1D stores ``[in, out]``).
+        part: which slice of the HF tensor is ours.
+        parts: how many equal slices the HF tensor is made of (1: not fused).
+        dim: the HF dimension the slices are stacked along.
+    """
+
+    transpose: bool = False
+    part: int = 0
+    parts: int = 1
+    dim: int = 0
+
+    def from_hf(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Our tensor out of the HF one (whose shape was checked with ``hf_shape``)."""
+        if self.parts > 1:
+            tensor = tensor.chunk(self.parts, dim=self.dim)[self.part]
+        return tensor.t() if self.transpose else tensor
+
+    def to_hf(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The HF tensor from our tensors for every part of it, in ``part`` order."""
+        laid = [t.t() if self.transpose else t for t in parts]
+        return torch.cat(laid, dim=self.dim) if self.parts > 1 else laid[0]
+
+    def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the HF tensor must have, given the shape of our part."""
+        shape = list(reversed(ours)) if self.transpose else list(ours)
+        shape[self.dim] *= self.parts
+        return tuple(shape)
+
+
+IDENTITY = Transform()
+KeyPair = tuple[str, str] | tuple[str, str, Transform]
+KeyMap = tuple[KeyPair, ...]
+Mapping = tuple[str, str, Transform]
 
 
 def params(*modules: tuple[str, str], kinds: tuple[str, ...] = ("weight", "bias")) -> KeyMap:
@@ -24,13 +70,44 @@ def params(*modules: tuple[str, str], kinds: tuple[str, ...] = ("weight", "bias"
     return tuple((f"{ours}.{kind}", f"{hf}.{kind}") for ours, hf in modules for kind in kinds)
 
 
-def expand(keys: KeyMap, num_layers: int, prefix: str = "") -> list[tuple[str, str]]:
-    """Concrete ``(ours, hf)`` names: ``{i}`` expanded, ``prefix`` put before every HF name."""
+def conv1d(*modules: tuple[str, str]) -> KeyMap:
+    """Key pairs for our Linear layers stored as HF Conv1D (weight transposed, bias as is)."""
+    return tuple(
+        pair
+        for ours, hf in modules
+        for pair in (
+            (f"{ours}.weight", f"{hf}.weight", Transform(transpose=True)),
+            (f"{ours}.bias", f"{hf}.bias"),
+        )
+    )
+
+
+def fused_conv1d(ours: tuple[str, ...], hf: str) -> KeyMap:
+    """Our separate Linear layers stored as one HF Conv1D whose outputs are concatenated.
+
+    GPT-2's ``c_attn`` is ``[h, 3h]`` (query, key, value side by side on the output dimension),
+    its bias ``[3h]``.
+    """
+    n = len(ours)
+    return tuple(
+        pair
+        for part, name in enumerate(ours)
+        for pair in (
+            (f"{name}.weight", f"{hf}.weight", Transform(True, part, n, dim=1)),
+            (f"{name}.bias", f"{hf}.bias", Transform(False, part, n, dim=0)),
+        )
+    )
+
+
+def expand(keys: KeyMap, num_layers: int, prefix: str = "") -> list[Mapping]:
+    """Concrete ``(ours, hf, transform)``: ``{i}`` expanded, ``prefix`` before every HF name."""
     out = []
-    for ours, hf in keys:
+    for pair in keys:
+        ours, hf = pair[0], pair[1]
+        transform = pair[2] if len(pair) == 3 else IDENTITY
         indices = range(num_layers) if "{i}" in ours else [None]
         for i in indices:
-            out.append((ours.replace("{i}", str(i)), prefix + hf.replace("{i}", str(i))))
+            out.append((ours.replace("{i}", str(i)), prefix + hf.replace("{i}", str(i)), transform))
     return out
 
 

@@ -39,7 +39,9 @@ class LearnedPositionEmbedding(nn.Module):
                 f"sequence of length {positions.shape[-1]} exceeds max_positions "
                 f"{self.weight.shape[0]} of the position embedding"
             )
-        return nn.functional.embedding(positions, self.weight)[None]
+        out = nn.functional.embedding(positions, self.weight)
+        # Shared positions [s] broadcast over the batch; per-row positions [b, s] already have it.
+        return out[None] if positions.dim() == 1 else out
 
 
 @EMBEDDING_PARTS.register("sinusoidal")
@@ -60,7 +62,8 @@ class SinusoidalPositionEmbedding(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        return self.table[positions][None]
+        out = self.table[positions]
+        return out[None] if positions.dim() == 1 else out
 
 
 @EMBEDDING_PARTS.register("segment")
@@ -109,11 +112,23 @@ class Embedding(nn.Module):
         return weight
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Embed ``input_ids`` ``[b, s]`` into ``[b, s, h]``.
+
+        Args:
+            input_ids: token ids ``[b, s]``.
+            token_type_ids: segment ids ``[b, s]``; None = all zeros.
+            positions: 0-based positions ``[s]`` or per row ``[b, s]`` (cached generation and
+                left-padded prompts); None = ``0 .. s-1``. ``position_offset`` is added either way.
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         if self.position_offset:
             positions = positions + self.position_offset
         x = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,10 +13,44 @@ from pretrainkit.layers.attention import MultiHeadAttention
 from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.layers.feed_forward import FeedForward, GatedFeedForward
 from pretrainkit.layers.norms import make_norm
-from pretrainkit.layers.positions import RelativePositionBias, RotaryEmbedding, alibi_bias
+from pretrainkit.layers.positions import (
+    RelativePositionBias,
+    RotaryEmbedding,
+    alibi_bias,
+    alibi_slopes,
+)
 from pretrainkit.registry import Registry
 
 ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+
+
+@dataclass
+class KVCache:
+    """Keys and values of earlier tokens, one entry per layer application, for generation.
+
+    Attributes:
+        layers: per layer application, keys and values ``[b, kv_heads, t, d]`` (kv heads, not
+            repeated for grouped-query attention; rotary already applied), or None before the
+            first call.
+        keep: ``[b, t]`` bool, False for padding slots (left-padded prompts); None when empty.
+    """
+
+    layers: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    keep: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached token slots ``t`` (padding included)."""
+        return 0 if self.keep is None else self.keep.shape[1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows ``index`` in place (beam search keeps the surviving beams)."""
+        self.layers = [
+            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            for kv in self.layers
+        ]
+        if self.keep is not None:
+            self.keep = self.keep.index_select(0, index)
 
 
 class TransformerEncoder(nn.Module):
@@ -73,6 +109,85 @@ class TransformerEncoder(nn.Module):
             return keep, False
         neg = torch.finfo(torch.float32).min
         return bias.float().masked_fill(~keep, neg), False
+
+    def _cached_mask(
+        self, keep_keys: torch.Tensor, past: int, length: int
+    ) -> tuple[torch.Tensor | None, bool]:
+        """Mask of ``length`` new queries over ``past`` cached + new keys, and SDPA's causal flag."""
+        device = keep_keys.device
+        total = past + length
+        positional = self.position in ("alibi", "relative")
+        if not positional and bool(keep_keys.all()):
+            if length == 1 or not self.causal:
+                return None, False  # one new token sees every cached one
+            if past == 0:
+                return None, True  # a fresh prompt: same fast path as training's forward
+        query_slot = torch.arange(past, total, device=device)[:, None]  # [s, 1]
+        key_slot = torch.arange(total, device=device)[None, :]  # [1, t + s]
+        keep = keep_keys[:, None, None, :].bool()  # [b, 1, 1, t + s]
+        if self.causal:
+            keep = keep & (key_slot <= query_slot)
+        # A padding query would see no key at all and SDPA would return NaN for it, which then
+        # poisons later layers through its value; letting it see itself keeps everything finite.
+        keep = keep | (key_slot == query_slot)
+        bias = None
+        if self.position == "alibi":
+            # Slot distance equals position distance between real tokens, padding or not.
+            distance = (key_slot - query_slot).abs().float()
+            bias = -(alibi_slopes(self.num_heads).to(device)[:, None, None] * distance)[None]
+        elif self.position == "relative" and self.relative_bias is not None:
+            buckets = self.relative_bias.bucket(key_slot - query_slot)
+            bias = self.relative_bias.bias(buckets).permute(2, 0, 1)[None]
+        if bias is None:
+            return keep, False
+        return bias.float().masked_fill(~keep, torch.finfo(torch.float32).min), False
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run new tokens over the cached ones and append their keys/values to ``cache``.
+
+        The inference path of generation (no dropout). With an empty cache and the whole
+        sequence it computes what ``forward`` computes.
+
+        Args:
+            x: embedded new tokens ``[b, s, h]``.
+            cache: updated in place.
+            positions: the new tokens' 0-based positions, ``[s]`` or per row ``[b, s]`` (rows of
+                left-padded prompts start at different slots); used by rotary.
+            attention_mask: ``[b, s]``, 1 for real tokens, 0 for padding; None = all real.
+
+        Returns:
+            ``[b, s, h]`` after the final norm.
+        """
+        b, length, _ = x.shape
+        past = cache.length
+        new_keep = (
+            torch.ones(b, length, dtype=torch.bool, device=x.device)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
+        keep_keys = new_keep if cache.keep is None else torch.cat((cache.keep, new_keep), dim=1)
+        mask, is_causal = self._cached_mask(keep_keys, past, length)
+        rotary = None
+        if self.rotary is not None:
+            cos, sin = self.rotary(positions.reshape(-1))
+            if positions.dim() == 2:  # per row: [b, 1, s, d] broadcasts over heads
+                cos, sin = cos.view(b, 1, length, -1), sin.view(b, 1, length, -1)
+            rotary = (cos, sin)
+        if not cache.layers:
+            cache.layers = [None] * self.num_layers
+        for i in range(self.num_layers):
+            layer: Any = self.layers[0] if len(self.layers) == 1 else self.layers[i]
+            x, cache.layers[i] = layer.forward_cached(x, mask, rotary, cache.layers[i], is_causal)
+        cache.keep = keep_keys
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens."""

@@ -66,3 +66,46 @@ class MultiHeadAttention(nn.Module):
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         return self.output(out.transpose(1, 2).reshape(b, s, -1))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of new tokens over cached keys/values plus their own (generation).
+
+        Args:
+            x: the new tokens ``[b, s, h]``.
+            mask: bool (True = attend) or additive, broadcastable to ``[b, h, s, t + s]``.
+            rotary: cos, sin ``[s, d]`` or per row ``[b, 1, s, d]`` at the tokens' positions.
+            past: keys and values ``[b, kv_heads, t, d]`` of earlier tokens (rotated already).
+            is_causal: let SDPA apply its own causal mask (only valid when ``past`` is empty).
+
+        Returns:
+            The output ``[b, s, h]`` and the keys/values ``[b, kv_heads, t + s, d]`` to cache.
+        """
+        b, s, _ = x.shape
+        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.key(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.value(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q = apply_rotary(q, *rotary)
+            k = apply_rotary(k, *rotary)
+        if past is not None:
+            # Stored with kv heads only: GQA's memory saving holds for the cache too.
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal and mask is None,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.output(out.transpose(1, 2).reshape(b, s, -1)), (k, v)

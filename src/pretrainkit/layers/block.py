@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,3 +44,25 @@ class TransformerBlock(nn.Module):
             return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
         x = self.attention_norm(x + self.dropout(self.attention(x, mask, rotary, is_causal)))
         return self.ffn_norm(x + self.dropout(self.feed_forward(x)))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Like ``forward`` for new tokens over cached keys/values; returns the new cache entry.
+
+        Dropout is skipped: this path is for inference only.
+        """
+        attention: Any = self.attention  # typed nn.Module; a MultiHeadAttention in practice
+        attend = attention.forward_cached
+        if self.pre_norm:
+            out, kv = attend(self.attention_norm(x), mask, rotary, past, is_causal)
+            x = x + out
+            return x + self.feed_forward(self.ffn_norm(x)), kv
+        out, kv = attend(x, mask, rotary, past, is_causal)
+        x = self.attention_norm(x + out)
+        return self.ffn_norm(x + self.feed_forward(x)), kv
