@@ -99,9 +99,17 @@ class Model(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pair_labels: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
     ) -> ModelOutput:
         hidden = self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
-        given = {"labels": labels, "pair_labels": pair_labels}
+        # Span targets read both boundaries as one [b, 2] tensor: the Target API has one key.
+        spans = None
+        if (start_positions is None) != (end_positions is None):
+            raise ValueError("span labels need both start_positions and end_positions")
+        if start_positions is not None and end_positions is not None:
+            spans = torch.stack([start_positions, end_positions], dim=-1)
+        given = {"labels": labels, "pair_labels": pair_labels, "span_positions": spans}
         loss = None
         metrics: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}

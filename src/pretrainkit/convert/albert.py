@@ -7,6 +7,7 @@ from typing import Any
 
 from pretrainkit.config import ModelConfig, TargetConfig
 from pretrainkit.convert import common
+from pretrainkit.convert.bert import token_heads
 from pretrainkit.convert.spec import Family, Head, need, params, register
 
 _LAYER = "encoder.albert_layer_groups.0.albert_layers.0"
@@ -59,6 +60,7 @@ HEADS = (
             ("targets.classification.classifier", "classifier"),
         ),
     ),
+    *token_heads("albert.", "Albert"),
 )
 
 
@@ -96,6 +98,10 @@ def _target(name: str, hf: dict[str, Any]) -> dict[str, Any]:
         return common.mlm_from_hf(hf, common.activation_from_hf(hf.get("hidden_act", "gelu_new")))
     if name == "classification":
         return common.classification_from_hf(hf, "classifier_dropout_prob")
+    if name == "token_classification":
+        return common.token_classification_from_hf(hf, "classifier_dropout_prob")
+    if name == "span_extraction":
+        return common.span_extraction_from_hf(hf)
     return {}
 
 
@@ -104,6 +110,10 @@ def _target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, Any]:
         common.check_mlm(entry, config, config.encoder.activation)
     if entry.name == "classification":
         return common.classification_to_hf(entry, "classifier_dropout_prob")
+    if entry.name == "token_classification":
+        return common.token_classification_to_hf(entry, "classifier_dropout_prob")
+    if entry.name == "span_extraction":
+        return common.span_extraction_to_hf()
     return {}
 
 
@@ -116,11 +126,7 @@ register(
         target_to_hf=_target_to_hf,
         body=BODY,
         heads=HEADS,
-        unsupported=(
-            "AlbertForTokenClassification",
-            "AlbertForQuestionAnswering",
-            "AlbertForMultipleChoice",
-        ),
+        unsupported=("AlbertForMultipleChoice",),
         ignored=("embeddings.position_ids", "embeddings.token_type_ids"),
         tokenizer_class="AlbertTokenizer",
     )

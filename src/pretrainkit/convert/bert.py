@@ -28,13 +28,33 @@ BODY = (
 IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids")
 POOLER = ("pooler.dense.weight", "pooler.dense.bias")
 UNSUPPORTED = (
-    "ForTokenClassification",
-    "ForQuestionAnswering",
     "ForMultipleChoice",
     "ForNextSentencePrediction",
     "LMHeadModel",
     "ForCausalLM",
 )
+
+
+def token_heads(prefix: str, model: str) -> tuple[Head, ...]:
+    """``{Model}ForTokenClassification`` and ``{Model}ForQuestionAnswering``: one Linear each.
+
+    The same layout in BERT, RoBERTa and ALBERT: the body under ``prefix``, the head's Linear at
+    the top level (``classifier``, ``qa_outputs``).
+    """
+    return (
+        Head(
+            f"{model}ForTokenClassification",
+            ("token_classification",),
+            prefix,
+            params(("targets.token_classification.classifier", "classifier")),
+        ),
+        Head(
+            f"{model}ForQuestionAnswering",
+            ("span_extraction",),
+            prefix,
+            params(("targets.span_extraction.output", "qa_outputs")),
+        ),
+    )
 
 
 def _bert_heads() -> tuple[Head, ...]:
@@ -69,6 +89,7 @@ def _bert_heads() -> tuple[Head, ...]:
                 ("targets.classification.classifier", "classifier"),
             ),
         ),
+        *token_heads("bert.", "Bert"),
     )
 
 
@@ -94,6 +115,7 @@ def _roberta_heads() -> tuple[Head, ...]:
                 ("targets.classification.classifier", "classifier.out_proj"),
             ),
         ),
+        *token_heads("roberta.", "Roberta"),
     )
 
 
@@ -102,6 +124,10 @@ def _bert_target(name: str, hf: dict[str, Any]) -> dict[str, Any]:
         return common.mlm_from_hf(hf, common.activation_from_hf(hf.get("hidden_act", "gelu")))
     if name == "classification":
         return common.classification_from_hf(hf, "classifier_dropout")
+    if name == "token_classification":
+        return common.token_classification_from_hf(hf, "classifier_dropout")
+    if name == "span_extraction":
+        return common.span_extraction_from_hf(hf)
     return {}
 
 
@@ -110,6 +136,10 @@ def _bert_target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, An
         common.check_mlm(entry, config, config.encoder.activation)
     if entry.name == "classification":
         return common.classification_to_hf(entry, "classifier_dropout")
+    if entry.name == "token_classification":
+        return common.token_classification_to_hf(entry, "classifier_dropout")
+    if entry.name == "span_extraction":
+        return common.span_extraction_to_hf()
     return {}
 
 

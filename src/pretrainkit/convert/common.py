@@ -153,6 +153,16 @@ def classification_from_hf(hf: dict[str, Any], dropout_key: str) -> dict[str, An
         problem in (None, "single_label_classification"),
         f"problem_type {problem!r} is not supported yet (single-label classification only)",
     )
+    return {
+        "labels": labels_from_hf(hf),
+        "pooling": "first",
+        "pooler": True,
+        "dropout": head_dropout_from_hf(hf, dropout_key),
+    }
+
+
+def labels_from_hf(hf: dict[str, Any]) -> list[str]:
+    """The label strings of ``id2label`` in class-index order (at least two)."""
     id2label = hf.get("id2label") or {}
     try:
         labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
@@ -163,10 +173,40 @@ def classification_from_hf(hf: dict[str, Any], dropout_key: str) -> dict[str, An
         f"id2label keys must be 0..n-1, got {sorted(id2label, key=int)}",
     )
     need(len(labels) >= 2, f"a classifier needs at least two labels; id2label is {id2label}")
+    return labels
+
+
+def head_dropout_from_hf(hf: dict[str, Any], dropout_key: str) -> float:
+    # HF heads fall back to the body's dropout when their own key is unset (None).
     dropout = hf.get(dropout_key)
     if dropout is None:
         dropout = hf.get("hidden_dropout_prob", 0.1)
-    return {"labels": labels, "pooling": "first", "pooler": True, "dropout": dropout}
+    return float(dropout)
+
+
+def token_classification_from_hf(hf: dict[str, Any], dropout_key: str) -> dict[str, Any]:
+    return {"labels": labels_from_hf(hf), "dropout": head_dropout_from_hf(hf, dropout_key)}
+
+
+def token_classification_to_hf(entry: TargetConfig, dropout_key: str) -> dict[str, Any]:
+    options = target_options(entry)
+    labels = options["labels"]
+    return {
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+        dropout_key: options["dropout"],
+    }
+
+
+def span_extraction_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    # qa_outputs is Linear(hidden, num_labels); only the (start, end) pair is a span head.
+    num_labels = len(hf.get("id2label") or {}) or int(hf.get("num_labels", 2))
+    need(num_labels == 2, f"a question-answering head needs num_labels 2, got {num_labels}")
+    return {}
+
+
+def span_extraction_to_hf() -> dict[str, Any]:
+    return {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
 
 
 def classification_to_hf(entry: TargetConfig, dropout_key: str) -> dict[str, Any]:

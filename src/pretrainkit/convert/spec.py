@@ -173,8 +173,8 @@ class Family:
                 return head
         if architecture in self.unsupported:
             raise CheckpointError(
-                f"{architecture} is not supported yet (token-classification, question-answering "
-                f"and other heads come later); supported {self.model_type} architectures: "
+                f"{architecture} is not supported yet (multiple-choice and other heads come "
+                f"later); supported {self.model_type} architectures: "
                 f"{', '.join(h.architecture for h in self.heads)}"
             )
         raise CheckpointError(
