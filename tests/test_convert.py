@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 from helpers import invoke
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import pretrainkit
 from pretrainkit.convert import PASSTHROUGH, convert_from_hf, convert_to_hf
@@ -20,14 +20,8 @@ from pretrainkit.errors import CheckpointError
 
 tf = pytest.importorskip("transformers")
 
-SIZES = dict(
-    vocab_size=1000,
-    hidden_size=48,
-    num_attention_heads=3,
-    num_hidden_layers=3,
-    intermediate_size=96,
-    max_position_embeddings=40,
-)
+from convert_helpers import SIZES, broken_checkpoint_error  # noqa: E402
+
 FAMILY = {
     "bert": (tf.BertConfig, {}),
     "roberta": (tf.RobertaConfig, {"type_vocab_size": 1}),
@@ -174,16 +168,7 @@ def test_roberta_byte_level_tokenizer_comes_along_both_ways(tmp_path):
 
 
 def _broken(tmp_path, change) -> str:
-    hf = hf_model("bert", "ForMaskedLM")
-    hf.save_pretrained(tmp_path / "hf")
-    path = tmp_path / "hf" / "model.safetensors"
-    state = load_file(str(path))
-    change(state)
-    save_file(state, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError) as info:
-        convert_from_hf(tmp_path / "hf", tmp_path / "ours")
-    assert not (tmp_path / "ours").exists()  # nothing half-written
-    return str(info.value)
+    return broken_checkpoint_error(tmp_path, hf_model("bert", "ForMaskedLM"), change)
 
 
 def test_missing_tensor_is_named(tmp_path):

@@ -12,13 +12,14 @@ import json
 import pytest
 import torch
 from helpers import invoke
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
-from pretrainkit.errors import CheckpointError
 
 tf = pytest.importorskip("transformers")
+
+from convert_helpers import broken_checkpoint_error  # noqa: E402
 
 
 def gpt2_config(**extra):
@@ -112,22 +113,10 @@ def test_hf_parity_and_bit_exact_round_trip(tmp_path, case):
     assert torch.equal(again_hidden[keep], expected_hidden[keep])
 
 
-def _broken(tmp_path, hf, change) -> str:
-    hf.save_pretrained(tmp_path / "hf")
-    path = tmp_path / "hf" / "model.safetensors"
-    state = load_file(str(path))
-    change(state)
-    save_file(state, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError) as info:
-        convert_from_hf(tmp_path / "hf", tmp_path / "ours")
-    assert not (tmp_path / "ours").exists()  # nothing half-written
-    return str(info.value)
-
-
 def test_gpt2_wrong_shaped_fused_attention_is_named(tmp_path):
     key = "transformer.h.1.attn.c_attn.weight"
     hf = tf.GPT2LMHeadModel(gpt2_config())
-    message = _broken(tmp_path, hf, lambda s: s.update({key: torch.zeros(48, 96)}))
+    message = broken_checkpoint_error(tmp_path, hf, lambda s: s.update({key: torch.zeros(48, 96)}))
     assert f"{key}: file (48, 96) vs " in message
     assert "encoder.layers.1.attention.query.weight + " in message
     assert "(48, 144)" in message
@@ -140,7 +129,7 @@ def test_llama_wrong_kv_shape_and_missing_tensor_are_named(tmp_path):
         state[shaped] = torch.zeros(48, 48)  # as if every head had its own key head
         state.pop(gone)
 
-    message = _broken(tmp_path, tf.LlamaForCausalLM(llama_config()), change)
+    message = broken_checkpoint_error(tmp_path, tf.LlamaForCausalLM(llama_config()), change)
     assert f"{shaped}: file (48, 48) vs encoder.layers.2.attention.key.weight (16, 48)" in message
     assert gone in message
 

@@ -18,14 +18,8 @@ from pretrainkit.convert import convert_from_hf, convert_to_hf
 
 tf = pytest.importorskip("transformers")
 
-SIZES = dict(
-    vocab_size=1000,
-    hidden_size=48,
-    num_attention_heads=3,
-    num_hidden_layers=3,
-    intermediate_size=96,
-    max_position_embeddings=40,
-)
+from convert_helpers import SIZES  # noqa: E402
+
 FAMILY = {
     "bert": (tf.BertConfig, {}, "Bert"),
     "roberta": (tf.RobertaConfig, {"type_vocab_size": 1}, "Roberta"),
