@@ -45,6 +45,7 @@ COMMANDS = {
 }
 PRESETS = [
     "albert-base",
+    "bart-base",
     "bert-base",
     "bert-large",
     "bert-medium",
@@ -53,7 +54,10 @@ PRESETS = [
     "bert-tiny",
     "gpt2-small",
     "llama",
+    "pegasus-large",
     "roberta-base",
+    "t5-small",
+    "t5-v1_1-base",
 ]
 
 

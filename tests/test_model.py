@@ -29,10 +29,52 @@ def batch(vocab=1000, b=2, s=12, pad_from=8):
     return ids, mask
 
 
+SHRINK_DECODER = {
+    "decoder.num_layers": 2,
+    "decoder.num_heads": 2,
+    "decoder.ffn_size": 128,
+    "tgt_embedding.max_positions": 64,
+}
+
+
+def hf_seq2seq_count(name, config):
+    import transformers as tf
+
+    enc, dec = config.encoder, config.decoder
+    with torch.device("meta"):
+        if name.startswith("t5"):
+            model = tf.T5ForConditionalGeneration(tf.T5Config(
+                vocab_size=config.vocab_size, d_model=config.hidden_size, d_kv=enc.head_dim,
+                d_ff=enc.ffn_size, num_layers=enc.num_layers, num_heads=enc.num_heads,
+                feed_forward_proj="gated-gelu" if enc.ffn == "gated" else "relu",
+            ))  # fmt: skip
+            # HF 5 builds T5 tied; a v1.1 checkpoint brings its own lm_head.
+            untied = 0 if config.targets[0].options["tied"] else model.lm_head.weight.numel()
+            return sum(p.numel() for p in model.parameters()) + untied
+        cls, cfg = (
+            (tf.PegasusForConditionalGeneration, tf.PegasusConfig)
+            if name.startswith("pegasus")
+            else (tf.BartForConditionalGeneration, tf.BartConfig)
+        )
+        model = cls(cfg(
+            vocab_size=config.vocab_size, d_model=config.hidden_size,
+            encoder_layers=enc.num_layers, decoder_layers=dec.num_layers,
+            encoder_attention_heads=enc.num_heads, decoder_attention_heads=dec.num_heads,
+            encoder_ffn_dim=enc.ffn_size, decoder_ffn_dim=dec.ffn_size,
+            max_position_embeddings=1024,
+        ))  # fmt: skip
+    # PEGASUS' frozen sinusoidal tables are buffers here; BART's final_logits_bias (a buffer
+    # in HF) is our LM head's bias parameter.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable + model.final_logits_bias.numel()
+
+
 def hf_reference_count(name):
     import transformers as tf
 
     config = pretrainkit.load_model_config(name)
+    if config.decoder is not None:
+        return hf_seq2seq_count(name, config)
     enc = config.encoder
     common = dict(
         vocab_size=config.vocab_size,
@@ -78,7 +120,8 @@ def test_every_preset_builds_full_size_and_trains_one_step_shrunk(name):
     # Same shapes as the original architecture, counted against transformers' own class.
     assert sum(p.numel() for p in full.parameters()) == hf_reference_count(name)
 
-    model = pretrainkit.build_model(name, SHRINK)
+    seq2seq = full.config.decoder is not None
+    model = pretrainkit.build_model(name, {**SHRINK, **(SHRINK_DECODER if seq2seq else {})})
     ids, mask = batch()
     kwargs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     names = [t.name for t in model.config.targets]
@@ -86,7 +129,7 @@ def test_every_preset_builds_full_size_and_trains_one_step_shrunk(name):
         labels = torch.full_like(ids, -100)
         labels[:, 2:5] = ids[:, 2:5]
         kwargs["labels"] = labels
-    if "lm" in names:
+    if "lm" in names or "seq2seq_lm" in names:
         kwargs["labels"] = ids.masked_fill(mask == 0, -100)
     if {"nsp", "sop"} & set(names):
         kwargs["pair_labels"] = torch.tensor([0, 1])

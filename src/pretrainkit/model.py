@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrainkit.config import ModelConfig, load_model_config
+from pretrainkit.config import EmbeddingConfig, ModelConfig, load_model_config
+from pretrainkit.decoders import DECODERS
 from pretrainkit.embeddings.embedding import build_embedding
 from pretrainkit.encoders import ENCODERS
 from pretrainkit.errors import CheckpointError, ConfigError, check_tensor_keys, closest
@@ -37,9 +38,11 @@ class ModelOutput:
     Attributes:
         loss: sum of the targets' losses when labels were given, else None.
         logits: the first target's logits.
-        hidden_states: last encoder layer, ``[batch, seq, hidden]``.
+        hidden_states: what the targets read, ``[batch, seq, hidden]``: the last encoder layer,
+            or the last decoder layer of a sequence-to-sequence model.
         metrics: scalar tensors per target (``mlm_loss``, ``nsp_accuracy``, ``accuracy`` ...).
         target_logits: every target's logits by target name.
+        encoder_hidden_states: sequence-to-sequence models: the encoder's output (else None).
     """
 
     loss: torch.Tensor | None
@@ -47,16 +50,20 @@ class ModelOutput:
     hidden_states: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     target_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoder_hidden_states: torch.Tensor | None = None
 
 
 class Model(nn.Module):
-    """Five-slot model (this first version fills embedding, encoder and target).
+    """The five slots: embedding ─► encoder ─► [tgt_embedding ─► decoder] ─► targets.
 
     Args:
         config: the validated config the model was built from (saved beside the weights).
         embedding: ids → ``[b, s, h]``.
         encoder: ``[b, s, h]`` → ``[b, s, h]``.
-        targets: named heads; their losses are summed.
+        targets: named heads; their losses are summed. They read the decoder's output when there
+            is a decoder, else the encoder's.
+        tgt_embedding: sequence-to-sequence models: decoder input ids → ``[b, t, h]``.
+        decoder: sequence-to-sequence models: ``[b, t, h]`` + encoder output → ``[b, t, h]``.
     """
 
     def __init__(
@@ -65,11 +72,17 @@ class Model(nn.Module):
         embedding: nn.Module,
         encoder: nn.Module,
         targets: dict[str, Target],
+        tgt_embedding: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
+        if (tgt_embedding is None) != (decoder is None):
+            raise ValueError("tgt_embedding and decoder come together")
         self.config = config
         self.embedding = embedding
         self.encoder = encoder
+        self.tgt_embedding = tgt_embedding
+        self.decoder = decoder
         self.targets = nn.ModuleDict(targets)
         self.tokenizer: Any = None  # set by the caller; saved with the model when present
         # Defaults of `encode` recorded with the model (keys: pooling, normalize, max_length).
@@ -78,19 +91,50 @@ class Model(nn.Module):
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
 
+    @property
+    def shares_word_embedding(self) -> bool:
+        """The target embedding's word table is the source one (seq2seq models)."""
+        return self.decoder is not None and self.config.share_embedding
+
+    def _output_word_table(self) -> tuple[str, Any]:
+        # Heads predict the sequence the targets read: the decoder's, when there is one.
+        if self.tgt_embedding is not None and not self.shares_word_embedding:
+            tgt: Any = self.tgt_embedding
+            return "tgt_embedding", tgt
+        return "embedding", self.embedding
+
     def tied_parameters(self) -> dict[str, str]:
         """Alias name → source name for every shared weight (one copy on disk)."""
-        return {
-            f"targets.{name}.{target.tie_word_embedding}.weight": "embedding.parts.word.weight"
+        table, _ = self._output_word_table()
+        aliases = {
+            f"targets.{name}.{target.tie_word_embedding}.weight": f"{table}.parts.word.weight"
             for name, target in self.target_modules().items()
             if target.tie_word_embedding
         }
+        if self.shares_word_embedding:
+            aliases["tgt_embedding.parts.word.weight"] = "embedding.parts.word.weight"
+        return aliases
 
     def tie_weights(self) -> None:
-        """Share the word embedding with every target that declares ``tie_word_embedding``."""
+        """Share word tables: the target embedding's with the source one (``share_embedding``)
+        and every target that declares ``tie_word_embedding`` with the table it predicts."""
+        if self.shares_word_embedding:
+            tgt: Any = self.tgt_embedding
+            tgt.parts["word"].weight = self.embedding.word_weight
+        _, embedding = self._output_word_table()
         for target in self.target_modules().values():
             if target.tie_word_embedding:
-                getattr(target, target.tie_word_embedding).weight = self.embedding.word_weight
+                getattr(target, target.tie_word_embedding).weight = embedding.word_weight
+
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for target ``labels`` ``[b, t]``: shifted right behind the start
+        id, ignored positions (-100) replaced by the pad id (HF's ``shift_tokens_right``)."""
+        decoder = self.config.decoder
+        if decoder is None:
+            raise ConfigError("decoder_inputs: this model has no decoder")
+        start = torch.full_like(labels[:, :1], decoder.start_id)
+        shifted = torch.cat((start, labels[:, :-1]), dim=1)
+        return shifted.masked_fill(shifted == -100, decoder.pad_id)
 
     def forward(
         self,
@@ -101,8 +145,33 @@ class Model(nn.Module):
         pair_labels: torch.Tensor | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """Run the slots; targets compute losses for the labels they are given.
+
+        Sequence-to-sequence models also take ``decoder_input_ids`` ``[b, t]`` (built from
+        ``labels`` with ``decoder_inputs`` when omitted) and their padding mask; their targets
+        read the decoder's output and ``labels`` are the target sequence (no shift).
+        """
         hidden = self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        memory = None
+        target_mask = attention_mask
+        if self.decoder is not None and self.tgt_embedding is not None:
+            if decoder_input_ids is None:
+                if labels is None:
+                    raise ValueError("a seq2seq model needs decoder_input_ids or labels")
+                decoder_input_ids = self.decoder_inputs(labels)
+            memory = hidden
+            target_mask = decoder_attention_mask
+            hidden = self.decoder(
+                self.tgt_embedding(decoder_input_ids),
+                decoder_attention_mask,
+                memory,
+                attention_mask,
+            )
+        elif decoder_input_ids is not None or decoder_attention_mask is not None:
+            raise ValueError("decoder_input_ids given, but this model has no decoder")
         # Span targets read both boundaries as one [b, 2] tensor: the Target API has one key.
         spans = None
         if (start_positions is None) != (end_positions is None):
@@ -114,13 +183,13 @@ class Model(nn.Module):
         metrics: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
         for name, target in self.target_modules().items():
-            out = target(hidden, attention_mask, given[target.label_key])
+            out = target(hidden, target_mask, given[target.label_key])
             logits[name] = out.logits
             metrics.update(out.metrics)
             if out.loss is not None:
                 loss = out.loss if loss is None else loss + out.loss
         first = next(iter(logits.values()), None)
-        return ModelOutput(loss, first, hidden, metrics, logits)
+        return ModelOutput(loss, first, hidden, metrics, logits, memory)
 
     def layer_outputs(
         self,
@@ -263,24 +332,22 @@ def build_model(
     """Build a freshly initialised model from a preset name, YAML path, dict or config."""
     config = load_model_config(spec if not isinstance(spec, os.PathLike) else str(spec), overrides)
     emb = config.embedding
-    enc = config.encoder
-    embedding = build_embedding(
-        config.vocab_size,
-        config.hidden_size,
-        emb.parts,
-        emb.max_positions,
-        emb.num_segments,
-        emb.factorized_size,
-        emb.layer_norm,
-        emb.norm,
-        emb.norm_eps,
-        emb.dropout,
-        emb.position_offset,
-    )
-    encoder_kwargs = asdict(enc)
+    embedding = _build_embedding(config, emb)
+    encoder_kwargs = asdict(config.encoder)
     encoder = ENCODERS.get(encoder_kwargs.pop("name"))(
         hidden_size=config.hidden_size, **encoder_kwargs
     )
+    tgt_embedding = decoder = None
+    if config.tgt_embedding is not None and config.decoder is not None:
+        tgt_embedding = _build_embedding(config, config.tgt_embedding)
+        decoder_kwargs = asdict(config.decoder)
+        for key in ("start_id", "pad_id"):  # used by Model.decoder_inputs, not the stack
+            decoder_kwargs.pop(key)
+        decoder = DECODERS.get(decoder_kwargs.pop("name"))(
+            hidden_size=config.hidden_size, **decoder_kwargs
+        )
+        if not config.share_embedding:
+            emb = config.tgt_embedding  # heads tie to the table of the sequence they predict
     embedding_size = emb.factorized_size or config.hidden_size
     provided = {
         "hidden_size": config.hidden_size,
@@ -299,10 +366,27 @@ def build_model(
                 f"target {name!r} cannot tie to a word embedding of size "
                 f"{embedding_size}; set tied: false"
             )
-    model = Model(config, embedding, encoder, targets)
+    model = Model(config, embedding, encoder, targets, tgt_embedding, decoder)
     model.apply(_init_weights)
     model.tie_weights()
     return model
+
+
+def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
+    return build_embedding(
+        config.vocab_size,
+        config.hidden_size,
+        emb.parts,
+        emb.max_positions,
+        emb.num_segments,
+        emb.factorized_size,
+        emb.layer_norm,
+        emb.norm,
+        emb.norm_eps,
+        emb.dropout,
+        emb.position_offset,
+        emb.scale_word,
+    )
 
 
 def load(directory: str | os.PathLike) -> Model:

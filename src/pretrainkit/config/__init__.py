@@ -1,6 +1,7 @@
 """Typed configuration: model sections, YAML loading and presets by name."""
 
 from pretrainkit.config.model_config import (
+    DecoderConfig,
     EmbeddingConfig,
     EncoderConfig,
     ModelConfig,
@@ -9,6 +10,7 @@ from pretrainkit.config.model_config import (
 from pretrainkit.config.presets import list_presets, load_model_config
 
 __all__ = [
+    "DecoderConfig",
     "EmbeddingConfig",
     "EncoderConfig",
     "ModelConfig",

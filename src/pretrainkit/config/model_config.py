@@ -28,6 +28,9 @@ class EmbeddingConfig:
     num_segments: int = 2
     # ALBERT's factorised embedding: parts live in this smaller size, a linear maps up to hidden.
     factorized_size: int | None = None
+    # Multiply word vectors by sqrt(width) before the sum (Transformer, BART with
+    # scale_embedding, PEGASUS).
+    scale_word: bool = False
     layer_norm: bool = True
     norm: str = "layernorm"
     norm_eps: float = 1e-12
@@ -53,6 +56,10 @@ class EncoderConfig:
     num_heads: int = 2
     # Grouped-query attention when smaller than num_heads (must divide it).
     num_kv_heads: int | None = None
+    # Width of one head; None = hidden_size / num_heads. T5 sets it (d_kv) independently.
+    head_dim: int | None = None
+    # Factor on query·key; None = 1/sqrt(head_dim). T5 uses 1.0 (folded into its init).
+    attention_scale: float | None = None
     ffn_size: int = 512
     ffn: str = "dense"  # dense | gated (SwiGLU / GeGLU)
     activation: str = "gelu"
@@ -68,6 +75,8 @@ class EncoderConfig:
     bias: bool = True
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    # Dropout inside the feed-forward, after the activation (BART's activation_dropout, T5).
+    ffn_dropout: float = 0.0
     # Norm after the last block; pre-norm stacks need it (None = on for pre-norm, off for post).
     final_norm: bool | None = None
 
@@ -82,11 +91,36 @@ class EncoderConfig:
         check_range(self.ffn_size, "ffn_size", 1)
         check_range(self.dropout, "dropout", 0.0, 1.0)
         check_range(self.attention_dropout, "attention_dropout", 0.0, 1.0)
+        check_range(self.ffn_dropout, "ffn_dropout", 0.0, 1.0)
         kv = self.num_kv_heads
         if kv is not None and (kv < 1 or self.num_heads % kv):
             raise ConfigError(f"num_kv_heads: {kv} must divide num_heads ({self.num_heads})")
+        if self.head_dim is not None:
+            check_range(self.head_dim, "head_dim", 1)
+        if self.attention_scale is not None:
+            check_range(self.attention_scale, "attention_scale", 0.0)
         if self.final_norm is None:
             self.final_norm = self.norm_position == "pre"
+
+
+@dataclass
+class DecoderConfig(EncoderConfig):
+    """Decoder slot: a causal stack whose blocks also attend to the encoder's output.
+
+    Its input is the target sequence shifted right: ``start_id`` first, then the labels with
+    ignored positions (-100) replaced by ``pad_id`` (how HF's seq2seq models build it).
+    """
+
+    causal: bool = True
+    start_id: int = 0
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.causal:
+            raise ConfigError("decoder.causal: a decoder predicts left to right; it must be true")
+        check_range(self.start_id, "start_id", 0)
+        check_range(self.pad_id, "pad_id", 0)
 
 
 @dataclass
@@ -106,16 +140,42 @@ class ModelConfig:
     name: str = "custom"
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Sequence-to-sequence models (T5, BART, PEGASUS) add both; encoder-only and decoder-only
+    # models (a causal `encoder`) leave them out.
+    tgt_embedding: EmbeddingConfig | None = None
+    decoder: DecoderConfig | None = None
+    # The target embedding's word table is the source one (one copy; T5, BART, PEGASUS).
+    share_embedding: bool = True
     targets: list[TargetConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_range(self.vocab_size, "vocab_size", 1)
         check_range(self.hidden_size, "hidden_size", 1)
-        if self.hidden_size % self.encoder.num_heads:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"encoder.num_heads ({self.encoder.num_heads})"
-            )
+        stacks = {"encoder": self.encoder, "decoder": self.decoder}
+        for name, stack in stacks.items():
+            if stack is not None and stack.head_dim is None and self.hidden_size % stack.num_heads:
+                raise ConfigError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by "
+                    f"{name}.num_heads ({stack.num_heads}), or set {name}.head_dim"
+                )
+        if (self.tgt_embedding is None) != (self.decoder is None):
+            given = "decoder" if self.decoder is not None else "tgt_embedding"
+            missing = "tgt_embedding" if self.decoder is not None else "decoder"
+            raise ConfigError(f"{given} is set but {missing} is not: a seq2seq model needs both")
+        if self.decoder is not None and self.encoder.causal:
+            raise ConfigError("encoder.causal must be false when the model has a decoder")
+        tgt = self.tgt_embedding
+        if self.share_embedding and tgt is not None and "word" in tgt.parts:
+            source_size = self.embedding.factorized_size or self.hidden_size
+            if (tgt.factorized_size or self.hidden_size) != source_size:
+                raise ConfigError(
+                    "share_embedding: the source and target word tables differ in width; "
+                    "set share_embedding: false"
+                )
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.decoder is not None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model config") -> ModelConfig:
@@ -128,6 +188,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         data = to_dict(self)
+        if self.decoder is None:  # encoder-only and decoder-only configs stay as they were
+            for key in ("tgt_embedding", "decoder", "share_embedding"):
+                del data[key]
         data["targets"] = [{"name": t.name, **t.options} for t in self.targets]
         return data
 
@@ -164,4 +227,11 @@ def _target_entry(entry: Any, where: str) -> dict:
     return {"name": entry["name"], "options": {k: v for k, v in entry.items() if k != "name"}}
 
 
-__all__ = ["EmbeddingConfig", "EncoderConfig", "TargetConfig", "ModelConfig", "closest"]
+__all__ = [
+    "EmbeddingConfig",
+    "EncoderConfig",
+    "DecoderConfig",
+    "TargetConfig",
+    "ModelConfig",
+    "closest",
+]

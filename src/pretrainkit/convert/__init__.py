@@ -1,11 +1,18 @@
 """HuggingFace ⇄ pretrainkit conversion: one declarative key map per family, one converter.
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
-``albert``, ``gpt2`` and ``llama``. See ``convert.spec`` for the table format and ``convert.hf``
+``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and ``pegasus``. See ``convert.spec`` for the table format and ``convert.hf``
 for the converter.
 """
 
-from pretrainkit.convert import albert, bert, gpt2, llama  # noqa: F401  (register the families)
+from pretrainkit.convert import (  # noqa: F401  (register the families)
+    albert,
+    bart,
+    bert,
+    gpt2,
+    llama,
+    t5,
+)
 from pretrainkit.convert.hf import PASSTHROUGH, convert_from_hf, convert_to_hf, get_family
 from pretrainkit.convert.spec import FAMILIES, Family, Head
 

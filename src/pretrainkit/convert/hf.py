@@ -33,11 +33,16 @@ def get_family(model_type: str) -> Family:
     if model_type not in FAMILIES:
         # Grouped so the reader sees at once which families are causal decoders.
         names = sorted(FAMILIES.names())
-        causal = [n for n in names if any("lm" in h.targets for h in FAMILIES.get(n).heads)]
-        encoders = [n for n in names if n not in causal]
+
+        def has(target: str) -> list[str]:
+            return [n for n in names if any(target in h.targets for h in FAMILIES.get(n).heads)]
+
+        causal, seq2seq = has("lm"), has("seq2seq_lm")
+        encoders = [n for n in names if n not in causal + seq2seq]
         raise CheckpointError(
             f"unknown model_type {model_type!r}{closest(model_type, FAMILIES.names())}; "
-            f"supported: {', '.join(encoders)} (encoders); {', '.join(causal)} (decoders)"
+            f"supported: {', '.join(encoders)} (encoders); {', '.join(causal)} (decoders); "
+            f"{', '.join(seq2seq)} (encoder-decoders)"
         )
     return FAMILIES.get(model_type)
 
@@ -48,8 +53,10 @@ def _pairs(family: Family, head: Head, model: Model) -> list[Mapping]:
     Pairs whose our side is tied to the word embedding are dropped: the tensor is stored once,
     and HF re-ties (or, untied, the table's pair for it applies).
     """
-    num_layers = _num_layers(model)
-    pairs = expand(family.body, num_layers, head.prefix) + expand(head.keys, num_layers)
+    layers = _num_layers(model)
+    body = family.body_keys(model.config)
+    pairs = expand(body, layers[0], head.prefix, layers[1])
+    pairs += expand(head.keys, layers[0], num_decoder_layers=layers[1])
     aliases = model.tied_parameters()
     pairs = [pair for pair in pairs if pair[0] not in aliases]
     ours = {k for k in model.state_dict() if k not in aliases}
@@ -63,8 +70,9 @@ def _pairs(family: Family, head: Head, model: Model) -> list[Mapping]:
     return pairs
 
 
-def _num_layers(model: Model) -> int:
-    return len(getattr(model.encoder, "layers", []))
+def _num_layers(model: Model) -> tuple[int, int]:
+    """Layers the encoder and the decoder store (0 without a decoder)."""
+    return len(getattr(model.encoder, "layers", [])), len(getattr(model.decoder, "layers", []))
 
 
 def _fail(source: str, missing: list, unexpected: list, wrong: list, tied: list) -> None:
@@ -78,6 +86,11 @@ def state_from_hf(
     pairs = _pairs(family, head, model)
     shapes = model.state_dict()
     hf_names = list(dict.fromkeys(hf for _, hf, _ in pairs))  # fused tensors appear once
+    hf_state = dict(hf_state)
+    for ours, hf, transform in pairs:
+        if hf in head.optional and hf not in hf_state:
+            # What HF would fill in, and what our freshly built model holds already.
+            hf_state[hf] = transform.to_hf([shapes[ours].detach().clone()])
     missing = [hf for hf in hf_names if hf not in hf_state]
     want = {hf: transform.hf_shape(tuple(shapes[ours].shape)) for ours, hf, transform in pairs}
     names: dict[str, list[str]] = {}
@@ -89,7 +102,8 @@ def state_from_hf(
         if hf in hf_state and tuple(hf_state[hf].shape) != want[hf]
     ]
     # Ignored buffers may be per layer (GPT-2's causal-mask ``h.{i}.attn.bias``).
-    ignored = expand(tuple((k, k) for k in family.ignored), _num_layers(model), head.prefix)
+    layers = _num_layers(model)
+    ignored = expand(tuple((k, k) for k in family.ignored), layers[0], head.prefix, layers[1])
     consumed = set(hf_names) | {hf for _, hf, _ in ignored}
     tied = []
     for alias, original in head.tied:
@@ -141,15 +155,26 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
     if len(architectures) != 1:
         raise CheckpointError(f"{directory}: expected one architecture, got {architectures}")
     head = fam.head_for_architecture(architectures[0])
+    hf_state, source = files.read_weights(directory)
+    if any(_differ(hf_state, alias, original) for alias, original in head.tied):
+        # Stored twice with different values: untied, whatever config.json says (transformers 5
+        # writes tie_word_embeddings: true for untied T5 v1.1 heads and unties on load the same way).
+        hf["tie_word_embeddings"] = False
     config_dict = fam.config_from_hf(hf)
     config_dict["targets"] = [{"name": t, **fam.target_from_hf(t, hf)} for t in head.targets]
     model = build_model(ModelConfig.from_dict(config_dict, where=f"{directory} (converted)"))
-    hf_state, source = files.read_weights(directory)
     state, passthrough = state_from_hf(fam, head, hf_state, model, source)
     load_state_strict(model, state, source)
     model.tokenizer = files.import_tokenizer(directory)
     model.encode_defaults = files.sentence_transformers_defaults(directory)
     return model.eval(), passthrough
+
+
+def _differ(state: dict[str, torch.Tensor], alias: str, original: str) -> bool:
+    if alias not in state or original not in state:
+        return False
+    a, b = state[alias], state[original]
+    return a.shape != b.shape or not torch.equal(a, b)
 
 
 def convert_from_hf(
@@ -190,6 +215,10 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
     if config.name in FAMILIES:  # converted models are named after their model_type
         return FAMILIES.get(config.name)
     enc, emb = config.encoder, config.embedding
+    if config.decoder is not None:  # relative positions: T5; sinusoidal halves: PEGASUS
+        if enc.position == "relative":
+            return FAMILIES.get("t5")
+        return FAMILIES.get("pegasus" if "sinusoidal_halves" in emb.parts else "bart")
     if enc.causal:  # a decoder-only stack: rotary means LLaMA, absolute positions GPT-2
         return FAMILIES.get("llama" if enc.position == "rotary" else "gpt2")
     if emb.factorized_size is not None or enc.share_layers:

@@ -2,8 +2,9 @@
 
 A key map is a tuple of ``(ours, hf)`` name pairs, or ``(ours, hf, Transform)`` where the HF
 tensor is stored differently (GPT-2's transposed Conv1D weights, its fused query/key/value
-``c_attn``); ``{i}`` in both names stands for the layer index and is expanded over the layers the
-pretrainkit model actually stores (one for ALBERT's shared block). The converter in
+``c_attn``, BART's ``[1, vocab]`` logits bias); ``{i}`` in both names stands for the encoder
+layer index and ``{j}`` for the decoder's, expanded over the layers the pretrainkit model
+actually stores (one for ALBERT's shared block). The converter in
 ``convert.hf`` is the only code that interprets them, so adding a family means adding one file of
 tables, not another script.
 """
@@ -34,15 +35,20 @@ class Transform:
         part: which slice of the HF tensor is ours.
         parts: how many equal slices the HF tensor is made of (1: not fused).
         dim: the HF dimension the slices are stacked along.
+        unsqueeze: the HF tensor has an extra leading dimension of size 1 (BART's
+            ``final_logits_bias`` is ``[1, vocab]``, our bias ``[vocab]``).
     """
 
     transpose: bool = False
     part: int = 0
     parts: int = 1
     dim: int = 0
+    unsqueeze: bool = False
 
     def from_hf(self, tensor: torch.Tensor) -> torch.Tensor:
         """Our tensor out of the HF one (whose shape was checked with ``hf_shape``)."""
+        if self.unsqueeze:
+            tensor = tensor[0]
         if self.parts > 1:
             tensor = tensor.chunk(self.parts, dim=self.dim)[self.part]
         return tensor.t() if self.transpose else tensor
@@ -50,13 +56,14 @@ class Transform:
     def to_hf(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The HF tensor from our tensors for every part of it, in ``part`` order."""
         laid = [t.t() if self.transpose else t for t in parts]
-        return torch.cat(laid, dim=self.dim) if self.parts > 1 else laid[0]
+        out = torch.cat(laid, dim=self.dim) if self.parts > 1 else laid[0]
+        return out[None] if self.unsqueeze else out
 
     def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
         """The shape the HF tensor must have, given the shape of our part."""
         shape = list(reversed(ours)) if self.transpose else list(ours)
         shape[self.dim] *= self.parts
-        return tuple(shape)
+        return (1, *shape) if self.unsqueeze else tuple(shape)
 
 
 IDENTITY = Transform()
@@ -99,15 +106,19 @@ def fused_conv1d(ours: tuple[str, ...], hf: str) -> KeyMap:
     )
 
 
-def expand(keys: KeyMap, num_layers: int, prefix: str = "") -> list[Mapping]:
-    """Concrete ``(ours, hf, transform)``: ``{i}`` expanded, ``prefix`` before every HF name."""
+def expand(
+    keys: KeyMap, num_layers: int, prefix: str = "", num_decoder_layers: int = 0
+) -> list[Mapping]:
+    """Concrete ``(ours, hf, transform)``: ``{i}`` (encoder layers) and ``{j}`` (decoder layers)
+    expanded, ``prefix`` before every HF name."""
     out = []
     for pair in keys:
         ours, hf = pair[0], pair[1]
         transform = pair[2] if len(pair) == 3 else IDENTITY
-        indices = range(num_layers) if "{i}" in ours else [None]
+        field, count = ("{j}", num_decoder_layers) if "{j}" in ours + hf else ("{i}", num_layers)
+        indices = [str(i) for i in range(count)] if field in ours + hf else [field]
         for i in indices:
-            out.append((ours.replace("{i}", str(i)), prefix + hf.replace("{i}", str(i)), transform))
+            out.append((ours.replace(field, i), prefix + hf.replace(field, i), transform))
     return out
 
 
@@ -126,6 +137,9 @@ class Head:
         passthrough: HF tensors with no slot in pretrainkit (BertModel's unused pooler); they
             are kept beside the model (``hf_passthrough.safetensors``) and written back on
             export, so nothing is dropped. They may be absent.
+        optional: HF tensors that older checkpoints may lack and HF then computes itself (BART's
+            zero ``final_logits_bias``, PEGASUS' sinusoidal tables); when absent, our freshly
+            built model's values (the same) are kept. Always exported.
     """
 
     architecture: str
@@ -134,6 +148,7 @@ class Head:
     keys: KeyMap = ()
     tied: tuple[tuple[str, str], ...] = ()
     passthrough: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,7 +163,8 @@ class Family:
         target_from_hf: (our target name, HF config) → that target's options.
         target_to_hf: our target entry → HF config keys it implies (labels ...), checking that
             its options are ones HF's head computes.
-        body: encoder-body key map, HF names relative to the head's ``prefix``.
+        body: the body's key map, HF names relative to the head's ``prefix``; a function of our
+            config where the tensors depend on it (T5's dense or gated feed-forward).
         heads: supported architectures.
         unsupported: architectures recognised but not converted yet (a clear error, no drop).
         ignored: HF buffers that carry no weights (``embeddings.position_ids``), relative to
@@ -161,11 +177,14 @@ class Family:
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]
     target_from_hf: Callable[[str, dict[str, Any]], dict[str, Any]]
     target_to_hf: Callable[[TargetConfig, ModelConfig], dict[str, Any]]
-    body: KeyMap
+    body: KeyMap | Callable[[ModelConfig], KeyMap]
     heads: tuple[Head, ...]
     unsupported: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     tokenizer_class: str = "BertTokenizer"
+
+    def body_keys(self, config: ModelConfig) -> KeyMap:
+        return self.body(config) if callable(self.body) else self.body
 
     def head_for_architecture(self, architecture: str) -> Head:
         for head in self.heads:

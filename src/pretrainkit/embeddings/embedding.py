@@ -46,24 +46,51 @@ class LearnedPositionEmbedding(nn.Module):
 
 @EMBEDDING_PARTS.register("sinusoidal")
 class SinusoidalPositionEmbedding(nn.Module):
-    """Fixed sine/cosine positions (Transformer, 2017); nothing to learn or save."""
+    """Fixed sine/cosine positions (Transformer, 2017); nothing to learn.
+
+    Sines and cosines of the same frequency interleave (dims 0, 2, 4 … sine; 1, 3, 5 … cosine).
+    """
 
     table: torch.Tensor
+    interleaved = True
 
     def __init__(self, max_positions: int, size: int, **_: object):
         super().__init__()
-        position = torch.arange(max_positions, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, size, 2, dtype=torch.float32) * (-math.log(10000.0) / size))
-        table = torch.zeros(max_positions, size)
-        table[:, 0::2] = torch.sin(position * div)
-        table[:, 1::2] = torch.cos(position * div)[:, : size // 2]
-        self.register_buffer("table", table, persistent=False)
+        # Angles in float64: at position 500 a float32 product is off by ~3e-5 radians, which
+        # would show in parity with checkpoints whose tables were computed in float64.
+        position = torch.arange(max_positions, dtype=torch.float64)[:, None]
+        half = (size + 1) // 2
+        freq = 10000.0 ** (-torch.arange(half, dtype=torch.float64) * 2 / size)
+        angles = position * freq  # [n, ceil(size / 2)]
+        table = torch.zeros(max_positions, size, dtype=torch.float64)
+        if self.interleaved:
+            table[:, 0::2] = torch.sin(angles)
+            table[:, 1::2] = torch.cos(angles)[:, : size // 2]
+        else:
+            table[:, :half] = torch.sin(angles)
+            table[:, half:] = torch.cos(angles)[:, : size // 2]
+        # Saved with the weights although it is computed: checkpoints that store theirs
+        # (PEGASUS) then convert bit for bit, and a saved model never depends on this code.
+        self.register_buffer("table", table.float())
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
+        if positions.numel() and int(positions.max()) >= self.table.shape[0]:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds max_positions {self.table.shape[0]} "
+                "of the sinusoidal table"
+            )
         out = self.table[positions]
         return out[None] if positions.dim() == 1 else out
+
+
+@EMBEDDING_PARTS.register("sinusoidal_halves")
+class SinusoidalHalvesPositionEmbedding(SinusoidalPositionEmbedding):
+    """Sines of every frequency in the first half, cosines in the second (tensor2tensor,
+    PEGASUS); the frequencies are the Transformer's."""
+
+    interleaved = False
 
 
 @EMBEDDING_PARTS.register("segment")
@@ -95,6 +122,7 @@ class Embedding(nn.Module):
         dropout: float,
         project: nn.Module | None = None,
         position_offset: int = 0,
+        word_scale: float = 1.0,
     ):
         super().__init__()
         if "word" not in parts:
@@ -104,6 +132,7 @@ class Embedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.project = project
         self.position_offset = position_offset
+        self.word_scale = word_scale
 
     @property
     def word_weight(self) -> nn.Parameter:
@@ -132,8 +161,10 @@ class Embedding(nn.Module):
         if self.position_offset:
             positions = positions + self.position_offset
         x = None
-        for part in self.parts.values():
+        for name, part in self.parts.items():
             y = part(input_ids, token_type_ids, positions)
+            if name == "word" and self.word_scale != 1.0:
+                y = y * self.word_scale
             x = y if x is None else x + y
         assert x is not None
         if self.norm is not None:
@@ -156,6 +187,7 @@ def build_embedding(
     norm_eps: float,
     dropout: float,
     position_offset: int = 0,
+    scale_word: bool = False,
 ) -> Embedding:
     size = factorized_size or hidden_size
     modules = {
@@ -171,4 +203,5 @@ def build_embedding(
         dropout,
         project,
         position_offset,
+        math.sqrt(size) if scale_word else 1.0,
     )

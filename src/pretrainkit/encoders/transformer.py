@@ -37,6 +37,10 @@ class KVCache:
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
     keep: torch.Tensor | None = None
+    # Decoders: per layer, cross-attention keys/values of the encoder's output (computed once),
+    # and the encoder-side mask ([b, 1, 1, t] bool, None = no padding).
+    memory: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    memory_mask: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -51,10 +55,26 @@ class KVCache:
         ]
         if self.keep is not None:
             self.keep = self.keep.index_select(0, index)
+        if self.memory is not None:
+            self.memory = [
+                (k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory
+            ]
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask.index_select(0, index)
+
+
+def memory_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Cross-attention mask ``[b, 1, 1, t]`` (True = attend) from ``[b, t]``; None = no padding."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask[:, None, None, :].bool()
 
 
 class TransformerEncoder(nn.Module):
     """Blocks applied in order; with ``share_layers`` one block is applied ``num_layers`` times.
+
+    The same stack is the decoder slot when its blocks have cross-attention: then ``memory``
+    (the encoder's output) is required.
 
     Args:
         layers: the blocks (a single one when shared).
@@ -148,6 +168,8 @@ class TransformerEncoder(nn.Module):
         cache: KVCache,
         positions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run new tokens over the cached ones and append their keys/values to ``cache``.
 
@@ -160,6 +182,9 @@ class TransformerEncoder(nn.Module):
             positions: the new tokens' 0-based positions, ``[s]`` or per row ``[b, s]`` (rows of
                 left-padded prompts start at different slots); used by rotary.
             attention_mask: ``[b, s]``, 1 for real tokens, 0 for padding; None = all real.
+            memory: decoders: the encoder's output ``[b, t, h]``, needed on the first call
+                only (its cross-attention keys/values are cached).
+            memory_attention_mask: ``[b, t]`` padding mask of ``memory``.
 
         Returns:
             ``[b, s, h]`` after the final norm.
@@ -181,40 +206,68 @@ class TransformerEncoder(nn.Module):
             rotary = (cos, sin)
         if not cache.layers:
             cache.layers = [None] * self.num_layers
+        if cache.memory is None and memory is not None:
+            cache.memory = [
+                self._layer(i).cross_attention.keys_values(memory) for i in range(self.num_layers)
+            ]
+            cache.memory_mask = memory_mask(memory_attention_mask)
         for i in range(self.num_layers):
-            layer: Any = self.layers[0] if len(self.layers) == 1 else self.layers[i]
-            x, cache.layers[i] = layer.forward_cached(x, mask, rotary, cache.layers[i], is_causal)
+            memory_kv = None if cache.memory is None else cache.memory[i]
+            x, cache.layers[i] = self._layer(i).forward_cached(
+                x, mask, rotary, cache.layers[i], is_causal, memory_kv, cache.memory_mask
+            )
         cache.keep = keep_keys
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens."""
-        return self._run(x, attention_mask, keep_all=False)[-1]
+    def _layer(self, i: int) -> Any:
+        return self.layers[0] if len(self.layers) == 1 else self.layers[i]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens.
+
+        Decoders also take the encoder's output ``memory`` ``[b, t, h]`` and its mask ``[b, t]``.
+        """
+        return self._run(x, attention_mask, memory, memory_attention_mask, keep_all=False)[-1]
 
     def layer_outputs(
-        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_attention_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The output of every layer application ``[b, s, h]``, in order.
 
         The last entry is what ``forward`` returns (after the final norm, where there is one);
         with shared layers every application counts as a layer.
         """
-        return self._run(x, attention_mask, keep_all=True)
+        return self._run(x, attention_mask, memory, memory_attention_mask, keep_all=True)
 
     def _run(
-        self, x: torch.Tensor, attention_mask: torch.Tensor | None, keep_all: bool
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        memory: torch.Tensor | None,
+        memory_attention_mask: torch.Tensor | None,
+        keep_all: bool,
     ) -> list[torch.Tensor]:
         length = x.shape[1]
         mask, is_causal = self._mask(attention_mask, length, x.device)
+        cross_mask = memory_mask(memory_attention_mask)
         rotary = None
         if self.rotary is not None:
             rotary = self.rotary(torch.arange(length, device=x.device))
         outputs = []
         for i in range(self.num_layers):
-            layer = self.layers[0] if len(self.layers) == 1 else self.layers[i]
-            x = layer(x, mask, rotary, is_causal)
+            x = self._layer(i)(x, mask, rotary, is_causal, memory, cross_mask)
             if keep_all:
                 outputs.append(x)
         if self.final_norm is not None:
@@ -232,6 +285,8 @@ def build_transformer_encoder(
     num_layers: int,
     num_heads: int,
     num_kv_heads: int | None,
+    head_dim: int | None,
+    attention_scale: float | None,
     ffn_size: int,
     ffn: str,
     activation: str,
@@ -247,30 +302,43 @@ def build_transformer_encoder(
     bias: bool,
     dropout: float,
     attention_dropout: float,
+    ffn_dropout: float,
     final_norm: bool | None,
+    cross_attention: bool = False,
 ) -> TransformerEncoder:
-    """Wire blocks from typed sizes; the only place an encoder's options are interpreted."""
+    """Wire blocks from typed sizes; the only place a stack's options are interpreted.
+
+    ``cross_attention`` makes it a decoder stack (registered in the decoder slot).
+    """
+
+    def attention() -> MultiHeadAttention:
+        return MultiHeadAttention(
+            hidden_size, num_heads, num_kv_heads, bias, attention_dropout, head_dim, attention_scale
+        )
 
     def block() -> TransformerBlock:
-        attention = MultiHeadAttention(
-            hidden_size, num_heads, num_kv_heads, bias, attention_dropout
-        )
         if ffn == "gated":
-            feed_forward: nn.Module = GatedFeedForward(hidden_size, ffn_size, activation, bias)
+            feed_forward: nn.Module = GatedFeedForward(
+                hidden_size, ffn_size, activation, bias, ffn_dropout
+            )
         else:
-            feed_forward = FeedForward(hidden_size, ffn_size, activation, bias)
+            feed_forward = FeedForward(hidden_size, ffn_size, activation, bias, ffn_dropout)
         return TransformerBlock(
-            attention,
+            attention(),
             feed_forward,
             make_norm(norm, hidden_size, norm_eps),
             make_norm(norm, hidden_size, norm_eps),
             norm_position == "pre",
             dropout,
+            attention() if cross_attention else None,
+            make_norm(norm, hidden_size, norm_eps) if cross_attention else None,
         )
 
     layers = [block()] if share_layers else [block() for _ in range(num_layers)]
     rotary = (
-        RotaryEmbedding(hidden_size // num_heads, rotary_base) if position == "rotary" else None
+        RotaryEmbedding(head_dim or hidden_size // num_heads, rotary_base)
+        if position == "rotary"
+        else None
     )
     relative = None
     if position == "relative":

@@ -1,8 +1,12 @@
 """Greedy, sampling and beam-search decoding over a KV cache.
 
-Prompts of different lengths are left-padded into one batch; every row gets its own positions
-(0 at its first real token) and padding slots are masked out of attention, so a batched prompt
-generates what it would alone (up to float rounding).
+Decoder-only models: prompts of different lengths are left-padded into one batch; every row gets
+its own positions (0 at its first real token) and padding slots are masked out of attention, so
+a batched prompt generates what it would alone (up to float rounding).
+
+Encoder-decoder models: the prompts are right-padded and encoded once; the decoder starts from
+its start id and caches both its own keys/values and the cross-attention keys/values of the
+encoder's output.
 """
 
 from __future__ import annotations
@@ -19,68 +23,108 @@ from pretrainkit.errors import ConfigError
 STRATEGIES = ("greedy", "beam", "sample")
 
 
+def _is_seq2seq(model: nn.Module) -> bool:
+    return getattr(model, "decoder", None) is not None
+
+
 def check_generative(model: nn.Module) -> None:
-    """Raise ConfigError unless ``model`` has a causal transformer encoder and an ``lm`` target."""
+    """Raise ConfigError unless ``model`` can generate: a causal encoder with an ``lm`` target,
+    or an encoder-decoder with a ``seq2seq_lm`` target."""
     targets = getattr(model, "targets", {})
-    if "lm" not in targets:
+    seq2seq = _is_seq2seq(model)
+    head = "seq2seq_lm" if seq2seq else "lm"
+    if head not in targets:
         raise ConfigError(
-            f"generation needs an 'lm' target; this model has {sorted(targets) or 'none'}"
+            f"generation needs a {head!r} target; this model has {sorted(targets) or 'none'}"
         )
-    encoder = getattr(model, "encoder", None)
-    if not getattr(encoder, "causal", False):
-        raise ConfigError("generation needs a causal encoder (encoder.causal: true)")
-    if not hasattr(encoder, "forward_cached"):
-        raise ConfigError(f"{type(encoder).__name__} does not support cached generation")
+    stack = getattr(model, "decoder" if seq2seq else "encoder", None)
+    if not getattr(stack, "causal", False):
+        raise ConfigError("generation needs a causal encoder (encoder.causal: true) or a decoder")
+    if not hasattr(stack, "forward_cached"):
+        raise ConfigError(f"{type(stack).__name__} does not support cached generation")
 
 
-def _max_positions(model: nn.Module) -> tuple[int, bool]:
+def _max_positions(embedding: Any, config: Any) -> tuple[int, bool]:
     """The configured position capacity and whether it is a hard limit (a position table)."""
-    config = getattr(model, "config", None)
-    limit = int(config.embedding.max_positions) if config is not None else 1 << 30
-    parts = getattr(getattr(model, "embedding", None), "parts", {})
-    return limit, "position" in parts or "sinusoidal" in parts
+    limit = int(config.max_positions) if config is not None else 1 << 30
+    parts = getattr(embedding, "parts", {})
+    return limit, any(name in parts for name in ("position", "sinusoidal", "sinusoidal_halves"))
 
 
 class _Runner:
-    """Next-token log-probabilities for a batch of left-padded rows, cached or recomputed."""
+    """Next-token logits for a batch of rows, cached or recomputed.
+
+    Decoder-only: the rows are the left-padded prompts, extended by each step. Encoder-decoder:
+    the prompts are encoded once (``memory``); the rows are the decoder's inputs, starting from
+    its start id.
+    """
 
     def __init__(self, model: nn.Module, use_cache: bool):
         # Any: the slots are typed nn.Module, their generation methods are duck-typed.
         self.model: Any = model
         self.use_cache = use_cache
         self.cache = KVCache()
+        self.seq2seq = _is_seq2seq(model)
         targets: Any = model.targets
-        self.lm: Any = targets["lm"]
+        self.lm: Any = targets["seq2seq_lm" if self.seq2seq else "lm"]
+        self.embedding: Any = model.tgt_embedding if self.seq2seq else model.embedding
+        self.stack: Any = model.decoder if self.seq2seq else model.encoder
+        self.memory: torch.Tensor | None = None
+        self.memory_keep: torch.Tensor | None = None
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm(hidden[:, -1:], None, None).logits[:, -1].float()  # [b, v]
 
     def start(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Log-probs after the prompts ``ids`` ``[b, s]`` (``keep`` False on padding)."""
+        """Logits after the prompts ``ids`` ``[b, s]`` (``keep`` False on padding)."""
+        if self.seq2seq:
+            # Encoded once; the decoder's rows begin with its start id.
+            self.memory_keep = keep
+            self.memory = self.model.encoder(self.model.embedding(ids), keep.long())
+            start = self.model.config.decoder.start_id
+            ids = torch.full_like(ids[:, :1], start)
+            keep = torch.ones_like(ids, dtype=torch.bool)
         self.ids, self.keep = ids, keep
         if not self.use_cache:
             return self._recompute()
         positions = (keep.long().cumsum(1) - 1).clamp(min=0)
-        x = self.model.embedding(ids, positions=positions)
-        return self._logits(self.model.encoder.forward_cached(x, self.cache, positions, keep))
+        x = self.embedding(ids, positions=positions)
+        return self._logits(self._cached(x, positions, keep))
+
+    def _cached(
+        self, x: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.seq2seq:
+            return self.stack.forward_cached(
+                x, self.cache, positions, keep, self.memory, self.memory_keep
+            )
+        return self.stack.forward_cached(x, self.cache, positions, keep)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` ``[b]`` to every row and return the next log-probs."""
+        """Append ``tokens`` ``[b]`` to every row and return the next logits."""
         new = tokens[:, None]
         self.ids = torch.cat((self.ids, new), dim=1)
         self.keep = torch.cat((self.keep, torch.ones_like(new, dtype=torch.bool)), dim=1)
         if not self.use_cache:
             return self._recompute()
         positions = self.keep.long().sum(1, keepdim=True) - 1  # [b, 1]
-        x = self.model.embedding(new, positions=positions)
-        return self._logits(self.model.encoder.forward_cached(x, self.cache, positions))
+        x = self.embedding(new, positions=positions)
+        return self._logits(self._cached(x, positions, None))
 
     def reorder(self, index: torch.Tensor) -> None:
         self.ids, self.keep = self.ids[index], self.keep[index]
+        if self.memory is not None and self.memory_keep is not None:
+            self.memory, self.memory_keep = self.memory[index], self.memory_keep[index]
         if self.use_cache:
             self.cache.reorder(index)
 
     def _recompute(self) -> torch.Tensor:
+        if self.seq2seq:
+            assert self.memory is not None
+            hidden = self.stack(
+                self.embedding(self.ids), self.keep.long(), self.memory, self.memory_keep
+            )
+            return self._logits(hidden)
         if bool(self.keep.all()):
             # Without padding the reference is the model's own training forward.
             return self._logits(self.model(self.ids).hidden_states)
@@ -108,7 +152,10 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 
 def _pad_prompts(
-    input_ids: torch.Tensor | Sequence[Sequence[int]], pad_id: int, device: torch.device
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    left: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() != 2:
@@ -122,8 +169,9 @@ def _pad_prompts(
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
     keep = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
     for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        keep[i, width - len(row) :] = True
+        start = width - len(row) if left else 0
+        ids[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+        keep[i, start : start + len(row)] = True
     return ids, keep
 
 
@@ -162,11 +210,14 @@ def generate(
     """Continue each prompt with up to ``max_new_tokens`` tokens.
 
     Runs in eval mode without gradients (the model's mode is restored). Prompts of different
-    lengths are left-padded into one batch with per-row positions and a padding mask.
+    lengths are left-padded into one batch with per-row positions and a padding mask
+    (decoder-only), or right-padded and encoded once (encoder-decoder).
 
     Args:
-        model: a decoder-only model: causal transformer encoder and an ``lm`` target.
-        input_ids: prompts, a ``[b, s]`` tensor or lists of ids of any lengths.
+        model: a decoder-only model (causal transformer encoder and an ``lm`` target) or an
+            encoder-decoder (a decoder and a ``seq2seq_lm`` target).
+        input_ids: prompts, a ``[b, s]`` tensor or lists of ids of any lengths; for an
+            encoder-decoder, the encoder's input (the decoder starts from its start id).
         max_new_tokens: most tokens generated per prompt.
         strategy: ``greedy`` (argmax), ``sample`` (top-k / top-p / temperature) or ``beam``.
         num_beams: beams per prompt for ``beam``.
@@ -182,8 +233,8 @@ def generate(
         pad_id: id placed in padding slots (never attended).
 
     Returns:
-        The new tokens only (no prompt) per prompt, ending with ``eos_id`` when it was produced;
-        for ``beam``, the best hypothesis.
+        The new tokens only (no prompt, no decoder start id) per prompt, ending with ``eos_id``
+        when it was produced; for ``beam``, the best hypothesis.
 
     Raises:
         ConfigError: not a decoder-only model, bad option values, or a prompt (plus the new
@@ -192,11 +243,18 @@ def generate(
     check_generative(model)
     _check_options(strategy, max_new_tokens, num_beams, top_k, top_p, temperature)
     device = next(model.parameters()).device
-    ids, keep = _pad_prompts(input_ids, pad_id, device)
-    limit, hard = _max_positions(model)
+    seq2seq = _is_seq2seq(model)
+    ids, keep = _pad_prompts(input_ids, pad_id, device, left=not seq2seq)
+    config: Any = getattr(model, "config", None)
+    embedding: Any = getattr(model, "embedding", None)
+    limit, hard = _max_positions(embedding, getattr(config, "embedding", None))
     longest = int(keep.sum(1).max())
     if longest > limit:
         raise ConfigError(f"prompt of {longest} tokens is longer than max_positions {limit}")
+    if seq2seq:  # the new tokens go to the decoder, after its start id
+        target: Any = getattr(model, "tgt_embedding", None)
+        limit, hard = _max_positions(target, getattr(config, "tgt_embedding", None))
+        longest = 1
     if hard and longest + max_new_tokens > limit:
         raise ConfigError(
             f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "

@@ -10,7 +10,7 @@ from pretrainkit.layers.positions import apply_rotary
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention; ``num_kv_heads < num_heads`` gives grouped-query attention.
+    """Self- or cross-attention; ``num_kv_heads < num_heads`` gives grouped-query attention.
 
     Args:
         hidden_size: model width.
@@ -18,6 +18,8 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads: key/value heads (divides num_heads); None = num_heads.
         bias: biases on the projections.
         dropout: attention-probability dropout while training.
+        head_dim: width of one head; None = hidden_size / num_heads.
+        scale: factor on query·key; None = 1/sqrt(head_dim).
     """
 
     def __init__(
@@ -27,17 +29,52 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        head_dim: int | None = None,
+        scale: float | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
-        self.head_dim = hidden_size // num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        self.scale = scale
+        inner = num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.query = nn.Linear(hidden_size, inner, bias=bias)
         self.key = nn.Linear(hidden_size, kv_size, bias=bias)
         self.value = nn.Linear(hidden_size, kv_size, bias=bias)
-        self.output = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.output = nn.Linear(inner, hidden_size, bias=bias)
         self.dropout = dropout
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[b, kv_heads, t, d]`` of ``context`` ``[b, t, h]``.
+
+        Cross-attention computes them once from the encoder's output; generation caches them.
+        """
+        b, t, _ = context.shape
+        k = self.key(context).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.value(context).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        keys_values: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Queries from ``x`` ``[b, s, h]`` over given keys/values (cross-attention)."""
+        b, s, _ = x.shape
+        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            *keys_values,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.output(out.transpose(1, 2).reshape(b, s, -1))
 
     def forward(
         self,
@@ -63,6 +100,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and mask is None,
+            scale=self.scale,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         return self.output(out.transpose(1, 2).reshape(b, s, -1))
@@ -106,6 +144,7 @@ class MultiHeadAttention(nn.Module):
             v,
             attn_mask=mask,
             is_causal=is_causal and mask is None,
+            scale=self.scale,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         return self.output(out.transpose(1, 2).reshape(b, s, -1)), (k, v)

@@ -54,26 +54,57 @@ class MaskedLMTarget(Target):
 
 @TARGETS.register("lm")
 class CausalLMTarget(Target):
-    """Next-token prediction; labels are the inputs (the shift happens here)."""
+    """Next-token prediction; labels are the inputs (the shift happens here).
 
-    def __init__(self, hidden_size: int, vocab_size: int, bias: bool = False, tied: bool = True):
+    Args:
+        bias: a bias on the vocabulary projection (BART's and PEGASUS' ``final_logits_bias``).
+        tied: the projection is the word embedding.
+        scale: multiplies the hidden states before the projection (T5 v1.0 with tied
+            embeddings uses ``hidden_size ** -0.5``).
+    """
+
+    shift = True  # position t predicts token t + 1 of the same sequence
+
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        bias: bool = False,
+        tied: bool = True,
+        scale: float = 1.0,
+    ):
         super().__init__()
         self.decoder = nn.Linear(hidden_size, vocab_size, bias=bias)
         # Only ties when the embedding width equals hidden; checked by the builder.
         self.tie_word_embedding = "decoder" if tied else None
+        self.scale = scale
 
     def forward(self, hidden_states, attention_mask, labels) -> TargetOutput:
+        if self.scale != 1.0:
+            hidden_states = hidden_states * self.scale
         logits = self.decoder(hidden_states)  # [b, s, v]
         if labels is None:
             return TargetOutput(None, logits)
-        shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-        shifted_labels = labels[:, 1:].reshape(-1)
-        loss = vocab_cross_entropy(shifted_logits, shifted_labels)
+        if self.shift:
+            scored, gold = logits[:, :-1], labels[:, 1:]
+        else:
+            scored, gold = logits, labels
+        scored = scored.reshape(-1, logits.shape[-1])
+        gold = gold.reshape(-1)
+        loss = vocab_cross_entropy(scored, gold)
         return TargetOutput(
             loss,
             logits,
             {
                 "lm_loss": loss.detach(),
-                "lm_accuracy": accuracy(shifted_logits.detach(), shifted_labels),
+                "lm_accuracy": accuracy(scored.detach(), gold),
             },
         )
+
+
+@TARGETS.register("seq2seq_lm")
+class Seq2SeqLMTarget(CausalLMTarget):
+    """The decoder's language-model head: position t predicts label t (the decoder's inputs are
+    the labels shifted right, built by ``Model.decoder_inputs``)."""
+
+    shift = False
