@@ -54,6 +54,7 @@ PRESETS = [
     "gpt2-small",
     "llama",
     "roberta-base",
+    "xlm-roberta-base",
 ]
 
 
