@@ -1,5 +1,5 @@
-"""Reading and writing the files of a HF model folder: config, weights, tokenizer and the
-sentence-transformers settings."""
+"""Reading and writing the files of a HF model folder: config, weights and tokenizer (the
+sentence-transformers settings are in ``convert.sentence_files``)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ from pretrainkit.tokenization import Tokenizer, load_tokenizer
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-ST_POOLING = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-}
 
 
 def read_json(path: Path) -> Any:
@@ -65,8 +60,8 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
 
 def import_tokenizer(directory: Path) -> Tokenizer | None:
     """The HF folder's tokenizer as ours, with HF's lower-casing; None when it has none."""
-    tok_config = _optional_json(directory / "tokenizer_config.json")
-    st_config = _optional_json(directory / "sentence_bert_config.json")
+    tok_config = optional_json(directory / "tokenizer_config.json")
+    st_config = optional_json(directory / "sentence_bert_config.json")
     lowercase = tok_config.get("do_lower_case")
     if st_config.get("do_lower_case"):
         lowercase = True  # sentence-transformers lower-cases before the tokenizer
@@ -107,60 +102,9 @@ def _tokenizer_json_without_padding(path: Path) -> Tokenizer:
         return load_tokenizer(clean)
 
 
-def _optional_json(path: Path) -> dict[str, Any]:
+def optional_json(path: Path) -> dict[str, Any]:
     data = read_json(path) if path.is_file() else {}
     return data if isinstance(data, dict) else {}
-
-
-def sentence_transformers_defaults(directory: Path) -> dict[str, Any]:
-    """``encode`` defaults (pooling, normalize, max_length) of a sentence-transformers folder.
-
-    Raises CheckpointError on modules we cannot reproduce (Dense, ...), rather than returning
-    embeddings that differ from the original.
-    """
-    modules = _optional_json_list(directory / "modules.json")
-    if not modules:
-        return {}
-    defaults: dict[str, Any] = {"normalize": False}
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            if module.get("path", ""):
-                raise CheckpointError(
-                    f"{directory}: the transformer lives in {module['path']!r}; convert that "
-                    "folder (its pooling settings are then not recorded)"
-                )
-            continue
-        if kind == "Pooling":
-            config = read_json(directory / module["path"] / "config.json")
-            modes = [mode for key, mode in ST_POOLING.items() if config.get(key)]
-            others = [
-                key
-                for key, on in config.items()
-                if key.startswith("pooling_mode_") and on and key not in ST_POOLING
-            ]
-            if len(modes) != 1 or others:
-                raise CheckpointError(
-                    f"{directory}: sentence-transformers pooling {modes + others} is not "
-                    "supported yet (one of cls, mean, max)"
-                )
-            defaults["pooling"] = modes[0]
-        elif kind == "Normalize":
-            defaults["normalize"] = True
-        else:
-            raise CheckpointError(
-                f"{directory}: sentence-transformers module {module.get('type')} is not "
-                "supported yet"
-            )
-    max_length = _optional_json(directory / "sentence_bert_config.json").get("max_seq_length")
-    if max_length:
-        defaults["max_length"] = int(max_length)
-    return defaults
-
-
-def _optional_json_list(path: Path) -> list[dict[str, Any]]:
-    data = read_json(path) if path.is_file() else []
-    return data if isinstance(data, list) else []
 
 
 def export_tokenizer(tokenizer: Tokenizer, directory: Path, tokenizer_class: str) -> list[str]:

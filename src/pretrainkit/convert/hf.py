@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pretrainkit.config import ModelConfig
-from pretrainkit.convert import files
+from pretrainkit.convert import files, sentence_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import Model, build_model, load, load_state_strict
+from pretrainkit.workflows.embed import capacity
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
     state, passthrough = state_from_hf(fam, head, hf_state, model, source)
     load_state_strict(model, state, source)
     model.tokenizer = files.import_tokenizer(directory)
-    model.encode_defaults = files.sentence_transformers_defaults(directory)
+    model.encode_defaults = sentence_files.sentence_transformers_defaults(directory)
     return model.eval(), passthrough
 
 
@@ -204,7 +205,10 @@ def convert_to_hf(
 
     The architecture follows the targets (none → ``BertModel``, mlm → ``...ForMaskedLM``,
     mlm + nsp → ``BertForPreTraining``, classification → ``...ForSequenceClassification``).
-    Writes config.json, model.safetensors and, for WordPiece / byte-level BPE, the vocabulary.
+    Writes config.json, model.safetensors and, for WordPiece / byte-level BPE, the vocabulary;
+    with ``encode`` defaults recorded (``encode.json``) also the sentence-transformers files
+    (modules.json, sentence_bert_config.json, 1_Pooling, 2_Normalize), so that
+    ``SentenceTransformer(out_dir)`` embeds as ``Model.encode``.
 
     Raises:
         CheckpointError: the model uses something the HF family cannot compute (named).
@@ -233,6 +237,9 @@ def convert_to_hf(
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer is not None:
-            files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
+        written = files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class) if tokenizer else []
+        if written and model.encode_defaults:
+            sentence_files.write_sentence_transformers(
+                model.encode_defaults, config.hidden_size, capacity(model), tmp
+            )
     return out
