@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pretrainkit.config import ModelConfig
-from pretrainkit.convert import files, sentence_files
+from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
@@ -148,7 +148,7 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
     hf_state, source = files.read_weights(directory)
     state, passthrough = state_from_hf(fam, head, hf_state, model, source)
     load_state_strict(model, state, source)
-    model.tokenizer = files.import_tokenizer(directory)
+    model.tokenizer = tokenizer_files.import_tokenizer(directory)
     model.encode_defaults = sentence_files.sentence_transformers_defaults(directory)
     return model.eval(), passthrough
 
@@ -237,7 +237,9 @@ def convert_to_hf(
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        written = files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class) if tokenizer else []
+        written = []
+        if tokenizer is not None:
+            written = tokenizer_files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
         if written and model.encode_defaults:
             sentence_files.write_sentence_transformers(
                 model.encode_defaults, config.hidden_size, capacity(model), tmp
