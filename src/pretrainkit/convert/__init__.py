@@ -1,7 +1,7 @@
 """HuggingFace ⇄ pretrainkit conversion: one declarative key map per family, one converter.
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
-``albert``, ``gpt2`` and ``llama``. See ``convert.spec`` for the table format and ``convert.hf``
+``xlm-roberta``, ``albert``, ``gpt2`` and ``llama``; their tokenizers in ``convert.tokenizer_files``. See ``convert.spec`` for the table format and ``convert.hf``
 for the converter.
 """
 

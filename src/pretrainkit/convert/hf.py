@@ -180,7 +180,8 @@ def convert_from_hf(
             save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
     if model.tokenizer is None:
         log.warning(
-            "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json)", hf_dir
+            "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json, .model)",
+            hf_dir,
         )
     return out
 
@@ -205,7 +206,7 @@ def convert_to_hf(
 
     The architecture follows the targets (none → ``BertModel``, mlm → ``...ForMaskedLM``,
     mlm + nsp → ``BertForPreTraining``, classification → ``...ForSequenceClassification``).
-    Writes config.json, model.safetensors and, for WordPiece / byte-level BPE, the vocabulary;
+    Writes config.json, model.safetensors, the tokenizer (``tokenizer_files.export_tokenizer``);
     with ``encode`` defaults recorded (``encode.json``) also the sentence-transformers files
     (modules.json, sentence_bert_config.json, 1_Pooling, 2_Normalize), so that
     ``SentenceTransformer(out_dir)`` embeds as ``Model.encode``.
