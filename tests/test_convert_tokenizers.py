@@ -294,3 +294,25 @@ def test_export_refuses_a_layout_the_class_cannot_express(sources, tmp_path, cap
     assert export_tokenizer(t5, tmp_path / "out", "XLMRobertaTokenizer") == []
     assert "not exported as XLMRobertaTokenizer" in caplog.text
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_llama_with_its_sentencepiece_model_converts_both_ways(sources, tmp_path):
+    torch.manual_seed(0)
+    size = import_tokenizer(sources["llama"]).vocab_size
+    config = tf.LlamaConfig(
+        vocab_size=size,
+        hidden_size=48,
+        num_attention_heads=3,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        max_position_embeddings=40,
+    )
+    tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    for path in sources["llama"].iterdir():
+        shutil.copy(path, tmp_path / "hf")
+    model = pretrainkit.load(convert_from_hf(tmp_path / "hf", tmp_path / "ours"))
+    assert_same_ids(model.tokenizer, tf.AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    back = convert_to_hf(tmp_path / "ours", tmp_path / "back")
+    assert json.loads((back / "config.json").read_text()).get("pad_token_id") != 2  # not </s>
+    assert json.loads((back / "tokenizer_config.json").read_text())["add_bos_token"] is True
+    assert_same_ids(model.tokenizer, tf.AutoTokenizer.from_pretrained(back))

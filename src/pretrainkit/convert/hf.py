@@ -222,7 +222,9 @@ def convert_to_hf(
     for entry in config.targets:
         hf.update(fam.target_to_hf(entry, config))
     tokenizer = model.tokenizer
-    if tokenizer is not None:
+    # Only a declared pad token is HF's pad_token_id: a borrowed one (GPT-2's and LLaMA's is
+    # eos) would make HF's embedding treat eos as padding (no gradient to its row).
+    if tokenizer is not None and tokenizer.special_tokens["pad"] is not None:
         if "pad_token_id" in hf and hf["pad_token_id"] != tokenizer.pad_id:
             raise CheckpointError(
                 f"the tokenizer pads with id {tokenizer.pad_id}, {fam.model_type} positions "
