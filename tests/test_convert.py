@@ -25,6 +25,7 @@ from convert_helpers import SIZES, broken_checkpoint_error  # noqa: E402
 FAMILY = {
     "bert": (tf.BertConfig, {}),
     "roberta": (tf.RobertaConfig, {"type_vocab_size": 1}),
+    "xlm-roberta": (tf.XLMRobertaConfig, {"type_vocab_size": 1}),
     "albert": (tf.AlbertConfig, {"embedding_size": 16}),
 }
 AUTO = {
@@ -41,11 +42,14 @@ CASES = [
     ("roberta", "Model"),
     ("roberta", "ForMaskedLM"),
     ("roberta", "ForSequenceClassification"),
+    ("xlm-roberta", "Model"),
+    ("xlm-roberta", "ForMaskedLM"),
+    ("xlm-roberta", "ForSequenceClassification"),
     ("albert", "Model"),
     ("albert", "ForPreTraining"),
     ("albert", "ForSequenceClassification"),
 ]
-PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert"}
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "albert": "Albert"}
 
 
 def hf_model(family: str, kind: str):
@@ -84,7 +88,7 @@ def test_hf_parity_and_bit_exact_round_trip(tmp_path, family, kind):
                 p.add_(torch.randn_like(p))
     hf.save_pretrained(tmp_path / "hf")
     ours = pretrainkit.load(convert_from_hf(tmp_path / "hf", tmp_path / "ours")).eval()
-    if family == "roberta":
+    if family in ("roberta", "xlm-roberta"):
         assert ours.config.embedding.position_offset == 2
         assert ours.embedding.parts["position"].weight.shape[0] == 40  # full table kept
 

@@ -134,26 +134,33 @@ def test_llama_wrong_kv_shape_and_missing_tensor_are_named(tmp_path):
     assert gone in message
 
 
-def test_cli_converts_gpt2_and_skips_a_tokenizer_json_it_cannot_read(tmp_path, capsys, caplog):
+def test_cli_converts_gpt2_with_its_tokenizer_json(tmp_path, capsys):
     tokenizers = pytest.importorskip("tokenizers")
     vocab = {"<|endoftext|>": 0}
     for token in [*"abcdefghijklmnopqrstuvwxyzĠ", "Ġa"]:
         vocab[token] = len(vocab)
     backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, [("Ġ", "a")]))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
     config = gpt2_config(bos_token_id=0, eos_token_id=0)
     config.vocab_size = len(vocab)
     tf.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
     backend.save(str(tmp_path / "hf" / "tokenizer.json"))
     code, _, err = invoke(capsys, "convert", "--from-hf", tmp_path / "hf", "--out", tmp_path / "o")
     assert code == 0, err
-    # GPT-2's <|endoftext|> is no special token our loader knows: weights only, with a warning.
-    assert "tokenizer.json not imported" in caplog.text
     ours = pretrainkit.load(tmp_path / "o")
     assert ours.config.name == "gpt2"
-    assert ours.tokenizer is None
+    # <|endoftext|> is read off the vocabulary as unk, bos and eos; GPT-2 adds no tokens.
+    text = "a cab a bad"
+    expected = tf.AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"]
+    assert ours.tokenizer.build_inputs(ours.tokenizer.encode(text))[0] == expected
+    assert ours.tokenizer.eos_id == 0 and 28 in expected  # "Ġa" merged
     code, _, err = invoke(capsys, "convert", "--to-hf", tmp_path / "o", "--out", tmp_path / "b")
     assert code == 0, err
     assert tf.AutoModelForCausalLM.from_pretrained(tmp_path / "b").config.n_inner == 96
+    exported = tf.AutoTokenizer.from_pretrained(tmp_path / "b")
+    assert type(exported).__name__ == "GPT2Tokenizer"
+    assert exported(text)["input_ids"] == expected
 
 
 def test_preset_without_family_name_exports_by_shape(tmp_path):

@@ -1,4 +1,5 @@
-"""Token-classification and question-answering heads of BERT, RoBERTa and ALBERT vs transformers.
+"""Token-classification and question-answering heads of BERT, RoBERTa, XLM-R and ALBERT vs
+transformers.
 
 Each case builds a tiny HF model with random weights and odd sizes, converts it, compares logits
 (real tokens) and losses with the same labels, converts it back bit for bit and loads the export
@@ -23,6 +24,7 @@ from convert_helpers import SIZES  # noqa: E402
 FAMILY = {
     "bert": (tf.BertConfig, {}, "Bert"),
     "roberta": (tf.RobertaConfig, {"type_vocab_size": 1}, "Roberta"),
+    "xlm-roberta": (tf.XLMRobertaConfig, {"type_vocab_size": 1}, "XLMRoberta"),
     "albert": (tf.AlbertConfig, {"embedding_size": 16}, "Albert"),
 }
 TAGS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
@@ -68,7 +70,7 @@ def hf_logits(kind: str, out) -> torch.Tensor:
     return torch.stack([out.start_logits, out.end_logits], dim=-1)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "albert"])
 @pytest.mark.parametrize("kind", ["ForTokenClassification", "ForQuestionAnswering"])
 def test_head_parity_loss_and_round_trip(tmp_path, family, kind):
     torch.manual_seed(0)

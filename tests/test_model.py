@@ -89,6 +89,8 @@ def hf_reference_count(name):
             model = tf.BertForPreTraining(tf.BertConfig(**common))
         elif name.startswith("roberta"):
             model = tf.RobertaForMaskedLM(tf.RobertaConfig(**common, type_vocab_size=1))
+        elif name.startswith("xlm-roberta"):
+            model = tf.XLMRobertaForMaskedLM(tf.XLMRobertaConfig(**common, type_vocab_size=1))
         elif name.startswith("albert"):
             model = tf.AlbertForPreTraining(tf.AlbertConfig(**common, embedding_size=128))
         elif name.startswith("llama"):

@@ -1,8 +1,9 @@
 """HuggingFace ⇄ pretrainkit conversion: one declarative key map per family, one converter.
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
-``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and ``pegasus``. See ``convert.spec`` for the table format and ``convert.hf``
-for the converter.
+``xlm-roberta``, ``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and
+``pegasus``; their tokenizers in ``convert.tokenizer_files``. See ``convert.spec`` for the table
+format and ``convert.hf`` for the converter.
 """
 
 from pretrainkit.convert import (  # noqa: F401  (register the families)

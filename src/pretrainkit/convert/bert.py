@@ -1,7 +1,9 @@
-"""BERT and RoBERTa (and every checkpoint of their shape, e.g. sentence-transformers MiniLM)."""
+"""BERT, RoBERTa and XLM-RoBERTa (and every checkpoint of their shape, e.g. sentence-transformers
+MiniLM)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pretrainkit.config import ModelConfig, TargetConfig
@@ -93,7 +95,8 @@ def _bert_heads() -> tuple[Head, ...]:
     )
 
 
-def _roberta_heads() -> tuple[Head, ...]:
+def _roberta_heads(model: str) -> tuple[Head, ...]:
+    """RoBERTa's heads; XLM-RoBERTa has the same modules under ``XLMRoberta*`` class names."""
     mlm = params(
         ("targets.mlm.dense", "lm_head.dense"),
         ("targets.mlm.norm", "lm_head.layer_norm"),
@@ -103,11 +106,11 @@ def _roberta_heads() -> tuple[Head, ...]:
         ("lm_head.decoder.bias", "lm_head.bias"),
     )
     return (
-        Head("RobertaModel", (), passthrough=POOLER),
-        Head("RobertaForMaskedLM", ("mlm",), "roberta.", mlm, tied),
+        Head(f"{model}Model", (), passthrough=POOLER),
+        Head(f"{model}ForMaskedLM", ("mlm",), "roberta.", mlm, tied),
         # HF's RobertaClassificationHead is first token → dense → tanh → out_proj: our pooler.
         Head(
-            "RobertaForSequenceClassification",
+            f"{model}ForSequenceClassification",
             ("classification",),
             "roberta.",
             params(
@@ -115,7 +118,7 @@ def _roberta_heads() -> tuple[Head, ...]:
                 ("targets.classification.classifier", "classifier.out_proj"),
             ),
         ),
-        *token_heads("roberta.", "Roberta"),
+        *token_heads("roberta.", model),
     )
 
 
@@ -161,9 +164,9 @@ def _roberta_target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str,
     return _bert_target_to_hf(entry, config)
 
 
-def _roberta_to_hf(config: ModelConfig) -> dict[str, Any]:
+def _roberta_to_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
     offset = config.embedding.position_offset
-    hf = common.bert_like_to_hf(config, "roberta", position_offset=max(offset, 1))
+    hf = common.bert_like_to_hf(config, model_type, position_offset=max(offset, 1))
     return {**hf, "pad_token_id": offset - 1, "bos_token_id": 0, "eos_token_id": 2}
 
 
@@ -180,17 +183,20 @@ register(
         ignored=IGNORED,
     )
 )
-register(
-    Family(
-        model_type="roberta",
-        config_from_hf=lambda hf: common.bert_like_from_hf(hf, _roberta_offset(hf)),
-        config_to_hf=_roberta_to_hf,
-        target_from_hf=_roberta_target,
-        target_to_hf=_roberta_target_to_hf,
-        body=BODY,
-        heads=_roberta_heads(),
-        unsupported=tuple(f"Roberta{suffix}" for suffix in UNSUPPORTED),
-        ignored=IGNORED,
-        tokenizer_class="RobertaTokenizer",
+# XLM-RoBERTa is RoBERTa's architecture with a SentencePiece vocabulary (fairseq ids: <s>=0
+# <pad>=1 </s>=2 <unk>=3); only the class names differ.
+for _model_type, _class in (("roberta", "Roberta"), ("xlm-roberta", "XLMRoberta")):
+    register(
+        Family(
+            model_type=_model_type,
+            config_from_hf=lambda hf: common.bert_like_from_hf(hf, _roberta_offset(hf)),
+            config_to_hf=functools.partial(_roberta_to_hf, model_type=_model_type),
+            target_from_hf=_roberta_target,
+            target_to_hf=_roberta_target_to_hf,
+            body=BODY,
+            heads=_roberta_heads(_class),
+            unsupported=tuple(f"{_class}{suffix}" for suffix in UNSUPPORTED),
+            ignored=IGNORED,
+            tokenizer_class=f"{_class}Tokenizer",
+        )
     )
-)

@@ -1,28 +1,18 @@
-"""Reading and writing the files of a HF model folder: config, weights, tokenizer and the
-sentence-transformers settings."""
+"""Reading the files of a HF model folder: config and weights (the tokenizer is in
+``convert.tokenizer_files``, the sentence-transformers settings in ``convert.sentence_files``)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from pretrainkit.errors import CheckpointError, DataError
-from pretrainkit.tokenization import Tokenizer, load_tokenizer
-
-log = logging.getLogger(__name__)
+from pretrainkit.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-ST_POOLING = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-}
 
 
 def read_json(path: Path) -> Any:
@@ -63,139 +53,6 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_tokenizer(directory: Path) -> Tokenizer | None:
-    """The HF folder's tokenizer as ours, with HF's lower-casing; None when it has none."""
-    tok_config = _optional_json(directory / "tokenizer_config.json")
-    st_config = _optional_json(directory / "sentence_bert_config.json")
-    lowercase = tok_config.get("do_lower_case")
-    if st_config.get("do_lower_case"):
-        lowercase = True  # sentence-transformers lower-cases before the tokenizer
-    if (directory / "vocab.txt").is_file():
-        for key, supported in (("strip_accents", None), ("tokenize_chinese_chars", True)):
-            value = tok_config.get(key, supported)
-            if value != supported:
-                raise CheckpointError(
-                    f"{directory}: tokenizer option {key}={value!r} is not supported yet"
-                )
-        return load_tokenizer(directory / "vocab.txt", lowercase=lowercase)
-    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        if lowercase:
-            raise CheckpointError(f"{directory}: lower-casing byte-level BPE is not supported")
-        return load_tokenizer(directory / "vocab.json")
-    if (directory / "tokenizer.json").is_file():
-        try:
-            return _tokenizer_json_without_padding(directory / "tokenizer.json")
-        except DataError as err:
-            # GPT-2's <|endoftext|> or LLaMA's <s>/</s> are not special tokens our loader can
-            # name yet; the weights are still worth converting, so say so and go on without.
-            log.warning("%s: tokenizer.json not imported: %s", directory, err)
-            return None
-    present = [p.name for p in directory.glob("*.model")]
-    if present:
-        log.warning("%s: tokenizer %s not imported (not supported yet)", directory, present)
-    return None
-
-
-def _tokenizer_json_without_padding(path: Path) -> Tokenizer:
-    # HF files may fix padding/truncation (MiniLM: pad to 128); ours pads per batch instead.
-    data = read_json(path)
-    data["padding"] = None
-    data["truncation"] = None
-    with tempfile.TemporaryDirectory() as tmp:
-        clean = Path(tmp) / "tokenizer.json"
-        clean.write_text(json.dumps(data), encoding="utf-8")
-        return load_tokenizer(clean)
-
-
-def _optional_json(path: Path) -> dict[str, Any]:
+def optional_json(path: Path) -> dict[str, Any]:
     data = read_json(path) if path.is_file() else {}
     return data if isinstance(data, dict) else {}
-
-
-def sentence_transformers_defaults(directory: Path) -> dict[str, Any]:
-    """``encode`` defaults (pooling, normalize, max_length) of a sentence-transformers folder.
-
-    Raises CheckpointError on modules we cannot reproduce (Dense, ...), rather than returning
-    embeddings that differ from the original.
-    """
-    modules = _optional_json_list(directory / "modules.json")
-    if not modules:
-        return {}
-    defaults: dict[str, Any] = {"normalize": False}
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            if module.get("path", ""):
-                raise CheckpointError(
-                    f"{directory}: the transformer lives in {module['path']!r}; convert that "
-                    "folder (its pooling settings are then not recorded)"
-                )
-            continue
-        if kind == "Pooling":
-            config = read_json(directory / module["path"] / "config.json")
-            modes = [mode for key, mode in ST_POOLING.items() if config.get(key)]
-            others = [
-                key
-                for key, on in config.items()
-                if key.startswith("pooling_mode_") and on and key not in ST_POOLING
-            ]
-            if len(modes) != 1 or others:
-                raise CheckpointError(
-                    f"{directory}: sentence-transformers pooling {modes + others} is not "
-                    "supported yet (one of cls, mean, max)"
-                )
-            defaults["pooling"] = modes[0]
-        elif kind == "Normalize":
-            defaults["normalize"] = True
-        else:
-            raise CheckpointError(
-                f"{directory}: sentence-transformers module {module.get('type')} is not "
-                "supported yet"
-            )
-    max_length = _optional_json(directory / "sentence_bert_config.json").get("max_seq_length")
-    if max_length:
-        defaults["max_length"] = int(max_length)
-    return defaults
-
-
-def _optional_json_list(path: Path) -> list[dict[str, Any]]:
-    data = read_json(path) if path.is_file() else []
-    return data if isinstance(data, list) else []
-
-
-def export_tokenizer(tokenizer: Tokenizer, directory: Path, tokenizer_class: str) -> list[str]:
-    """Write HF-loadable vocabulary files (WordPiece vocab.txt, BPE vocab.json + merges.txt).
-
-    Returns the names written; an empty list (and a warning) for kinds not exported yet.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(tmp)
-        path = Path(tmp) / "tokenizer.json"
-        model = read_json(path)["model"] if path.is_file() else {}
-    specials = {
-        f"{role}_token": token
-        for role, token in tokenizer.special_tokens.items()
-        if token is not None and role in ("pad", "unk", "cls", "sep", "mask")
-    }
-    if model.get("type") == "WordPiece" and tokenizer_class == "BertTokenizer":
-        by_id = {i: token for token, i in model["vocab"].items()}
-        # A source vocab.txt with duplicate lines leaves ids without an entry; keep them as
-        # placeholders so every later id stays on its line.
-        lines = [by_id.get(i, f"[unused-hole-{i}]") for i in range(max(by_id) + 1)]
-        (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        config = {"do_lower_case": tokenizer.lowercase, **specials}
-        written = ["vocab.txt"]
-    elif model.get("type") == "BPE" and tokenizer_class == "RobertaTokenizer":
-        (directory / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-        (directory / "merges.txt").write_text(
-            "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-        )
-        config = {"bos_token": "<s>", "eos_token": "</s>", **specials}
-        written = ["vocab.json", "merges.txt"]
-    else:
-        log.warning("a %s tokenizer is not exported to HF yet; copy it by hand", tokenizer.kind)
-        return []
-    config["tokenizer_class"] = tokenizer_class
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return [*written, "tokenizer_config.json"]

@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pretrainkit.config import ModelConfig
-from pretrainkit.convert import files
+from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import Model, build_model, load, load_state_strict
+from pretrainkit.workflows.embed import capacity
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
     model = build_model(ModelConfig.from_dict(config_dict, where=f"{directory} (converted)"))
     state, passthrough = state_from_hf(fam, head, hf_state, model, source)
     load_state_strict(model, state, source)
-    model.tokenizer = files.import_tokenizer(directory)
-    model.encode_defaults = files.sentence_transformers_defaults(directory)
+    model.tokenizer = tokenizer_files.import_tokenizer(directory)
+    model.encode_defaults = sentence_files.sentence_transformers_defaults(directory)
     return model.eval(), passthrough
 
 
@@ -204,7 +205,8 @@ def convert_from_hf(
             save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
     if model.tokenizer is None:
         log.warning(
-            "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json)", hf_dir
+            "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json, .model)",
+            hf_dir,
         )
     return out
 
@@ -233,7 +235,10 @@ def convert_to_hf(
 
     The architecture follows the targets (none → ``BertModel``, mlm → ``...ForMaskedLM``,
     mlm + nsp → ``BertForPreTraining``, classification → ``...ForSequenceClassification``).
-    Writes config.json, model.safetensors and, for WordPiece / byte-level BPE, the vocabulary.
+    Writes config.json, model.safetensors, the tokenizer (``tokenizer_files.export_tokenizer``);
+    with ``encode`` defaults recorded (``encode.json``) also the sentence-transformers files
+    (modules.json, sentence_bert_config.json, 1_Pooling, 2_Normalize), so that
+    ``SentenceTransformer(out_dir)`` embeds as ``Model.encode``.
 
     Raises:
         CheckpointError: the model uses something the HF family cannot compute (named).
@@ -246,7 +251,9 @@ def convert_to_hf(
     for entry in config.targets:
         hf.update(fam.target_to_hf(entry, config))
     tokenizer = model.tokenizer
-    if tokenizer is not None:
+    # Only a declared pad token is HF's pad_token_id: a borrowed one (GPT-2's and LLaMA's is
+    # eos) would make HF's embedding treat eos as padding (no gradient to its row).
+    if tokenizer is not None and tokenizer.special_tokens["pad"] is not None:
         if "pad_token_id" in hf and hf["pad_token_id"] != tokenizer.pad_id:
             raise CheckpointError(
                 f"the tokenizer pads with id {tokenizer.pad_id}, {fam.model_type} positions "
@@ -262,6 +269,11 @@ def convert_to_hf(
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        written = []
         if tokenizer is not None:
-            files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
+            written = tokenizer_files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
+        if written and model.encode_defaults:
+            sentence_files.write_sentence_transformers(
+                model.encode_defaults, config.hidden_size, capacity(model), tmp
+            )
     return out

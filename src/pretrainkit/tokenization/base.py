@@ -5,11 +5,23 @@ from __future__ import annotations
 import abc
 import json
 from pathlib import Path
+from typing import Any
 
 from pretrainkit.errors import ConfigError, DataError
+from pretrainkit.tokenization.templates import Template, bert_template
 
-# The roles every tokenizer fills; `mask` may be None (e.g. GPT-2 has no mask token).
+# The roles of special tokens. A family may lack some (GPT-2 has only <|endoftext|>, T5 no <s>);
+# such a role borrows the id of the first declared role in its fallbacks, as ids must exist for
+# padding and packing. Only `mask` may stay without an id.
 SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+ROLE_FALLBACKS = {
+    "pad": ("eos", "unk"),
+    "unk": ("eos",),
+    "cls": ("bos", "eos"),
+    "sep": ("eos",),
+    "bos": ("cls", "eos"),
+    "eos": ("sep",),
+}
 CONFIG_FILE = "tokenizer_config.json"
 CONFIG_VERSION = 1
 
@@ -21,33 +33,62 @@ class Tokenizer(abc.ABC):
         kind: "wordpiece", "bpe" or "unigram".
         lowercase: whether text is lower-cased before tokenization.
         vocab_size: one more than the largest id the tokenizer can produce.
-        special_tokens: role ("pad", "unk", "cls", "sep", "mask", "bos", "eos") -> token string.
+        special_tokens: role ("pad", "unk", "cls", "sep", "mask", "bos", "eos") -> the token
+            string the vocabulary declares for it, or None (the role then borrows an id, see
+            `ROLE_FALLBACKS`).
         pad_id, unk_id, cls_id, sep_id, bos_id, eos_id: ids of the special tokens.
         mask_id: id of the mask token, or None when the vocabulary has none.
+        template: where `build_inputs` puts special tokens; BERT's `[CLS] a [SEP] b [SEP]` with
+            the cls and sep tokens unless the vocabulary's family says otherwise.
     """
 
     backend: str  # "hf" or "sentencepiece"; names the file format written by `save`
 
     def __init__(
-        self, kind: str, lowercase: bool, vocab_size: int, special_tokens: dict[str, str | None]
+        self,
+        kind: str,
+        lowercase: bool,
+        vocab_size: int,
+        special_tokens: dict[str, str | None],
+        template: Template | None = None,
     ):
         self.kind = kind
         self.lowercase = lowercase
         self.vocab_size = vocab_size
         self.special_tokens = {role: special_tokens.get(role) for role in SPECIAL_ROLES}
-        ids: dict[str, int | None] = {}
         for role, token in self.special_tokens.items():
-            token_id = None if token is None else self.token_to_id(token)
-            if token_id is None and (role != "mask" or token is not None):
+            if token is not None and self.token_to_id(token) is None:
                 raise DataError(f"special token {token!r} ({role}) is not in the vocabulary")
-            ids[role] = token_id
+        resolved = {role: self._resolve(role) for role in ROLE_FALLBACKS}
+        ids = {role: self.token_to_id(token) for role, token in resolved.items()}
         self.pad_id: int = ids["pad"]  # type: ignore[assignment]
         self.unk_id: int = ids["unk"]  # type: ignore[assignment]
         self.cls_id: int = ids["cls"]  # type: ignore[assignment]
         self.sep_id: int = ids["sep"]  # type: ignore[assignment]
         self.bos_id: int = ids["bos"]  # type: ignore[assignment]
         self.eos_id: int = ids["eos"]  # type: ignore[assignment]
-        self.mask_id: int | None = ids["mask"]
+        mask = self.special_tokens["mask"]
+        self.mask_id: int | None = None if mask is None else self.token_to_id(mask)
+        self.template = template or bert_template(resolved["cls"], resolved["sep"])
+        found = {t: self.token_to_id(t) for t in self.template.specials()}
+        missing = [t for t, i in found.items() if i is None]
+        if missing:
+            raise DataError(f"template tokens {missing} are not in the vocabulary")
+        self._template_ids: dict[str, int] = {t: i for t, i in found.items() if i is not None}
+
+    def template_token_id(self, token: str) -> int:
+        """Id of one of the template's special tokens (checked to exist on construction)."""
+        return self._template_ids[token]
+
+    def _resolve(self, role: str) -> str:
+        for candidate in (role, *ROLE_FALLBACKS[role]):
+            token = self.special_tokens[candidate]
+            if token is not None:
+                return token
+        raise DataError(
+            f"no {role} token: the vocabulary declares none for {role} or "
+            f"{' / '.join(ROLE_FALLBACKS[role])}"
+        )
 
     # --- backend-specific -------------------------------------------------------------------
     @abc.abstractmethod
@@ -86,7 +127,10 @@ class Tokenizer(abc.ABC):
     def build_inputs(
         self, a: list[int], b: list[int] | None = None, max_length: int | None = None
     ) -> tuple[list[int], list[int]]:
-        """Wrap one or two token sequences as `[CLS] a [SEP] (b [SEP])`.
+        """Wrap one or two token sequences in the tokenizer's template.
+
+        BERT's is `[CLS] a [SEP] (b [SEP])`, RoBERTa's `<s> a </s> (</s> b </s>)`, LLaMA's
+        `<s> a`, T5's `a </s> (b </s>)`, GPT-2's none (see `tokenization.templates`).
 
         Args:
             a: ids of the first segment.
@@ -95,9 +139,10 @@ class Tokenizer(abc.ABC):
                 until the result fits.
 
         Returns:
-            `(input_ids, token_type_ids)`; types are 0 for `[CLS] a [SEP]`, 1 for `b [SEP]`.
+            `(input_ids, token_type_ids)`; the types are the template's (BERT: 0 for
+            `[CLS] a [SEP]`, 1 for `b [SEP]`).
         """
-        num_special = 2 if b is None else 3
+        num_special = self.template.num_special(b is not None)
         if max_length is not None:
             if max_length < num_special:
                 raise ConfigError(
@@ -107,12 +152,7 @@ class Tokenizer(abc.ABC):
             len_a, len_b = truncated_lengths(len(a), len(b or []), max_length - num_special)
             a = a[:len_a]
             b = None if b is None else b[:len_b]
-        input_ids = [self.cls_id, *a, self.sep_id]
-        token_types = [0] * len(input_ids)
-        if b is not None:
-            input_ids += [*b, self.sep_id]
-            token_types += [1] * (len(b) + 1)
-        return input_ids, token_types
+        return self.template.apply(a, b, self.template_token_id)
 
     def save(self, directory: str | Path) -> None:
         """Write `tokenizer_config.json` plus the backend's model file into `directory`."""
@@ -125,8 +165,14 @@ class Tokenizer(abc.ABC):
             "kind": self.kind,
             "lowercase": self.lowercase,
             "special_tokens": self.special_tokens,
+            "template": self.template.to_json(),
+            **self._config_extras(),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def _config_extras(self) -> dict[str, Any]:
+        """Backend settings saved in tokenizer_config.json beside the common ones."""
+        return {}
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer as HFBackend
 
 from pretrainkit.errors import DataError
 from pretrainkit.tokenization.base import Tokenizer
+from pretrainkit.tokenization.templates import Template, around, roberta_template
 
 MODEL_FILE = "tokenizer.json"
 WORDPIECE_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4 when trained
@@ -45,16 +46,21 @@ class HFTokenizer(Tokenizer):
         kind: str,
         lowercase: bool,
         special_tokens: dict[str, str | None],
+        template: Template | None = None,
     ):
         self._tok = backend
         # Registering them as special keeps them whole in text and lets decode skip them.
         specials = sorted({t for t in special_tokens.values() if t is not None})
+        # Marking must not add: a new id would lie outside the model's embedding table.
+        for role, token in special_tokens.items():
+            if token is not None and backend.token_to_id(token) is None:
+                raise DataError(f"special token {token!r} ({role}) is not in the vocabulary")
         backend.add_special_tokens(
             [AddedToken(t, special=True, normalized=False) for t in specials]
         )
         # Vocabularies read from files may have holes (duplicate lines); size by the largest id.
         vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
-        super().__init__(kind, lowercase, vocab_size, special_tokens)
+        super().__init__(kind, lowercase, vocab_size, special_tokens, template)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -149,8 +155,9 @@ def bpe_from_files(vocab_path: Path, merges_path: Path) -> HFTokenizer:
     """Build a byte-level BPE tokenizer from GPT-2 style vocabulary and merges files.
 
     The vocabulary is either `vocab.json` (token -> id) or one token per line. Files that carry
-    RoBERTa's specials (<s> <pad> </s> <unk> <mask>) use them; plain GPT-2 files only have
-    <|endoftext|>, which then fills every role and leaves no mask token.
+    RoBERTa's specials (<s> <pad> </s> <unk> <mask>) use them and RoBERTa's template; plain
+    GPT-2 files only have <|endoftext|> (unk, bos and eos, lent to the other roles, no mask
+    token) and add no special tokens around a text.
     """
     if vocab_path.suffix == ".json":
         try:
@@ -174,9 +181,11 @@ def bpe_from_files(vocab_path: Path, merges_path: Path) -> HFTokenizer:
         merges.append((parts[0], parts[1]))
     if all(t in vocab for t in ROBERTA_SPECIALS.values()):
         specials: dict[str, str | None] = dict(ROBERTA_SPECIALS)
+        template = roberta_template("<s>", "</s>")
     elif GPT2_EOT in vocab:
-        specials = {role: GPT2_EOT for role in ("pad", "unk", "cls", "sep", "bos", "eos")}
-        specials["mask"] = None
+        # As HF's GPT-2 tokenizer: <|endoftext|> is unk, bos and eos; pad, cls and sep borrow it.
+        specials = {"unk": GPT2_EOT, "bos": GPT2_EOT, "eos": GPT2_EOT}
+        template = around([], [])
     else:
         raise DataError(
             f"BPE vocabulary has neither RoBERTa's special tokens nor {GPT2_EOT}", vocab_path
@@ -185,7 +194,8 @@ def bpe_from_files(vocab_path: Path, merges_path: Path) -> HFTokenizer:
         model = models.BPE(vocab=vocab, merges=merges)
     except Exception as err:  # the Rust side reports merges whose parts are not in the vocabulary
         raise DataError(f"vocabulary and merges do not fit together: {err}", merges_path) from None
-    return HFTokenizer(byte_level_pipeline(model, lowercase=False), "bpe", False, specials)
+    backend = byte_level_pipeline(model, lowercase=False)
+    return HFTokenizer(backend, "bpe", False, specials, template)
 
 
 def _read_text(path: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFBackend
 
 from pretrainkit.errors import DataError
-from pretrainkit.tokenization import hf, spm
+from pretrainkit.tokenization import hf, spm, templates
 from pretrainkit.tokenization.base import CONFIG_FILE, CONFIG_VERSION, SPECIAL_ROLES, Tokenizer
 
 _EXPECTED = (
@@ -44,7 +44,7 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
     if path.suffix == ".model":
         return spm.sentencepiece_from_file(path)
     if path.name == hf.MODEL_FILE:
-        return _load_hf_json(path)
+        return hf_json_tokenizer(path)
     merges = _merges_beside(path)
     if merges is not None:
         return hf.bpe_from_files(path, merges)
@@ -70,7 +70,7 @@ def _load_dir(directory: Path, lowercase: bool | None) -> Tokenizer:
     if len(models) == 1:
         return spm.sentencepiece_from_file(models[0])
     if (directory / hf.MODEL_FILE).is_file():
-        return _load_hf_json(directory / hf.MODEL_FILE)
+        return hf_json_tokenizer(directory / hf.MODEL_FILE)
     raise DataError(f"no tokenizer found in this folder; expected {_EXPECTED}", directory)
 
 
@@ -105,16 +105,24 @@ def _load_saved(directory: Path) -> Tokenizer:
             config_path,
         )
     specials = {role: config["special_tokens"].get(role) for role in SPECIAL_ROLES}
+    template = (
+        templates.Template.from_json(config["template"], config_path)
+        if "template" in config
+        else None
+    )
     if config["backend"] == "hf":
         model_path = directory / hf.MODEL_FILE
         if not model_path.is_file():
             raise DataError("file not found", model_path)
-        try:
-            backend = HFBackend.from_file(str(model_path))
-        except Exception as err:  # the Rust parser raises a bare Exception
-            raise DataError(f"not a valid tokenizer.json: {err}", model_path) from None
+        backend = read_hf_backend(model_path)
         return _with_path(
-            config_path, hf.HFTokenizer, backend, config["kind"], config["lowercase"], specials
+            config_path,
+            hf.HFTokenizer,
+            backend,
+            config["kind"],
+            config["lowercase"],
+            specials,
+            template,
         )
     if config["backend"] == "sentencepiece":
         model_path = directory / spm.MODEL_FILE
@@ -128,30 +136,74 @@ def _load_saved(directory: Path) -> Tokenizer:
             specials,
             config["kind"],
             config["lowercase"],
+            template,
+            spm.IdLayout.from_json(config["layout"], config_path) if "layout" in config else None,
         )
     raise DataError(
         f"unknown backend {config['backend']!r} (expected hf or sentencepiece)", config_path
     )
 
 
-def _load_hf_json(path: Path) -> Tokenizer:
-    """A bare HuggingFace tokenizer.json: the kind and specials are read off its vocabulary."""
+# Conventional special-token strings, for tokenizer.json files that come without a config.
+_ANGLE_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": "<mask>"}
+
+
+def read_hf_backend(path: Path) -> HFBackend:
+    """A tokenizer.json as a `tokenizers.Tokenizer`, without fixed padding or truncation.
+
+    HF files may fix them (MiniLM pads to 128); pretrainkit pads per batch and truncates in
+    `build_inputs` instead.
+    """
     try:
         backend = HFBackend.from_file(str(path))
     except Exception as err:  # the Rust parser raises a bare Exception
         raise DataError(f"not a valid tokenizer.json: {err}", path) from None
-    model_type = json.loads(backend.to_str())["model"]["type"]
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+def hf_json_tokenizer(path: Path, specials: dict[str, str | None] | None = None) -> Tokenizer:
+    """A HuggingFace tokenizer.json; its post_processor gives the template (none: no tokens).
+
+    Args:
+        path: the tokenizer.json.
+        specials: role -> token, as the model's tokenizer_config.json declares them; None reads
+            them off the vocabulary (BERT's [CLS] ..., RoBERTa's <s> ..., <pad> <unk> <s> </s>
+            <mask> where present, or GPT-2's <|endoftext|>).
+    """
+    backend = read_hf_backend(path)
+    data = json.loads(backend.to_str())
+    model_type = data["model"].get("type")
     kind = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}.get(model_type)
+    if kind is None:
+        raise DataError(f"tokenizer model {model_type!r} is not supported", path)
     vocab = backend.get_vocab(with_added_tokens=True)
-    for specials in (hf.WORDPIECE_SPECIALS, hf.ROBERTA_SPECIALS):
-        if kind is not None and all(t in vocab for t in specials.values()):
-            lowercase = kind == "wordpiece" and hf.looks_lowercase(vocab)
-            return _with_path(path, hf.HFTokenizer, backend, kind, lowercase, dict(specials))
-    raise DataError(
-        f"cannot tell the special tokens of this {model_type} tokenizer; save it with "
-        "pretrainkit (Tokenizer.save) to record them",
-        path,
-    )
+    if specials is None:
+        specials = _guess_specials(vocab)
+        if specials is None:
+            raise DataError(
+                f"cannot tell the special tokens of this {model_type} tokenizer; save it with "
+                "pretrainkit (Tokenizer.save) to record them",
+                path,
+            )
+    # Without a post_processor HF adds no special tokens, and neither do we.
+    template = templates.from_post_processor(data.get("post_processor"), path)
+    template = template or templates.around([], [])
+    lowercase = kind == "wordpiece" and hf.looks_lowercase(vocab)
+    return _with_path(path, hf.HFTokenizer, backend, kind, lowercase, specials, template)
+
+
+def _guess_specials(vocab: dict[str, int]) -> dict[str, str | None] | None:
+    for full in (hf.WORDPIECE_SPECIALS, hf.ROBERTA_SPECIALS):
+        if all(t in vocab for t in full.values()):
+            return dict(full)
+    found: dict[str, str | None] = {r: t for r, t in _ANGLE_SPECIALS.items() if t in vocab}
+    if "eos" in found or "bos" in found:
+        return found
+    if hf.GPT2_EOT in vocab:
+        return {"unk": hf.GPT2_EOT, "bos": hf.GPT2_EOT, "eos": hf.GPT2_EOT}
+    return None
 
 
 def _with_path(path: Path, factory, *args) -> Tokenizer:  # type: ignore[no-untyped-def]
