@@ -29,6 +29,8 @@ TOKENIZER = "tokenizer"
 # Sentence-embedding defaults (pooling, normalize, max_length), e.g. from a sentence-transformers
 # folder; written only when set.
 ENCODE_DEFAULTS = "encode.json"
+# A mixed-precision plan (pretrainkit.samp): the folder holds a quantized model.
+SAMP_PLAN = "samp_plan.json"
 
 
 @dataclass
@@ -395,6 +397,10 @@ def load(directory: str | os.PathLike) -> Model:
     if not (directory / CONFIG).is_file():
         raise CheckpointError(f"{directory}: not a model folder (no {CONFIG})")
     model = build_model(ModelConfig.load(directory / CONFIG))
+    if (directory / SAMP_PLAN).is_file():  # quantized by `pretrainkit quantize`
+        from pretrainkit.samp.backends import prepare_quantized
+
+        model = prepare_quantized(model, directory)
     model.load_weights(directory)
     if (directory / TOKENIZER).exists():
         from pretrainkit.tokenization import load_tokenizer

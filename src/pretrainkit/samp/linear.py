@@ -1,0 +1,164 @@
+"""The two replacements for an encoder ``nn.Linear``: INT8 with dynamic per-token activation
+scales and per-channel weight scales, and a float GEMM in the float partner's dtype (bf16 on
+CPUs with native bf16).
+
+Both keep the state-dict names of ``nn.Linear`` (``weight``, ``bias``), so a quantized model's
+keys are the float model's plus ``weight_scale`` for every INT8 layer, and a folder written with
+``save_file`` loads back without pickle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KERNELS = ("int_mm", "fbgemm")
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 per output channel: ``weight ≈ q * scale[:, None]``.
+
+    Returns:
+        ``q`` int8 ``[out, in]`` in [-127, 127] and ``scale`` fp32 ``[out]``.
+    """
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 per row of ``x`` ``[t, in]``: returns int8 ``[t, in]`` and fp32 ``[t, 1]``."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
+    return torch.round(x / scale).clamp(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """``y = x W^T + b`` with both operands in INT8 and an int32 accumulator.
+
+    Activations are quantized at run time, one scale per token (row); weights once, one scale
+    per output channel. Two kernels compute the same quantized weights:
+
+    - ``int_mm``: ``torch._int_mm`` (oneDNN / VNNI on x86), per-token activation scales.
+    - ``fbgemm``: PyTorch's quantized dynamic linear (``torch.ops.quantized.linear_dynamic``),
+      whose activation scale is one per call (per tensor) — coarser, kept for comparison.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        bias: whether there is a bias (kept in fp32).
+        out_dtype: dtype of the output (the float partner's, so the next op runs in it).
+        kernel: ``int_mm`` or ``fbgemm``.
+    """
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        out_dtype: torch.dtype = torch.float32,
+        kernel: str = "int_mm",
+    ):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.out_dtype, self.kernel = out_dtype, kernel
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._packed: object | None = None  # fbgemm's packed weight, built on first use
+        # _int_mm reads the weight as [in, out]; a contiguous copy is faster than a strided view.
+        self._weight_t: torch.Tensor | None = None
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, out_dtype: torch.dtype = torch.float32, kernel: str = "int_mm"
+    ) -> Int8Linear:
+        module = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, out_dtype, kernel
+        )
+        q, scale = quantize_per_channel(linear.weight)
+        module.weight.copy_(q)
+        module.weight_scale.copy_(scale)
+        if linear.bias is not None and module.bias is not None:
+            module.bias.copy_(linear.bias.detach().float())
+        return module
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = self._weight_t = None  # new weights: drop the cached layouts
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _fbgemm(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            qweight = torch.quantize_per_channel(
+                self.weight.float() * self.weight_scale[:, None],
+                self.weight_scale.double(),
+                torch.zeros(self.out_features, dtype=torch.long),
+                axis=0,
+                dtype=torch.qint8,
+            )
+            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # [t, in]
+        if self.kernel == "fbgemm":
+            y = self._fbgemm(x2)
+        else:
+            if self._weight_t is None:
+                self._weight_t = self.weight.t().contiguous()
+            q, scale = quantize_per_token(x2)
+            acc = torch._int_mm(q, self._weight_t)  # [t, out] int32
+            y = acc.float() * (scale * self.weight_scale)
+            if self.bias is not None:
+                y = y + self.bias
+        return y.to(self.out_dtype).reshape(*shape, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"kernel={self.kernel}, out_dtype={self.out_dtype}"
+        )
+
+
+class FloatLinear(nn.Module):
+    """``nn.Linear`` with its weight stored in ``dtype`` (bf16): the float partner's GEMM.
+
+    The input is cast to ``dtype`` and the output stays in it; LayerNorm and the residual sum
+    around it promote back to fp32, so only the GEMMs (and what sits between two of them:
+    GELU, attention) run in bf16.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, dtype=torch.bfloat16
+    ):
+        super().__init__()
+        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        self.weight = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=dtype), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False)
+            if bias
+            else None
+        )
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> FloatLinear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype)
+        module.weight.data.copy_(linear.weight.detach())
+        if linear.bias is not None and module.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(self.dtype), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.dtype}"

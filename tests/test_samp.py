@@ -1,0 +1,195 @@
+"""SAMP: INT8 GEMMs, plans, the measured search, both backends, save/load and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from samp_helpers import tiny_classifier
+
+import pretrainkit
+from pretrainkit import samp
+from pretrainkit.errors import CheckpointError, ConfigError, DataError
+from pretrainkit.samp import backends, search
+from pretrainkit.samp.data import load_task_set, outputs, score
+from pretrainkit.samp.linear import FloatLinear, Int8Linear, quantize_per_token
+from pretrainkit.samp.plan import Plan, parse_modes
+
+ORT = pytest.mark.skipif(
+    not backends.backend_available("onnxruntime"), reason="onnx / onnxruntime not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("samp"), steps=40)
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny):
+    """The torch-backend search at tolerance 0 on the tiny classifier, with the float state."""
+    model, files = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = samp.quantize(
+        model, files["calib"], files["select"], tolerance=0.0, report=files["report"], rounds=2
+    )
+    return q, before
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "fbgemm"])
+def test_int8_linear_is_close_to_float(kernel):
+    linear = torch.nn.Linear(64, 96)
+    x = torch.randn(3, 7, 64)
+    q = Int8Linear.from_linear(linear, torch.float32, kernel)
+    want, got = linear(x), q(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # Per-channel weights and per-token (or per-tensor) activations at 8 bits: ~1 % error.
+    assert (got - want).norm() / want.norm() < 0.02
+    if kernel == "int_mm":  # the exact integer computation it claims to do
+        qx, sx = quantize_per_token(x.reshape(-1, 64))
+        exact = (qx.double() @ q.weight.double().t()) * sx.double() * q.weight_scale.double()
+        assert torch.allclose(got.reshape(-1, 96).double(), exact + linear.bias.double(), atol=1e-5)
+
+
+def test_float_partner_linear_runs_in_bf16():
+    linear = torch.nn.Linear(32, 16)
+    x = torch.randn(5, 32)
+    f = FloatLinear.from_linear(linear, torch.bfloat16)
+    assert f(x).dtype == torch.bfloat16
+    assert torch.allclose(f(x).float(), linear(x), atol=0.05)
+
+
+def test_plan_json_round_trip_and_bad_modes(tmp_path):
+    plan = Plan(["full", "ffn", "float"], "torch", "bf16", report={"x": 1})
+    plan.save(tmp_path)
+    assert Plan.load(tmp_path) == plan and plan.name == "QfF"
+    assert parse_modes("QfF", 3) == ["full", "ffn", "float"] == parse_modes("full,ffn,float", 3)
+    with pytest.raises(ConfigError, match="did you mean 'full'"):
+        Plan(["fulll"])
+    with pytest.raises(ConfigError, match="float_dtype 'fp16'"):
+        Plan(["full"], float_dtype="fp16")
+    (tmp_path / "samp_plan.json").write_text(json.dumps({"format": "other", "modes": []}))
+    with pytest.raises(CheckpointError, match="not a SAMP plan"):
+        Plan.load(tmp_path)
+
+
+def test_full_int8_logits_stay_close_to_float(tiny):
+    model, files = tiny
+    data = load_task_set(model, files["select"])
+    reference = outputs(model, data)
+    for dtype in ("fp32", "bf16"):
+        q = backends.build(model, Plan(["full", "full"], float_dtype=dtype))
+        out = outputs(q, data)
+        assert np.abs(out - reference).max() < 0.1 * np.abs(reference).max()
+        assert (out.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
+
+
+def test_search_respects_tolerance_and_leaves_the_float_model_alone(tiny, quantized):
+    model, files = tiny
+    q, before = quantized
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(model.encoder.layers[0].feed_forward.up, torch.nn.Linear)
+    report = q.samp_plan.report
+    assert report["chosen_drop_select"] <= 0.0  # tolerance 0
+    chosen = next(c for c in report["candidates"] if c["plan"] == q.samp_plan.name)
+    feasible = [c for c in report["candidates"] if c["drop"] <= 0.0]
+    # The fastest *measured* feasible plan is the one chosen.
+    assert chosen["latency_ms"] == min(c["latency_ms"] for c in feasible)
+    assert len(report["sensitivity"]) == 4  # 2 layers x (ffn, full)
+    assert {r["mode"] for r in report["sensitivity"]} == {"ffn", "full"}
+    data = load_task_set(q, files["report"])
+    assert report["chosen_metric_report"] == pytest.approx(
+        score("accuracy", outputs(q, data), data.gold)
+    )
+
+
+def test_saved_quantized_model_loads_without_calibration(quantized, tiny, tmp_path):
+    q, _ = quantized
+    _, files = tiny
+    samp.save_quantized(q, tmp_path / "q")
+    assert json.loads((tmp_path / "q" / "samp_plan.json").read_text())["modes"] == q.samp_plan.modes
+    loaded = pretrainkit.load(tmp_path / "q")
+    data = load_task_set(q, files["report"])
+    assert np.array_equal(outputs(loaded, data), outputs(q, data))
+    assert loaded.samp_plan.modes == q.samp_plan.modes
+
+
+def test_choice_rules_on_synthetic_candidates():
+    def cand(name, metric, ms):
+        return search.Candidate(Plan(parse_modes(name, 3)), metric, 90.0 - metric, ms)
+
+    cands = [
+        cand("FFF", 90.0, 100),
+        cand("fFF", 89.9, 80),
+        cand("ffQ", 89.6, 50),
+        cand("QQQ", 85, 40),
+    ]
+    assert [c.plan.name for c in search.frontier(cands)] == ["QQQ", "ffQ", "fFF", "FFF"]
+    assert search.choose(cands, 0.5, None)[0].plan.name == "ffQ"
+    assert search.choose(cands, 0.05, None)[0].plan.name == "FFF"
+    assert search.choose(cands, None, 60)[0].plan.name == "ffQ"
+    chosen, why = search.choose(cands, None, None)
+    assert chosen.plan.name == "ffQ" and "knee" in why
+    with pytest.raises(ConfigError, match="no plan meets"):
+        search.choose(cands, 0.5, 45)
+
+
+@ORT
+def test_onnxruntime_excludes_float_layers_by_name(tiny, tmp_path):
+    model, files = tiny
+    from pretrainkit.samp.onnx_backend import gemm_node_names
+
+    plan = Plan(["ffn", "float"], backend="onnxruntime")
+    q = backends.build(model, plan, tmp_path)
+    import onnx
+
+    nodes = {n.name: n.op_type for n in onnx.load(str(q.encoder.path)).graph.node}
+    assert sum(op == "MatMulInteger" for op in nodes.values()) == 2  # layer 0 up and down
+    assert nodes["/layers.0/attention/query/MatMul"] == "MatMul"
+    assert nodes["/layers.1/feed_forward/up/MatMul"] == "MatMul"
+    data = load_task_set(model, files["select"])
+    reference = outputs(model, data)
+    assert np.abs(outputs(q, data) - reference).max() < 0.1 * np.abs(reference).max()
+    renamed = {k.replace("layers.1", "blocks.1"): v for k, v in nodes.items()}
+    with pytest.raises(ConfigError, match="would not match the graph"):
+        gemm_node_names(model, plan, renamed)
+
+
+@ORT
+def test_onnxruntime_plan_saves_and_loads(tiny, tmp_path):
+    model, files = tiny
+    q = samp.quantize(model, files["calib"], files["select"], backend="onnxruntime", rounds=1)
+    assert q.samp_plan.backend == "onnxruntime" and q.samp_plan.float_dtype == "fp32"
+    samp.save_quantized(q, tmp_path / "q")
+    assert (tmp_path / "q" / "encoder.onnx").is_file()
+    loaded = pretrainkit.load(tmp_path / "q")
+    data = load_task_set(model, files["report"])
+    assert np.array_equal(outputs(loaded, data), outputs(q, data))
+
+
+def test_bad_input_is_a_clear_error(tiny, tmp_path, monkeypatch):
+    model, files = tiny
+    calib, select = files["calib"], files["select"]
+    with pytest.raises(ConfigError, match="tolerance must be >= 0"):
+        samp.quantize(model, calib, select, tolerance=-0.5)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.tsv: file is empty"):
+        samp.quantize(model, empty, select)
+    other = tmp_path / "other.tsv"
+    other.write_text("label\ttext_a\npositive\tthe big horse\n")
+    with pytest.raises(DataError, match=r"other.tsv:2: label 'positive' is not one of"):
+        samp.quantize(model, other, select)
+    headless = pretrainkit.build_model("bert-tiny", {"hidden_size": 64, "encoder.num_heads": 2})
+    with pytest.raises(ConfigError, match="needs a model with a task head"):
+        samp.quantize(headless, calib, select)
+    with pytest.raises(ConfigError, match="does not apply to a classification model"):
+        samp.quantize(model, calib, select, metric="spearman")
+    monkeypatch.setattr(backends, "backend_available", lambda name: name == "torch")
+    with pytest.raises(ConfigError, match="'onnxruntime' is not installed"):
+        samp.quantize(model, calib, select, backend="onnxruntime")
+    with pytest.raises(ConfigError, match="fp16 is not offered on CPU"):
+        samp.quantize(model, calib, select, float_dtype="fp16")
