@@ -193,3 +193,59 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path, monkeypatch):
         samp.quantize(model, calib, select, backend="onnxruntime")
     with pytest.raises(ConfigError, match="fp16 is not offered on CPU"):
         samp.quantize(model, calib, select, float_dtype="fp16")
+
+
+def test_quantize_bench_and_the_task_commands_through_the_cli(tiny, tmp_path, capsys):
+    from helpers import PNG_SIGNATURE, invoke, last_json
+
+    model, files = tiny
+    model.save(tmp_path / "float")
+    code, out, err = invoke(
+        capsys, "quantize", "--model", tmp_path / "float", "--calib", files["calib"],
+        "--select", files["select"], "--report", files["report"], "--tolerance", "1.0",
+        "--latency-shape", "1x16", "--rounds", "2", "--out", tmp_path / "q",
+    )  # fmt: skip
+    assert code == 0, err
+    result = last_json(out)
+    assert "| layer | FFN-only drop |" in out and "Chosen: the fastest measured plan" in out
+    assert result["chosen_drop_select"] <= 1.0
+    q = tmp_path / "q"
+    assert (q / "samp_report.png").read_bytes().startswith(PNG_SIGNATURE)
+    saved = json.loads((q / "samp_report.json").read_text())
+    assert saved["modes"] == result["modes"] and len(saved["report"]["sensitivity"]) == 4
+    assert "samp_report.md" in result["files"] and (q / "samp_report.md").is_file()
+
+    code, out, err = invoke(capsys, "evaluate", "--model", q, "--data", files["report"])
+    assert code == 0, err
+    assert 100 * last_json(out)["accuracy"] == pytest.approx(result["chosen_metric_report"])
+    code, out, err = invoke(
+        capsys, "predict", "--model", q, "--data", files["report"], "--out", tmp_path / "p.tsv"
+    )
+    assert code == 0, err
+    assert len((tmp_path / "p.tsv").read_text().splitlines()) == 65
+    code, out, err = invoke(
+        capsys, "embed", "--model", q, "--data", files["report"], "--out", tmp_path / "e.npy"
+    )
+    assert code == 0, err
+    assert np.load(tmp_path / "e.npy").shape == (64, 64)
+
+    code, out, err = invoke(
+        capsys, "bench", "--model", tmp_path / "float", q, "--batch", "1,2", "--seq", "8",
+        "--rounds", "1", "--repeats", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = last_json(out)["rows"]
+    assert len(rows) == 4 and {r["plan"] for r in rows} == {"float-fp32", result["plan"]}
+    assert all(r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in rows)
+    assert all(r["weights_mb"] > 0 and r["folder_mb"] > 0 for r in rows)
+
+    code, _, err = invoke(capsys, "quantize", "--model", q, "--calib", files["calib"],
+                          "--select", files["select"], "--out", tmp_path / "qq")  # fmt: skip
+    assert code == 2 and "already quantized" in err
+    code, _, err = invoke(capsys, "bench", "--model", q, "--seq", "512")
+    assert code == 2 and "--seq 512" in err
+    code, _, err = invoke(capsys, "quantize", "--model", tmp_path / "float", "--calib",
+                          files["calib"], "--select", files["select"], "--backend", "tensorrt",
+                          "--out", tmp_path / "qq")  # fmt: skip
+    assert code == 2 and "--backend 'tensorrt'" in err
+    assert not (tmp_path / "qq").exists()

@@ -398,3 +398,7 @@ def generate(args):
     for line in outputs:
         print(line)
     return None
+
+
+# SAMP's commands (quantize, bench) live in their own module and register here.
+from pretrainkit.cli import samp_commands  # noqa: E402, F401

@@ -185,13 +185,18 @@ def plan_of(model: Model) -> Plan:
 
 
 def save_quantized(model: Model, directory: str | os.PathLike) -> Path:
-    """Write a quantized model folder: config, weights (safetensors), tokenizer, the plan JSON
-    and, for ONNX Runtime, ``encoder.onnx``. ``pretrainkit.load`` reads it back as is."""
+    """Write a quantized model folder: config, weights (safetensors), tokenizer, the plan JSON,
+    the search report (JSON, Markdown, PNG) and, for ONNX Runtime, ``encoder.onnx``.
+    ``pretrainkit.load`` reads it back as is."""
     plan = plan_of(model)
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         model.save(tmp)
         plan.save(tmp)
+        if plan.report:
+            from pretrainkit.samp.report import write_report
+
+            write_report(plan, tmp)
         if plan.backend == "onnxruntime":
             from pretrainkit.samp.onnx_backend import save_onnx_encoder
 
