@@ -56,3 +56,15 @@ def atomic_directory(target: str | os.PathLike, fsync: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A whole text file; a DataError naming the file when it is missing or not UTF-8."""
+    from pretrainkit.errors import DataError
+
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 (byte offset {err.start})", path) from None

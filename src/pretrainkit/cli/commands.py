@@ -155,9 +155,13 @@ pretrain.accepts_model_overrides = True  # type: ignore[attr-defined]
 
 
 def _add_finetune(p):
-    p.add_argument("--task", default="classification", choices=["classification"])
+    p.add_argument("--task", default="classification", choices=["classification", "regression"])
     p.add_argument("--model", required=True, help="pre-trained model folder")
-    p.add_argument("--train", required=True, help="TSV with header label<TAB>text_a[<TAB>text_b]")
+    p.add_argument(
+        "--train",
+        required=True,
+        help="TSV with header label<TAB>text_a[<TAB>text_b]; regression: also STS-B .csv",
+    )
     p.add_argument("--dev", help="TSV with the same header, evaluated during training")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=float, default=None, help="sets --steps from the data size")
@@ -205,11 +209,16 @@ def _add_evaluate(p):
 def evaluate(args):
     from pretrainkit.model import load
     from pretrainkit.tasks.classification import read_classification_tsv
-    from pretrainkit.workflows.finetune import classifier_of, evaluate_model
+    from pretrainkit.workflows.finetune import classifier_of, evaluate_model, regressor_of
 
     model = load(args.model)
-    labels = classifier_of(model, args.model).labels
-    data = read_classification_tsv(args.data, label_set=labels)
+    if regressor_of(model, args.model) is not None:
+        from pretrainkit.tasks.regression import read_regression_file
+
+        data = read_regression_file(args.data)
+    else:
+        labels = classifier_of(model, args.model).labels
+        data = read_classification_tsv(args.data, label_set=labels)
     return {
         "data": args.data,
         "rows": len(data.texts_a),

@@ -22,7 +22,8 @@ def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, to
         pad_id: the tokenizer's padding id.
 
     Returns:
-        The batch: `[b, s]` per-token tensors and `[b]` scalars, all int64.
+        The batch: `[b, s]` per-token tensors and `[b]` scalars, int64 (float32 for float
+        scalars: regression scores).
     """
     if not instances:
         raise ValueError("cannot collate an empty list of instances")
@@ -32,7 +33,9 @@ def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, to
     for key in instances[0]:
         values = [inst[key] for inst in instances]
         if np.ndim(values[0]) == 0:
-            batch[key] = np.asarray(values, dtype=np.int64)  # [b]
+            # Class indices stay int64; regression scores stay float32.
+            kind = np.float32 if np.asarray(values[0]).dtype.kind == "f" else np.int64
+            batch[key] = np.asarray(values, dtype=kind)  # [b]
             continue
         fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
         padded = np.full((size, longest), fill, dtype=np.int64)  # [b, s]

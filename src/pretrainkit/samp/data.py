@@ -105,16 +105,16 @@ def outputs(model: Model, data: TaskSet) -> np.ndarray:
 
 def score(metric: str, out: np.ndarray, gold: np.ndarray) -> float:
     """The metric in points (x 100): accuracy, macro-F1, Spearman or Pearson."""
-    from pretrainkit.tasks.metrics import accuracy, macro_f1
+    from pretrainkit.tasks.metrics import accuracy, macro_f1, pearson, spearman
 
     if metric == "accuracy":
         return 100.0 * accuracy(out.argmax(-1), gold)
     if metric == "f1":
         return 100.0 * macro_f1(out.argmax(-1), gold, out.shape[-1])
     if metric == "spearman":
-        return 100.0 * _pearson(_ranks(out), _ranks(gold))
+        return 100.0 * spearman(out, gold)
     if metric == "pearson":
-        return 100.0 * _pearson(out, gold)
+        return 100.0 * pearson(out, gold)
     raise ConfigError(f"unknown metric {metric!r}")
 
 
@@ -126,20 +126,3 @@ def divergence(reference: np.ndarray, out: np.ndarray) -> float:
     p = torch.from_numpy(reference).log_softmax(-1)
     q = torch.from_numpy(out).log_softmax(-1)
     return float((p.exp() * (p - q)).sum(-1).mean())
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank), as Spearman's correlation needs."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    counts = np.bincount(inverse)
-    return (sums / counts)[inverse]
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else 0.0

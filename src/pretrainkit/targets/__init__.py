@@ -3,6 +3,7 @@
 from pretrainkit.targets import (  # noqa: F401  (register)
     classification,
     language_model,
+    regression,
     sentence_pair,
     token_tasks,
 )

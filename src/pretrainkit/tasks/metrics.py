@@ -29,3 +29,35 @@ def classification_metrics(
         "accuracy": accuracy(predictions, gold),
         "macro_f1": macro_f1(predictions, gold, num_labels),
     }
+
+
+def pearson(predictions: np.ndarray, gold: np.ndarray) -> float:
+    a = np.asarray(predictions, dtype=np.float64)
+    b = np.asarray(gold, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank (what Spearman's correlation needs)."""
+    x = np.asarray(x)
+    order = np.argsort(x, kind="stable")
+    positions = np.empty(len(x), dtype=np.float64)
+    positions[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse = np.unique(x, return_inverse=True)
+    return (np.bincount(inverse, weights=positions) / np.bincount(inverse))[inverse]
+
+
+def spearman(predictions: np.ndarray, gold: np.ndarray) -> float:
+    return pearson(ranks(predictions), ranks(gold))
+
+
+def regression_metrics(predictions: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    predictions = np.asarray(predictions, dtype=np.float64)
+    gold = np.asarray(gold, dtype=np.float64)
+    return {
+        "spearman": spearman(predictions, gold),
+        "pearson": pearson(predictions, gold),
+        "mse": float(np.mean((predictions - gold) ** 2)) if len(gold) else 0.0,
+    }

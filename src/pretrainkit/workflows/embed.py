@@ -21,6 +21,7 @@ import torch
 
 from pretrainkit.config.typed import check_choice
 from pretrainkit.errors import CheckpointError, ConfigError, DataError
+from pretrainkit.fileio import read_utf8
 from pretrainkit.targets.classification import pool
 
 if TYPE_CHECKING:
@@ -114,12 +115,7 @@ def read_texts(path: str | Path) -> list[str]:
         from pretrainkit.tasks.classification import read_classification_tsv
 
         return read_classification_tsv(path, require_labels=False).texts_a
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 (byte offset {err.start})", path) from None
+    text = read_utf8(path)
     lines = text.split("\n")  # not splitlines(): U+2028 and friends are part of a text
     if lines and lines[-1] == "":
         lines.pop()

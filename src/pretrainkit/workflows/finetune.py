@@ -1,4 +1,4 @@
-"""Fine-tuning, evaluation and prediction for sequence classification."""
+"""Fine-tuning, evaluation and prediction for sequence classification and regression."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pretrainkit.tasks.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification",)
+TASKS = ("classification", "regression")
 
 
 def classifier_of(model: Model, where: str) -> ClassificationTarget:
@@ -36,15 +36,55 @@ def classifier_of(model: Model, where: str) -> ClassificationTarget:
     return target
 
 
-def task_model(base: Model, labels: list[str], pooling: str, dropout: float) -> Model:
-    """The same embedding and encoder with a fresh classification target."""
-    options = {"labels": labels, "pooling": pooling, "dropout": dropout}
-    model = build_model(base.config.with_targets([TargetConfig("classification", options)]))
+def task_model(
+    base: Model,
+    labels: list[str] | None,
+    pooling: str,
+    dropout: float,
+    task: str = "classification",
+) -> Model:
+    """The same embedding and encoder with a fresh classification (or regression) target."""
+    options: dict[str, Any] = {"pooling": pooling, "dropout": dropout}
+    if task == "classification":
+        options["labels"] = labels
+    model = build_model(base.config.with_targets([TargetConfig(task, options)]))
     # Copied strictly: the embedding and encoder must match key for key.
     model.embedding.load_state_dict(base.embedding.state_dict())
     model.encoder.load_state_dict(base.encoder.state_dict())
     model.tokenizer = base.tokenizer
     return model
+
+
+def regressor_of(model: Model, where: str) -> Any:
+    """The model's regression target, or None; an error when it has no tokenizer."""
+    target = model.target_modules().get("regression")
+    if target is not None and model.tokenizer is None:
+        raise CheckpointError(f"{where}: the model folder has no tokenizer")
+    return target
+
+
+@torch.no_grad()
+def predict_scores(model: Model, data, seq_length: int, batch_size: int) -> np.ndarray:
+    """Regression: the model's score for every row, in file order."""
+    from pretrainkit.tasks.regression import regression_batches
+
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for batch in regression_batches(data, model.tokenizer, seq_length, batch_size):
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        chunks.append(model(**batch).logits.float().cpu().numpy().reshape(-1))
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def evaluate_regression(
+    model: Model, data, seq_length: int = 128, batch_size: int = 64
+) -> dict[str, float]:
+    from pretrainkit.tasks.metrics import regression_metrics
+    from pretrainkit.tasks.regression import scores_of
+
+    return regression_metrics(predict_scores(model, data, seq_length, batch_size), scores_of(data))
 
 
 @torch.no_grad()
@@ -67,6 +107,8 @@ def predict_logits(model: Model, data, seq_length: int, batch_size: int) -> np.n
 def evaluate_model(
     model: Model, data, seq_length: int = 128, batch_size: int = 64
 ) -> dict[str, float]:
+    if regressor_of(model, "model") is not None:
+        return evaluate_regression(model, data, seq_length, batch_size)
     target = classifier_of(model, "model")
     logits = predict_logits(model, data, seq_length, batch_size)
     gold = np.array([target.labels.index(label) for label in data.labels])
@@ -88,7 +130,8 @@ def finetune(
     strategy: str = "single",
     resume: bool = False,
 ) -> dict:
-    """Fine-tune the model folder ``model`` on a TSV classification task.
+    """Fine-tune the model folder ``model`` on a classification TSV or a regression file
+    (STS-B CSV, or a TSV with numeric labels).
 
     ``epochs`` (when given) sets ``train.steps`` from the training-set size.
     """
@@ -105,13 +148,20 @@ def finetune(
     base = load(model)
     if base.tokenizer is None:
         raise CheckpointError(f"{model}: the model folder has no tokenizer")
-    train_data = read_classification_tsv(train_file)
-    labels = label_set_of(train_data)
-    dev_data = read_classification_tsv(dev_file, label_set=labels) if dev_file else None
+    if task == "regression":
+        from pretrainkit.tasks.regression import read_regression_file
+
+        train_data = read_regression_file(train_file)
+        labels = None
+        dev_data = read_regression_file(dev_file) if dev_file else None
+    else:
+        train_data = read_classification_tsv(train_file)
+        labels = label_set_of(train_data)
+        dev_data = read_classification_tsv(dev_file, label_set=labels) if dev_file else None
     if epochs is not None:
         train.steps = max(1, math.ceil(epochs * len(train_data.texts_a) / batch_size))
     torch.manual_seed(train.seed)
-    net = task_model(base, labels, pooling, dropout)
+    net = task_model(base, labels, pooling, dropout, task)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(
@@ -130,7 +180,14 @@ def finetune(
             indent=2,
         )
     )
-    stream = ClassificationStream(train_data, base.tokenizer, labels, seq_length, train.seed)
+    stream: ClassificationStream
+    if task == "regression":
+        from pretrainkit.tasks.regression import RegressionStream
+
+        stream = RegressionStream(train_data, base.tokenizer, seq_length, train.seed)
+    else:
+        assert labels is not None
+        stream = ClassificationStream(train_data, base.tokenizer, labels, seq_length, train.seed)
     from pretrainkit.data import BatchIterator
 
     batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id)
@@ -157,20 +214,28 @@ def predict(
     seq_length: int = 128,
     batch_size: int = 64,
 ) -> Path:
-    """Write ``label<TAB>probability`` for every row of ``data_file`` (labels optional)."""
+    """Write ``label<TAB>probability`` (classification) or ``score`` (regression) for every
+    row of ``data_file`` (labels optional)."""
     from pretrainkit.tasks.classification import read_classification_tsv
 
     net = load(model)
-    target = classifier_of(net, str(model))
-    data = read_classification_tsv(data_file, label_set=target.labels, require_labels=False)
-    logits = predict_logits(net, data, seq_length, batch_size)
-    probs = torch.from_numpy(logits).softmax(-1).numpy()
+    if regressor_of(net, str(model)) is not None:
+        from pretrainkit.tasks.regression import read_regression_file
+
+        data = read_regression_file(data_file, require_labels=False)
+        scores = predict_scores(net, data, seq_length, batch_size)
+        lines = ["score"] + [f"{value:.6f}" for value in scores]
+    else:
+        target = classifier_of(net, str(model))
+        data = read_classification_tsv(data_file, label_set=target.labels, require_labels=False)
+        logits = predict_logits(net, data, seq_length, batch_size)
+        probs = torch.from_numpy(logits).softmax(-1).numpy()
+        lines = ["label\tprobability"] + [
+            f"{target.labels[int(row.argmax())]}\t{row.max():.6f}" for row in probs
+        ]
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("label\tprobability\n")
-        for row in probs:
-            f.write(f"{target.labels[int(row.argmax())]}\t{row.max():.6f}\n")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(out_file)
     return out_file
