@@ -249,3 +249,26 @@ def test_quantize_bench_and_the_task_commands_through_the_cli(tiny, tmp_path, ca
                           "--out", tmp_path / "qq")  # fmt: skip
     assert code == 2 and "--backend 'tensorrt'" in err
     assert not (tmp_path / "qq").exists()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inference_attention_matches_multi_head_attention(causal):
+    from pretrainkit.layers.attention import MultiHeadAttention
+    from pretrainkit.samp.attention import InferenceAttention
+
+    attention = MultiHeadAttention(64, 4).eval()
+    x = torch.randn(2, 9, 64)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False  # padding in the second row
+    fast = InferenceAttention.adopt(attention, torch.float32)
+    assert set(fast.state_dict()) == set(attention.state_dict())
+    for m in (None, mask):
+        want = attention(x, None if causal else m, None, causal and m is None)
+        got = fast(x, None if causal else m, None, causal and m is None)
+        assert torch.allclose(got, want, atol=1e-5)
+    # Full INT8 projections are fused into one GEMM and give what the three give apart.
+    for name in ("query", "key", "value"):
+        setattr(fast, name, Int8Linear.from_linear(getattr(attention, name), torch.float32))
+    fused = fast(x, mask)
+    object.__setattr__(fast, "_fused", False)  # the unfused path
+    assert torch.allclose(fused, fast(x, mask), atol=1e-5)

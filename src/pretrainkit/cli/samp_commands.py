@@ -21,6 +21,12 @@ def _add_quantize(p):
     p.add_argument("--latency-budget", type=float, help="milliseconds per batch of --latency-shape")
     p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime")
     p.add_argument("--float-dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument(
+        "--kernel",
+        default="auto",
+        choices=["auto", "fbgemm", "int_mm"],
+        help="torch INT8 kernel: fbgemm (x86 default) or int_mm (per-token activation scales)",
+    )
     p.add_argument("--seq-length", type=int, default=128, help="longest input of the splits")
     p.add_argument("--latency-shape", default=None, help="BATCHxTOKENS timed (default 1x128)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per plan")
@@ -56,6 +62,7 @@ def quantize(args):
         backend=args.backend,
         report=args.report,
         float_dtype=None if args.float_dtype == "auto" else args.float_dtype,
+        kernel=args.kernel,
         seq_length=args.seq_length,
         latency_shape=shape,
         rounds=args.rounds,

@@ -13,7 +13,13 @@ from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import Model
 from pretrainkit.samp import search
-from pretrainkit.samp.backends import build, cpu_features, float_partner, resolve_backend
+from pretrainkit.samp.backends import (
+    build,
+    cpu_features,
+    float_partner,
+    resolve_backend,
+    resolve_kernel,
+)
 from pretrainkit.samp.data import (
     TaskSet,
     check_metric,
@@ -23,7 +29,7 @@ from pretrainkit.samp.data import (
     score,
     task_kind,
 )
-from pretrainkit.samp.plan import KERNEL_DEFAULT, Plan, encoder_layers
+from pretrainkit.samp.plan import Plan, encoder_layers
 
 
 def _task_set(model: Model, data: str | os.PathLike | TaskSet, seq_length: int) -> TaskSet:
@@ -40,7 +46,7 @@ def quantize(
     backend: str = "auto",
     report: str | os.PathLike | TaskSet | None = None,
     float_dtype: str | None = None,
-    kernel: str = KERNEL_DEFAULT,
+    kernel: str = "auto",
     seq_length: int = 128,
     latency_shape: tuple[int, int] | None = None,
     rounds: int = 5,
@@ -62,7 +68,8 @@ def quantize(
         metric: accuracy | f1 (classification), spearman | pearson (regression).
         backend: auto | torch | onnxruntime.
         float_dtype: the float partner; default bf16 where the CPU has native bf16, else fp32.
-        kernel: the torch backend's INT8 kernel (int_mm: per-token scales; fbgemm).
+        kernel: the torch backend's INT8 kernel: auto (fbgemm on x86), fbgemm (activation
+            scale per call) or int_mm (per-token activation scales).
         seq_length: longest input when reading the splits.
         latency_shape: (batch, tokens) of the timed batch; default 1 × 128 (or the model's
             position capacity when shorter).
@@ -80,6 +87,7 @@ def quantize(
     kind = task_kind(model)
     metric = check_metric(metric or default_metric(kind), kind)
     backend = resolve_backend(backend)
+    kernel = resolve_kernel(kernel)
     if float_dtype is None:
         float_dtype = "fp32" if backend == "onnxruntime" else float_partner()
     if float_dtype == "fp16":

@@ -9,10 +9,22 @@ keys are the float model's plus ``weight_scale`` for every INT8 layer, and a fol
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 from torch import nn
 
 KERNELS = ("int_mm", "fbgemm")
+
+
+@functools.lru_cache(maxsize=1)
+def _reduce_range() -> bool:
+    """fbgemm: 7-bit activations unless the CPU has VNNI (whose int8 dot products do not
+    saturate the int16 intermediate that AVX2's vpmaddubsw does)."""
+    from pretrainkit.training.precision import cpu_flags
+
+    return not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +41,12 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric INT8 per row of ``x`` ``[t, in]``: returns int8 ``[t, in]`` and fp32 ``[t, 1]``."""
+    # Few, fused-friendly ops: this runs before every INT8 GEMM. |x / scale| <= 127 by
+    # construction, so rounding needs no clamp.
+    # (linalg.vector_norm with ord=inf is ~10x slower than abs().amax() here.)
     x = x.float()
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
-    return torch.round(x / scale).clamp(-127, 127).to(torch.int8), scale
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-8).div_(127.0)
+    return torch.round(x / scale).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
@@ -95,15 +110,20 @@ class Int8Linear(nn.Module):
 
     def _fbgemm(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
-            qweight = torch.quantize_per_channel(
-                self.weight.float() * self.weight_scale[:, None],
-                self.weight_scale.double(),
-                torch.zeros(self.out_features, dtype=torch.long),
-                axis=0,
-                dtype=torch.qint8,
-            )
-            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True)
+            with warnings.catch_warnings():  # quantized tensor types are deprecated, not gone
+                warnings.simplefilter("ignore")
+                self._packed = self._prepack()
+        return torch.ops.quantized.linear_dynamic(x.float(), self._packed, _reduce_range())
+
+    def _prepack(self) -> object:
+        qweight = torch.quantize_per_channel(
+            self.weight.float() * self.weight_scale[:, None],
+            self.weight_scale.double(),
+            torch.zeros(self.out_features, dtype=torch.long),
+            axis=0,
+            dtype=torch.qint8,
+        )
+        return torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
@@ -115,9 +135,8 @@ class Int8Linear(nn.Module):
                 self._weight_t = self.weight.t().contiguous()
             q, scale = quantize_per_token(x2)
             acc = torch._int_mm(q, self._weight_t)  # [t, out] int32
-            y = acc.float() * (scale * self.weight_scale)
-            if self.bias is not None:
-                y = y + self.bias
+            y = acc * self.weight_scale  # int32 x fp32 → fp32, no separate cast
+            y = y.mul_(scale) if self.bias is None else torch.addcmul(self.bias, y, scale)
         return y.to(self.out_dtype).reshape(*shape, self.out_features)
 
     def extra_repr(self) -> str:
