@@ -29,33 +29,36 @@ import torch
 
 import pretrainkit
 from pretrainkit import samp
+from pretrainkit.data.batching import collate
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.data import TaskSet, load_task_set, outputs, score
 from pretrainkit.samp.plan import Plan
 from pretrainkit.samp.search import latency_inputs, measure_latency
 
 
-def subset(data: TaskSet, chosen: list[int], name: str) -> TaskSet:
-    """Rows ``chosen`` (in that order) of a split, re-batched by 32 with padding trimmed."""
+def subset(data: TaskSet, chosen: list[int], name: str, pad_id: int) -> TaskSet:
+    """Rows ``chosen`` (in that order) of a split, re-batched by 32."""
     rows = [(b, i) for b in data.batches for i in range(len(b["input_ids"]))]
     batches = []
     for start in range(0, len(chosen), 32):
-        picked = [rows[k] for k in chosen[start : start + 32]]
-        width = max(int(b["attention_mask"][i].sum()) for b, i in picked)
-        batches.append(
-            {key: torch.stack([b[key][i, :width] for b, i in picked]) for key in picked[0][0]}
-        )
+        instances = []
+        for b, i in (rows[k] for k in chosen[start : start + 32]):
+            length = int(b["attention_mask"][i].sum())
+            instances.append(
+                {k: b[k][i, :length].numpy() for k in ("input_ids", "token_type_ids") if k in b}
+            )
+        batches.append(collate(instances, pad_id))
     return TaskSet(f"{data.path}[{name}]", data.kind, batches, data.gold[chosen])
 
 
-def halves(data: TaskSet, seed: int = 0) -> tuple[TaskSet, TaskSet]:
+def halves(data: TaskSet, pad_id: int, seed: int = 0) -> tuple[TaskSet, TaskSet]:
     """Two disjoint halves of a split, rows chosen by a seeded shuffle."""
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     middle = len(order) // 2
     return (
-        subset(data, sorted(order[:middle]), "select half"),
-        subset(data, sorted(order[middle:]), "report half"),
+        subset(data, sorted(order[:middle]), "select half", pad_id),
+        subset(data, sorted(order[middle:]), "report half", pad_id),
     )
 
 
@@ -66,6 +69,9 @@ def variants(model, plans: dict[str, Plan], workdir: Path, ort: bool) -> dict:
     built["torch-int8-full (int_mm)"] = build(model, Plan(["full"] * n, float_dtype="bf16"))
     built["torch-int8-full (fbgemm)"] = build(
         model, Plan(["full"] * n, float_dtype="fp32", kernel="fbgemm")
+    )
+    built["torch-int8-full (fbgemm, bf16 partner)"] = build(
+        model, Plan(["full"] * n, float_dtype="bf16", kernel="fbgemm")
     )
     if ort:
         built["onnxruntime-fp32"] = build(model, Plan(["float"] * n, "onnxruntime"), workdir)
@@ -112,8 +118,9 @@ def main() -> None:
         train = load_task_set(model, args.train)
         order = list(range(len(train)))
         random.Random(1).shuffle(order)
-        calib = subset(train, sorted(order[: args.calib_rows]), "calib")
-        select, report = halves(load_task_set(model, args.dev))
+        pad_id = model.tokenizer.pad_id
+        calib = subset(train, sorted(order[: args.calib_rows]), "calib", pad_id)
+        select, report = halves(load_task_set(model, args.dev), pad_id)
         result["rows"] = {"calib": len(calib), "select": len(select), "report": len(report)}
         for tolerance in args.tolerances:
             started = time.perf_counter()

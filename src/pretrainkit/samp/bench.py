@@ -65,8 +65,12 @@ def bench(
     rounds: int = 5,
     repeats: int = 3,
 ) -> list[dict[str, Any]]:
-    """One row per (model, batch, seq): p50/p90/p99 ms per batch, sequences/s, the extra peak
-    resident memory of a forward pass (MB), in-memory weights and folder size (MB).
+    """One row per (model, batch, seq): p50/p90/p99 ms per batch, sequences/s, memory and size.
+
+    ``peak_extra_rss_mb`` is how far the process's peak resident memory rose during the first
+    (warm-up) pass at that shape — activations plus one-time work such as fbgemm's weight
+    packing; ``weights_mb`` counts parameters and buffers (and the ONNX file), not the packed
+    or fused copies kernels keep; ``folder_mb`` is the folder on disk.
 
     Every call is timed alone; models take turns inside each round, so a busy machine slows
     them alike.

@@ -187,6 +187,12 @@ def choose(
         points = frontier(candidates)
         chosen = knee(points)
         fastest = points[0]
+        if len(points) == 1:
+            return chosen, (
+                f"no tolerance or budget given: {chosen.plan.name} is both the fastest measured "
+                f"plan ({chosen.latency_ms:.1f} ms) and the most accurate on the selection split "
+                f"(drop {chosen.drop:.2f} points), so it is the whole frontier"
+            )
         return chosen, (
             f"no tolerance or budget given: recommending the knee of the accuracy/latency frontier "
             f"({len(points)} plans): {chosen.plan.name} at {chosen.latency_ms:.1f} ms with a drop of "
