@@ -32,9 +32,12 @@ def quantized(tiny):
     """The torch-backend search at tolerance 0 on the tiny classifier, with the float state."""
     model, files = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # the search must leave the mode as it found it
     q = samp.quantize(
         model, files["calib"], files["select"], tolerance=0.0, report=files["report"], rounds=2
     )
+    assert model.training
+    model.eval()
     return q, before
 
 
@@ -115,6 +118,12 @@ def test_saved_quantized_model_loads_without_calibration(quantized, tiny, tmp_pa
     data = load_task_set(q, files["report"])
     assert np.array_equal(outputs(loaded, data), outputs(q, data))
     assert loaded.samp_plan.modes == q.samp_plan.modes
+    # Model.save on a quantized model writes the plan too, so the folder is never half a model.
+    loaded.save(tmp_path / "again")
+    again = pretrainkit.load(tmp_path / "again")
+    assert np.array_equal(outputs(again, data), outputs(q, data))
+    with pytest.raises(CheckpointError, match="not a SAMP-quantized model"):
+        samp.save_quantized(pretrainkit.build_model(q.config), tmp_path / "float")
 
 
 def test_choice_rules_on_synthetic_candidates():

@@ -250,6 +250,10 @@ class Model(nn.Module):
                 self.tokenizer.save(tmp / TOKENIZER)
             if self.encode_defaults:
                 (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
+            if getattr(self, "samp_plan", None) is not None:  # quantized: how to rebuild it
+                from pretrainkit.samp.api import write_plan_files
+
+                write_plan_files(self, tmp)
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from pretrainkit.errors import CheckpointError, ConfigError
-from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import Model
 from pretrainkit.samp import search
 from pretrainkit.samp.backends import (
@@ -93,71 +92,80 @@ def quantize(
     if float_dtype == "fp16":
         raise ConfigError("float_dtype fp16 is not offered on CPU (no fast fp16 kernels); use bf16")
     latency_shape = _latency_shape(model, latency_shape)
+    was_training = model.training  # restored: the float model's mode is not ours to keep
     model.eval()
-    num_layers = len(encoder_layers(model))
-    base = Plan(["float"] * num_layers, backend, float_dtype, kernel)
-    calib_set = _task_set(model, calib, seq_length)
-    select_set = _task_set(model, select, seq_length)
-    report_set = _task_set(model, report, seq_length) if report is not None else None
+    try:
+        num_layers = len(encoder_layers(model))
+        base = Plan(["float"] * num_layers, backend, float_dtype, kernel)
+        calib_set = _task_set(model, calib, seq_length)
+        select_set = _task_set(model, select, seq_length)
+        report_set = _task_set(model, report, seq_length) if report is not None else None
 
-    with tempfile.TemporaryDirectory(prefix="samp-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="samp-") as tmp:
 
-        def candidate_model(plan: Plan) -> Model:
-            return build(model, plan, Path(tmp), share_float=True)
+            def candidate_model(plan: Plan) -> Model:
+                return build(model, plan, Path(tmp), share_float=True)
 
-        reference = outputs(model, calib_set)
-        rows = search.sensitivity(candidate_model, num_layers, base, calib_set, reference, metric)
-        float_select = score(metric, outputs(model, select_set), select_set.gold)
-        candidates, models = [], {"float-fp32": model}
-        for plan in search.candidate_plans(num_layers, rows, base):
-            built = candidate_model(plan)
-            value = score(metric, outputs(built, select_set), select_set.gold)
-            candidates.append(search.Candidate(plan, value, float_select - value))
-            models[plan.name] = built
-        inputs = search.latency_inputs(model, *latency_shape)
-        times = search.measure_latency(models, inputs, rounds=rounds)
-        for c in candidates:
-            c.latencies_ms = times[c.plan.name]
-            c.latency_ms = search.median(c.latencies_ms)
-        del models
-        gc.collect()
-        chosen, reason = search.choose(candidates, tolerance, latency_budget)
-        quantized = build(model, chosen.plan, Path(tmp), inplace=inplace)
-        if backend == "onnxruntime":
-            _keep_onnx_file(quantized)
-    float_ms = search.median(times["float-fp32"])
-    summary: dict[str, Any] = {
-        "metric_name": metric,
-        "task": kind,
-        "splits": {"calib": calib_set.path, "select": select_set.path},
-        "float_metric_select": float_select,
-        "chosen_metric_select": chosen.metric,
-        "chosen_drop_select": chosen.drop,
-        "latency_shape": list(latency_shape),
-        "float_latency_ms": float_ms,
-        "chosen_latency_ms": chosen.latency_ms,
-        "speedup_vs_float": float_ms / chosen.latency_ms,
-        "tolerance": tolerance,
-        "latency_budget_ms": latency_budget,
-        "reason": reason,
-        "sensitivity": rows,
-        "candidates": [c.summary() for c in candidates],
-        "frontier": [c.plan.name for c in search.frontier(candidates)],
-        "cpu": cpu_features(),
-        "search_seconds": time.perf_counter() - started,
-    }
-    if report_set is not None:
-        summary["splits"]["report"] = report_set.path
-        summary["float_metric_report"] = score(metric, outputs(model, report_set), report_set.gold)
-        summary["chosen_metric_report"] = score(
-            metric, outputs(quantized, report_set), report_set.gold
-        )
-        summary["chosen_drop_report"] = (
-            summary["float_metric_report"] - summary["chosen_metric_report"]
-        )
-    plan = Plan(chosen.plan.modes, backend, float_dtype, kernel, summary)
-    setattr(quantized, "samp_plan", plan)  # noqa: B010 (not a Model field)
-    return quantized
+            reference = outputs(model, calib_set)
+            rows = search.sensitivity(
+                candidate_model, num_layers, base, calib_set, reference, metric
+            )
+            float_select = score(metric, outputs(model, select_set), select_set.gold)
+            candidates, models = [], {"float-fp32": model}
+            for plan in search.candidate_plans(num_layers, rows, base):
+                built = candidate_model(plan)
+                value = score(metric, outputs(built, select_set), select_set.gold)
+                candidates.append(search.Candidate(plan, value, float_select - value))
+                models[plan.name] = built
+            inputs = search.latency_inputs(model, *latency_shape)
+            times = search.measure_latency(models, inputs, rounds=rounds)
+            for c in candidates:
+                c.latencies_ms = times[c.plan.name]
+                c.latency_ms = search.median(c.latencies_ms)
+            del models
+            gc.collect()
+            chosen, reason = search.choose(candidates, tolerance, latency_budget)
+            quantized = build(model, chosen.plan, Path(tmp), inplace=inplace)
+            if backend == "onnxruntime":
+                _keep_onnx_file(quantized)
+        float_ms = search.median(times["float-fp32"])
+        summary: dict[str, Any] = {
+            "metric_name": metric,
+            "task": kind,
+            "splits": {"calib": calib_set.path, "select": select_set.path},
+            "float_metric_select": float_select,
+            "chosen_metric_select": chosen.metric,
+            "chosen_drop_select": chosen.drop,
+            "latency_shape": list(latency_shape),
+            "float_latency_ms": float_ms,
+            "chosen_latency_ms": chosen.latency_ms,
+            "speedup_vs_float": float_ms / chosen.latency_ms,
+            "tolerance": tolerance,
+            "latency_budget_ms": latency_budget,
+            "reason": reason,
+            "sensitivity": rows,
+            "candidates": [c.summary() for c in candidates],
+            "frontier": [c.plan.name for c in search.frontier(candidates)],
+            "cpu": cpu_features(),
+            "search_seconds": time.perf_counter() - started,
+        }
+        if report_set is not None:
+            summary["splits"]["report"] = report_set.path
+            summary["float_metric_report"] = score(
+                metric, outputs(model, report_set), report_set.gold
+            )
+            summary["chosen_metric_report"] = score(
+                metric, outputs(quantized, report_set), report_set.gold
+            )
+            summary["chosen_drop_report"] = (
+                summary["float_metric_report"] - summary["chosen_metric_report"]
+            )
+        plan = Plan(chosen.plan.modes, backend, float_dtype, kernel, summary)
+        setattr(quantized, "samp_plan", plan)  # noqa: B010 (not a Model field)
+        return quantized
+    finally:
+        if not inplace:
+            model.train(was_training)
 
 
 def _latency_shape(model: Model, shape: tuple[int, int] | None) -> tuple[int, int]:
@@ -192,21 +200,26 @@ def plan_of(model: Model) -> Plan:
     return plan
 
 
-def save_quantized(model: Model, directory: str | os.PathLike) -> Path:
-    """Write a quantized model folder: config, weights (safetensors), tokenizer, the plan JSON,
-    the search report (JSON, Markdown, PNG) and, for ONNX Runtime, ``encoder.onnx``.
-    ``pretrainkit.load`` reads it back as is."""
+def write_plan_files(model: Model, directory: Path) -> None:
+    """What a quantized folder holds beyond a model folder: the plan JSON, the search report
+    (JSON, Markdown, PNG) when there is one and, for ONNX Runtime, ``encoder.onnx``.
+
+    ``Model.save`` calls it (inside its atomic folder) for models with a ``samp_plan``.
+    """
     plan = plan_of(model)
-    directory = Path(directory)
-    with atomic_directory(directory) as tmp:
-        model.save(tmp)
-        plan.save(tmp)
-        if plan.report:
-            from pretrainkit.samp.report import write_report
+    plan.save(directory)
+    if plan.report:
+        from pretrainkit.samp.report import write_report
 
-            write_report(plan, tmp)
-        if plan.backend == "onnxruntime":
-            from pretrainkit.samp.onnx_backend import save_onnx_encoder
+        write_report(plan, directory)
+    if plan.backend == "onnxruntime":
+        from pretrainkit.samp.onnx_backend import save_onnx_encoder
 
-            save_onnx_encoder(model, tmp)
-    return directory
+        save_onnx_encoder(model, directory)
+
+
+def save_quantized(model: Model, directory: str | os.PathLike) -> Path:
+    """Write a quantized model folder (``Model.save`` plus the plan files); ``pretrainkit.load``
+    reads it back without calibrating again."""
+    plan_of(model)  # a clear error for a float model
+    return model.save(directory)
