@@ -58,6 +58,7 @@ PRESETS = [
     "roberta-base",
     "t5-small",
     "t5-v1_1-base",
+    "vit-base",
     "xlm-roberta-base",
 ]
 

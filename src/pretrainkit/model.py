@@ -138,7 +138,7 @@ class Model(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -147,14 +147,20 @@ class Model(nn.Module):
         end_positions: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the slots; targets compute losses for the labels they are given.
 
         Sequence-to-sequence models also take ``decoder_input_ids`` ``[b, t]`` (built from
         ``labels`` with ``decoder_inputs`` when omitted) and their padding mask; their targets
         read the decoder's output and ``labels`` are the target sequence (no shift).
+        Image models (a ``patch`` embedding part) take ``pixel_values`` ``[b, c, H, W]`` instead
+        of ``input_ids``.
         """
-        hidden = self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        if (input_ids is None) == (pixel_values is None):
+            raise ValueError("give exactly one of input_ids and pixel_values")
+        inputs = input_ids if input_ids is not None else pixel_values
+        hidden = self.encoder(self.embedding(inputs, token_type_ids), attention_mask)
         memory = None
         target_mask = attention_mask
         if self.decoder is not None and self.tgt_embedding is not None:
@@ -386,6 +392,9 @@ def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
         emb.dropout,
         emb.position_offset,
         emb.scale_word,
+        emb.image_size,
+        emb.patch_size,
+        emb.channels,
     )
 
 

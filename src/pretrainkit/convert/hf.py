@@ -157,6 +157,11 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
         raise CheckpointError(f"{directory}: expected one architecture, got {architectures}")
     head = fam.head_for_architecture(architectures[0])
     hf_state, source = files.read_weights(directory)
+    if fam.renames:
+        renamed = {fam.rename(name): tensor for name, tensor in hf_state.items()}
+        if len(renamed) != len(hf_state):
+            raise CheckpointError(f"{source}: old and new tensor names collide after renaming")
+        hf_state = renamed
     if any(_differ(hf_state, alias, original) for alias, original in head.tied):
         # Stored twice with different values: untied, whatever config.json says (transformers 5
         # writes tie_word_embeddings: true for untied T5 v1.1 heads and unties on load the same way).
@@ -217,6 +222,8 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
     if config.name in FAMILIES:  # converted models are named after their model_type
         return FAMILIES.get(config.name)
     enc, emb = config.encoder, config.embedding
+    if "patch" in emb.parts:
+        return FAMILIES.get("vit")
     if config.decoder is not None:  # relative positions: T5; sinusoidal halves: PEGASUS
         if enc.position == "relative":
             return FAMILIES.get("t5")
