@@ -332,7 +332,11 @@ def embed(args):
 
 
 def _add_generate(p):
-    p.add_argument("--model", required=True, help="decoder-only model folder with a tokenizer")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="decoder-only or encoder-decoder model folder with a tokenizer",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--data", help="text file, one prompt per line")
@@ -344,11 +348,13 @@ def _add_generate(p):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, help="seed of the sampling generator")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (left-padded)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--no-cache", action="store_true", help="recompute every step (slower)")
 
 
-@command("generate", "continue prompts with a decoder-only (lm) model")(_add_generate)
+@command(
+    "generate", "continue prompts (decoder-only) or answer them (encoder-decoder, e.g. T5, BART)"
+)(_add_generate)
 def generate(args):
     from pathlib import Path
 
@@ -373,8 +379,9 @@ def generate(args):
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
-        # The bos token gives an empty line something to condition on.
-        ids = [[tok.bos_id, *tok.encode(text)] for text in chunk]
+        # The family's template, as its HF tokenizer applies it (LLaMA <s> a, T5 a </s>, GPT-2
+        # none); the bos token gives an empty line something to condition on.
+        ids = [tok.build_inputs(tok.encode(text))[0] or [tok.bos_id] for text in chunk]
         new = run(
             model,
             ids,
