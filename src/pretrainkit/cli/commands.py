@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from pretrainkit.cli.options import (
     add_dataclass_options,
@@ -331,6 +332,21 @@ def embed(args):
     )
 
 
+def _prompt_ids(tok: Any, text: str, seq2seq: bool) -> list[int]:
+    """A prompt as the family's tokenizer wraps it: the whole template for an encoder's input
+    (T5 ``a </s>``, BART ``<s> a </s>``); for a decoder-only model only what precedes the text
+    (LLaMA's ``<s>``), since the model continues it, and bos for an empty line."""
+    ids = tok.encode(text)
+    if seq2seq:
+        return list(tok.build_inputs(ids)[0])
+    before = []
+    for item, _ in tok.template.single:
+        if item == "$A":
+            break
+        before.append(tok.template_token_id(item))
+    return [*before, *ids] or [tok.bos_id]
+
+
 def _add_generate(p):
     p.add_argument(
         "--model",
@@ -366,6 +382,7 @@ def generate(args):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load(args.model)
     check_generative(model)
+    seq2seq = model.decoder is not None
     tok = model.tokenizer
     if tok is None:
         raise ConfigError(f"{args.model}: no tokenizer folder; generate needs one to read text")
@@ -379,9 +396,7 @@ def generate(args):
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
-        # The family's template, as its HF tokenizer applies it (LLaMA <s> a, T5 a </s>, GPT-2
-        # none); the bos token gives an empty line something to condition on.
-        ids = [tok.build_inputs(tok.encode(text))[0] or [tok.bos_id] for text in chunk]
+        ids = [_prompt_ids(tok, text, seq2seq) for text in chunk]
         new = run(
             model,
             ids,
