@@ -29,6 +29,8 @@ TOKENIZER = "tokenizer"
 # Sentence-embedding defaults (pooling, normalize, max_length), e.g. from a sentence-transformers
 # folder; written only when set.
 ENCODE_DEFAULTS = "encode.json"
+# HF tensors with no slot here (BertModel's unused pooler), kept so an export gives them back.
+PASSTHROUGH = "hf_passthrough.safetensors"
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Model(nn.Module):
         self.tokenizer: Any = None  # set by the caller; saved with the model when present
         # Defaults of `encode` recorded with the model (keys: pooling, normalize, max_length).
         self.encode_defaults: dict[str, Any] = {}
+        # Converted models: HF tensors pretrainkit does not use, saved along (PASSTHROUGH).
+        self.hf_passthrough: dict[str, torch.Tensor] = {}
 
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
@@ -254,6 +258,9 @@ class Model(nn.Module):
                 self.tokenizer.save(tmp / TOKENIZER)
             if self.encode_defaults:
                 (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
+            if self.hf_passthrough:
+                passthrough = {k: v.contiguous() for k, v in self.hf_passthrough.items()}
+                save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -409,6 +416,8 @@ def load(directory: str | os.PathLike) -> Model:
         from pretrainkit.tokenization import load_tokenizer
 
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
+    if (directory / PASSTHROUGH).is_file():
+        model.hf_passthrough = load_file(str(directory / PASSTHROUGH))
     if (directory / ENCODE_DEFAULTS).is_file():
         try:
             model.encode_defaults = dict(json.loads((directory / ENCODE_DEFAULTS).read_text()))

@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pretrainkit.config import ModelConfig
 from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
-from pretrainkit.model import Model, build_model, load, load_state_strict
+from pretrainkit.model import PASSTHROUGH, Model, build_model, load, load_state_strict
 from pretrainkit.workflows.embed import capacity
 
 log = logging.getLogger(__name__)
-
-PASSTHROUGH = "hf_passthrough.safetensors"
 
 
 def get_family(model_type: str) -> Family:
@@ -134,11 +132,14 @@ def state_to_hf(
         out[hf] = parts[0][0].to_hf([tensor for _, tensor in parts]).contiguous()
     unknown = sorted(set(passthrough) - set(head.passthrough))
     if unknown:
-        raise CheckpointError(
-            f"{PASSTHROUGH} holds tensors {head.architecture} has no place for: "
-            f"{', '.join(unknown)}"
+        # A converted base model fine-tuned into another architecture: its pooler has no place.
+        log.warning(
+            "%s: not written, %s has no place for them: %s",
+            PASSTHROUGH,
+            head.architecture,
+            ", ".join(unknown),
         )
-    return {**out, **passthrough}
+    return {**out, **{k: v for k, v in passthrough.items() if k in head.passthrough}}
 
 
 def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple[Model, dict]:
@@ -203,11 +204,10 @@ def convert_from_hf(
             tensors missing, left over or of the wrong shape (all listed).
     """
     model, passthrough = model_from_hf(hf_dir, family)
+    model.hf_passthrough = passthrough
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         model.save(tmp)
-        if passthrough:
-            save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
     if model.tokenizer is None:
         log.warning(
             "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json, .model)",
@@ -269,9 +269,7 @@ def convert_to_hf(
         hf["pad_token_id"] = tokenizer.pad_id
     hf.setdefault("pad_token_id", 0)
     hf["architectures"] = [head.architecture]
-    passthrough_file = Path(model_dir) / PASSTHROUGH
-    passthrough = load_file(str(passthrough_file)) if passthrough_file.is_file() else {}
-    state = state_to_hf(fam, head, model, passthrough)
+    state = state_to_hf(fam, head, model, model.hf_passthrough)
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
