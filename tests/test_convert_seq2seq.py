@@ -307,3 +307,24 @@ def test_cli_generate_with_an_encoder_decoder_copies_what_it_learned(tmp_path, c
     )  # fmt: skip
     assert code == 0, err
     assert out.strip() == "the red cat sat on"
+
+
+def test_sentence_embeddings_of_an_encoder_decoder_read_its_encoder():
+    torch.manual_seed(0)
+    model = pretrainkit.build_model(seq2seq_config()).eval()
+
+    class Words:  # the smallest tokenizer encode() needs
+        pad_id = 0
+
+        def encode_batch(self, texts):
+            return [[3 + len(word) for word in text.split()] for text in texts]
+
+        def build_inputs(self, ids, max_length=None):
+            return ids[:max_length], [0] * len(ids[:max_length])
+
+    model.tokenizer = Words()
+    got = model.encode(["a bb ccc", "dddd"], pooling="mean")
+    with torch.no_grad():
+        hidden = model.encoder_states(torch.tensor([[4, 5, 6]]))
+    assert got.shape == (2, 32)
+    assert abs(got[0] - hidden[0].mean(0).numpy()).max() <= 1e-6

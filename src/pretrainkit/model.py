@@ -161,10 +161,10 @@ class Model(nn.Module):
         Image models (a ``patch`` embedding part) take ``pixel_values`` ``[b, c, H, W]`` instead
         of ``input_ids``.
         """
-        if (input_ids is None) == (pixel_values is None):
+        inputs = input_ids if pixel_values is None else pixel_values
+        if inputs is None or (input_ids is not None and pixel_values is not None):
             raise ValueError("give exactly one of input_ids and pixel_values")
-        inputs = input_ids if input_ids is not None else pixel_values
-        hidden = self.encoder(self.embedding(inputs, token_type_ids), attention_mask)
+        hidden = self.encoder_states(inputs, attention_mask, token_type_ids)
         memory = None
         target_mask = attention_mask
         if self.decoder is not None and self.tgt_embedding is not None:
@@ -200,6 +200,15 @@ class Model(nn.Module):
                 loss = out.loss if loss is None else loss + out.loss
         first = next(iter(logits.values()), None)
         return ModelOutput(loss, first, hidden, metrics, logits, memory)
+
+    def encoder_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The encoder's output ``[b, s, h]`` (the embedding and encoder slots only)."""
+        return self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
 
     def layer_outputs(
         self,
