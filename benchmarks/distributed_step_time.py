@@ -4,7 +4,8 @@ Every run pre-trains the same model (MLM) on the same shards with the same globa
 the `pretrainkit pretrain` command. One process gets all the machine's cores as threads; the two
 processes split them (OMP_NUM_THREADS = cores / 2 each), so both use the whole CPU. The step
 time is the median gap between consecutive `elapsed` values of metrics.jsonl (one record a
-step), after the warm-up steps.
+step), after the warm-up steps. With ``--rounds R`` the set of runs is repeated R times,
+interleaved (so that load from other users hits every run alike), and the median is reported.
 
     python benchmarks/distributed_step_time.py \\
         --corpus ../shared/data/corpora/CLUECorpusSmall_bert_sampled.txt \\
@@ -31,7 +32,7 @@ RUNS = {
 }
 
 
-def run(processes: int, argv: list[str], threads: int, log: Path) -> None:
+def run(processes: int, argv: list[str], threads: int, log: Path) -> bool:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
@@ -46,7 +47,9 @@ def run(processes: int, argv: list[str], threads: int, log: Path) -> None:
     with log.open("wb") as sink:
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
-        sys.exit(f"failed: {' '.join(command)}\n{log.read_text(errors='replace')[-3000:]}")
+        tail = log.read_text(errors="replace")[-2000:]
+        print(f"FAILED (exit {done.returncode}): {' '.join(command)}\n{tail}", flush=True)
+    return done.returncode == 0
 
 
 def step_seconds(run_dir: Path, warmup: int) -> float:
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="names of RUNS to time (default: all)")
     args = parser.parse_args()
     cores = os.cpu_count() or 2
@@ -78,28 +82,41 @@ def main() -> None:
              str(args.seq_length), "--out", str(shards)],
             check=True, capture_output=True,
         )  # fmt: skip
-        rows = []
-        for name, (processes, extra) in RUNS.items():
-            if args.only and name not in args.only:
-                continue
-            out = root / name.split()[0]
-            argv = [
-                "pretrain", "--model", args.preset, "--model.targets", "[{name: mlm}]",
-                "--data", str(shards), "--out", str(out), "--steps", str(args.steps),
-                "--global-batch-size", str(args.global_batch_size), "--log-every", "1",
-                "--precision", args.precision, "--no-progress", *extra,
-            ]  # fmt: skip
-            run(processes, argv, max(1, cores // processes), root / f"{out.name}.log")
-            seconds = step_seconds(out, args.warmup)
-            tokens = args.global_batch_size * args.seq_length
-            rows.append((name, seconds, tokens / seconds))
-            print(f"{name}: {seconds:.3f} s/step, {tokens / seconds:,.0f} tokens/s", flush=True)
+        times: dict[str, list[float]] = {name: [] for name in RUNS}
+        failures: dict[str, int] = {name: 0 for name in RUNS}
+        for round_ in range(args.rounds):
+            for name, (processes, extra) in RUNS.items():
+                if args.only and name not in args.only:
+                    continue
+                out = root / f"{name.split()[0]}-{round_}"
+                argv = [
+                    "pretrain", "--model", args.preset, "--model.targets", "[{name: mlm}]",
+                    "--data", str(shards), "--out", str(out), "--steps", str(args.steps),
+                    "--global-batch-size", str(args.global_batch_size), "--log-every", "1",
+                    "--precision", args.precision, "--no-progress", *extra,
+                ]  # fmt: skip
+                threads = max(1, cores // processes)
+                if not run(processes, argv, threads, root / f"{out.name}.log"):
+                    failures[name] += 1
+                    continue
+                times[name].append(step_seconds(out, args.warmup))
+                print(f"round {round_ + 1} {name}: {times[name][-1]:.3f} s/step", flush=True)
+    tokens = args.global_batch_size * args.seq_length
+    rows = [
+        (name, statistics.median(values), min(values), max(values), failures[name])
+        for name, values in times.items()
+        if values
+    ]
     print(f"\n{platform.processor() or platform.machine()}, {cores} cores")
-    print("| run | s / step | tokens/s | vs 1 process |\n|---|---:|---:|---:|")
+    print("| run | s / step (median) | min – max | tokens/s | vs 1 process | failed runs |")
+    print("|---|---:|---:|---:|---:|---:|")
     base = rows[0][1] if rows and rows[0][0].startswith("single") else None
-    for name, seconds, speed in rows:
+    for name, seconds, low, high, failed in rows:
         ratio = f"{base / seconds:.2f}×" if base else "—"
-        print(f"| {name} | {seconds:.3f} | {speed:,.0f} | {ratio} |")
+        print(
+            f"| {name} | {seconds:.3f} | {low:.3f} – {high:.3f} | {tokens / seconds:,.0f} | "
+            f"{ratio} | {failed} |"
+        )
 
 
 if __name__ == "__main__":
