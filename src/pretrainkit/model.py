@@ -250,8 +250,14 @@ class Model(nn.Module):
         return encode(self, texts, batch_size, pooling, normalize, max_length)
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically."""
+    def save(
+        self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically.
+
+        ``state_dict``: the full weights to write instead of ``self.state_dict()``, for a model
+        whose parameters are sharded over processes (gathered by the distributed engine).
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(directory) as tmp:
@@ -259,7 +265,7 @@ class Model(nn.Module):
             aliases = self.tied_parameters()
             state = {
                 k: v.detach().contiguous().cpu()
-                for k, v in self.state_dict().items()
+                for k, v in (self.state_dict() if state_dict is None else state_dict).items()
                 if k not in aliases
             }
             save_file(state, str(tmp / WEIGHTS), metadata={"format": "pretrainkit"})

@@ -34,23 +34,40 @@ TRAIN_SKIP = ("betas",)
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
+    from pretrainkit.distributed import ParallelConfig
     from pretrainkit.training import TrainConfig
 
     parser.add_argument("--config", help="YAML file of option values (defaults < file < flags)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sequences per micro-batch and process (default 32, or from --global-batch-size)",
+    )
+    parser.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help="sequences per optimizer step over all processes; sets --batch-size to "
+        "N / (processes × accumulate), which must divide exactly",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
-    parser.add_argument(
-        "--strategy", default="single", help="single; ddp, fsdp and deepspeed come with scale-out"
-    )
     add_dataclass_options(parser, TrainConfig, skip=TRAIN_SKIP, title="training")
+    add_dataclass_options(parser, ParallelConfig, title="distributed (launch with torchrun)")
 
 
 def _train_config(args: argparse.Namespace, extra: dict | None = None):
     from pretrainkit.training import TrainConfig
 
     return dataclass_from_args(TrainConfig, args, extra)
+
+
+def _parallel_config(args: argparse.Namespace):
+    from pretrainkit.distributed import ParallelConfig
+
+    return dataclass_from_args(ParallelConfig, args)
 
 
 def _add_presets(p):
@@ -146,9 +163,10 @@ def pretrain(args, extra):
         args.batch_size,
         overrides,
         resume=args.resume,
-        strategy=args.strategy,
+        strategy=_parallel_config(args),
         dev=args.dev,
         eval_batches=args.eval_batches,
+        global_batch_size=args.global_batch_size,
     )
 
 
@@ -190,8 +208,9 @@ def finetune(args):
         epochs=epochs,
         pooling=args.pooling,
         dropout=args.dropout,
-        strategy=args.strategy,
+        strategy=_parallel_config(args),
         resume=args.resume,
+        global_batch_size=args.global_batch_size,
     )
 
 

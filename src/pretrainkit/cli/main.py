@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pretrainkit.cli.commands import COMMANDS
@@ -65,8 +66,10 @@ def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # Under torchrun (which sets RANK) only rank 0 reports; the others log warnings and errors.
+    main_process = os.environ.get("RANK", "0") in ("", "0")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.command:
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except PretrainkitError as error:
         print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
         return 2
-    if isinstance(result, dict):
+    if isinstance(result, dict) and main_process:
         print(json.dumps(result, indent=2, default=str))
     return 0
 
