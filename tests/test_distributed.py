@@ -106,11 +106,19 @@ def runs(data: dict[str, Path]) -> dict[str, Path]:
 
 
 def run_of(strategy: str, data: dict[str, Path], runs: dict[str, Path]) -> Path:
+    failed = data["root"] / f"{strategy}.failed"
+    if failed.exists():  # launched once already: every test of it reports the same failure
+        pytest.fail(f"the {strategy} run failed earlier; its log:\n{failed.read_text()}")
     if strategy not in runs:
         out = data["root"] / strategy
-        torchrun(
-            *pretrain_args(data, out, *STRATEGIES[strategy]), log=data["root"] / f"{strategy}.log"
-        )
+        try:
+            torchrun(
+                *pretrain_args(data, out, *STRATEGIES[strategy]),
+                log=data["root"] / f"{strategy}.log",
+            )
+        except AssertionError as error:
+            failed.write_text(str(error))
+            raise
         runs[strategy] = out
     return runs[strategy]
 

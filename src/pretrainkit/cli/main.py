@@ -63,6 +63,15 @@ def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+def _leave_process_group(clean: bool) -> None:
+    # Distributed runs leave their process group before interpreter finalisation (see
+    # distributed.parallel.shutdown); other commands never imported torch.distributed.
+    if "torch.distributed" in sys.modules:
+        from pretrainkit.distributed.parallel import shutdown
+
+        shutdown(clean)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -84,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         _check_extra(sub, extra, overrides)
         result = run(args, extra) if overrides else run(args)
     except PretrainkitError as error:
+        _leave_process_group(clean=False)
         print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    _leave_process_group(clean=True)
     if isinstance(result, dict) and main_process:
         print(json.dumps(result, indent=2, default=str))
     return 0

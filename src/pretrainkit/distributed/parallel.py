@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import logging
 import os
 from dataclasses import asdict
@@ -158,6 +159,23 @@ def init_process_group(device: torch.device) -> None:
 def _shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group while the interpreter is fully alive; a no-op without one.
+
+    gloo's worker threads may still hold finished work objects (and their tensors) from the
+    engines' last collectives; torn down during interpreter finalisation they abort the process
+    ("terminate called without an active exception"), now and then, under load. So commands
+    free those objects, meet (``clean``: every process finished) and destroy the group before
+    returning; the atexit hook stays as a fallback.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # engines keep reference cycles; their pending work must go first
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def init_device(strategy: str | ParallelConfig) -> contextlib.AbstractContextManager:
