@@ -58,6 +58,7 @@ PRESETS = [
     "roberta-base",
     "t5-small",
     "t5-v1_1-base",
+    "vit-base",
     "xlm-roberta-base",
 ]
 
@@ -339,9 +340,25 @@ CUDA_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine h
             id="cuda-without-gpu",
         ),
         pytest.param(
-            ["--strategy", "ddp"],
-            "strategy 'ddp' is not implemented yet",
-            id="ddp-not-yet",
+            ["--strategy", "fsdb"],
+            "unknown strategy 'fsdb' (did you mean 'fsdp'?)",
+            id="unknown-strategy",
+        ),
+        pytest.param(
+            ["--strategy", "ddp", "--zero-stage", "2"],
+            "zero_stage=2 applies to strategy 'deepspeed' only",
+            id="zero-stage-without-deepspeed",
+        ),
+        pytest.param(
+            ["--strategy", "fsdp", "--cpu-offload"],
+            "the model is in CPU memory already",
+            marks=CUDA_ONLY,
+            id="cpu-offload-on-cpu",
+        ),
+        pytest.param(
+            ["--global-batch-size", "10", "--accumulate", "4"],
+            "global_batch_size 10 is not divisible by world size 1 × accumulate 4",
+            id="global-batch-not-divisible",
         ),
     ],
 )
@@ -355,6 +372,20 @@ def test_bad_training_option_exits_2_without_a_run_folder(
     )  # fmt: skip
     assert code == 2, err
     assert expected in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_single_strategy_under_several_processes_is_refused(
+    data: dict[str, Path], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node 2 would
+    monkeypatch.setenv("RANK", "0")
+    run = tmp_path / "run"
+    code, _, err = invoke(
+        capsys, "finetune", "--model", data["model"], "--train", data["train"], "--out", run,
+        "--steps", 1, *QUIET,
+    )  # fmt: skip
+    assert code == 2 and "strategy 'single' was launched with 2 processes" in err, err
     assert not run.exists()
 
 

@@ -53,6 +53,11 @@ CASES = {
         lambda: tf.LlamaForCausalLM(llama_config(tie_word_embeddings=True)),
         tf.AutoModelForCausalLM,
     ),
+    # Heads wider than hidden / heads (3 x 24 = 72 ≠ 48), as some checkpoints have.
+    "llama-wide-heads": (
+        lambda: tf.LlamaForCausalLM(llama_config(head_dim=24)),
+        tf.AutoModelForCausalLM,
+    ),
 }
 
 

@@ -265,3 +265,66 @@ def test_a_small_seq2seq_model_learns_to_reverse_and_generates_it():
     test = torch.randint(3, 20, (50, 5), generator=g)
     out = torch.tensor(generate(model.eval(), test, max_new_tokens=5))
     assert (out == test.flip(1)).float().mean().item() >= 0.9
+
+
+def test_cli_generate_with_an_encoder_decoder_copies_what_it_learned(tmp_path, capsys):
+    from helpers import invoke
+
+    from pretrainkit.tokenization import train_tokenizer
+
+    words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "hill", "red", "big"]
+    g = torch.Generator().manual_seed(0)
+    lines = [
+        " ".join(words[int(i)] for i in torch.randint(0, len(words), (5,), generator=g))
+        for _ in range(300)
+    ]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    tok = train_tokenizer([tmp_path / "corpus.txt"], "wordpiece", 60, tmp_path / "tok")
+    torch.manual_seed(0)
+    model = pretrainkit.build_model(seq2seq_config(vocab_size=tok.vocab_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(300):  # copy a sentence: the encoder reads the template, the decoder writes
+        batch = [lines[(step * 16 + k) % len(lines)] for k in range(16)]
+        ids = [tok.encode(text) for text in batch]
+        width = max(len(row) for row in ids) + 2
+        src = torch.full((16, width), tok.pad_id)
+        src_mask = torch.zeros_like(src)
+        labels = torch.full((16, width - 1), -100)
+        for row, token_ids in enumerate(ids):
+            inputs = tok.build_inputs(token_ids)[0]
+            src[row, : len(inputs)], src_mask[row, : len(inputs)] = torch.tensor(inputs), 1
+            target = [*token_ids, tok.eos_id]
+            labels[row, : len(target)] = torch.tensor(target)
+        loss = model(src, src_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.tokenizer = tok
+    model.eval().save(tmp_path / "model")
+    code, out, err = invoke(
+        capsys, "generate", "--model", tmp_path / "model", "--prompt", "the red cat sat on",
+        "--max-new-tokens", "10",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "the red cat sat on"
+
+
+def test_sentence_embeddings_of_an_encoder_decoder_read_its_encoder():
+    torch.manual_seed(0)
+    model = pretrainkit.build_model(seq2seq_config()).eval()
+
+    class Words:  # the smallest tokenizer encode() needs
+        pad_id = 0
+
+        def encode_batch(self, texts):
+            return [[3 + len(word) for word in text.split()] for text in texts]
+
+        def build_inputs(self, ids, max_length=None):
+            return ids[:max_length], [0] * len(ids[:max_length])
+
+    model.tokenizer = Words()
+    got = model.encode(["a bb ccc", "dddd"], pooling="mean")
+    with torch.no_grad():
+        hidden = model.encoder_states(torch.tensor([[4, 5, 6]]))
+    assert got.shape == (2, 32)
+    assert abs(got[0] - hidden[0].mean(0).numpy()).max() <= 1e-6

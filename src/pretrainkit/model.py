@@ -29,6 +29,8 @@ TOKENIZER = "tokenizer"
 # Sentence-embedding defaults (pooling, normalize, max_length), e.g. from a sentence-transformers
 # folder; written only when set.
 ENCODE_DEFAULTS = "encode.json"
+# HF tensors with no slot here (BertModel's unused pooler), kept so an export gives them back.
+PASSTHROUGH = "hf_passthrough.safetensors"
 # A mixed-precision plan (pretrainkit.samp): the folder holds a quantized model.
 SAMP_PLAN = "samp_plan.json"
 
@@ -89,6 +91,8 @@ class Model(nn.Module):
         self.tokenizer: Any = None  # set by the caller; saved with the model when present
         # Defaults of `encode` recorded with the model (keys: pooling, normalize, max_length).
         self.encode_defaults: dict[str, Any] = {}
+        # Converted models: HF tensors pretrainkit does not use, saved along (PASSTHROUGH).
+        self.hf_passthrough: dict[str, torch.Tensor] = {}
 
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
@@ -140,7 +144,7 @@ class Model(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -149,14 +153,20 @@ class Model(nn.Module):
         end_positions: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the slots; targets compute losses for the labels they are given.
 
         Sequence-to-sequence models also take ``decoder_input_ids`` ``[b, t]`` (built from
         ``labels`` with ``decoder_inputs`` when omitted) and their padding mask; their targets
         read the decoder's output and ``labels`` are the target sequence (no shift).
+        Image models (a ``patch`` embedding part) take ``pixel_values`` ``[b, c, H, W]`` instead
+        of ``input_ids``.
         """
-        hidden = self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        inputs = input_ids if pixel_values is None else pixel_values
+        if inputs is None or (input_ids is not None and pixel_values is not None):
+            raise ValueError("give exactly one of input_ids and pixel_values")
+        hidden = self.encoder_states(inputs, attention_mask, token_type_ids)
         memory = None
         target_mask = attention_mask
         if self.decoder is not None and self.tgt_embedding is not None:
@@ -192,6 +202,15 @@ class Model(nn.Module):
                 loss = out.loss if loss is None else loss + out.loss
         first = next(iter(logits.values()), None)
         return ModelOutput(loss, first, hidden, metrics, logits, memory)
+
+    def encoder_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The encoder's output ``[b, s, h]`` (the embedding and encoder slots only)."""
+        return self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
 
     def layer_outputs(
         self,
@@ -233,8 +252,14 @@ class Model(nn.Module):
         return encode(self, texts, batch_size, pooling, normalize, max_length)
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically."""
+    def save(
+        self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically.
+
+        ``state_dict``: the full weights to write instead of ``self.state_dict()``, for a model
+        whose parameters are sharded over processes (gathered by the distributed engine).
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(directory) as tmp:
@@ -242,7 +267,7 @@ class Model(nn.Module):
             aliases = self.tied_parameters()
             state = {
                 k: v.detach().contiguous().cpu()
-                for k, v in self.state_dict().items()
+                for k, v in (self.state_dict() if state_dict is None else state_dict).items()
                 if k not in aliases
             }
             save_file(state, str(tmp / WEIGHTS), metadata={"format": "pretrainkit"})
@@ -250,6 +275,9 @@ class Model(nn.Module):
                 self.tokenizer.save(tmp / TOKENIZER)
             if self.encode_defaults:
                 (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
+            if self.hf_passthrough:
+                passthrough = {k: v.contiguous() for k, v in self.hf_passthrough.items()}
+                save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
             if getattr(self, "samp_plan", None) is not None:  # quantized: how to rebuild it
                 from pretrainkit.samp.api import write_plan_files
 
@@ -392,6 +420,9 @@ def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
         emb.dropout,
         emb.position_offset,
         emb.scale_word,
+        emb.image_size,
+        emb.patch_size,
+        emb.channels,
     )
 
 
@@ -410,6 +441,8 @@ def load(directory: str | os.PathLike) -> Model:
         from pretrainkit.tokenization import load_tokenizer
 
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
+    if (directory / PASSTHROUGH).is_file():
+        model.hf_passthrough = load_file(str(directory / PASSTHROUGH))
     if (directory / ENCODE_DEFAULTS).is_file():
         try:
             model.encode_defaults = dict(json.loads((directory / ENCODE_DEFAULTS).read_text()))

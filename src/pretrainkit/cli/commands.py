@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from pretrainkit.cli.options import (
     add_dataclass_options,
@@ -33,23 +34,40 @@ TRAIN_SKIP = ("betas",)
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
+    from pretrainkit.distributed import ParallelConfig
     from pretrainkit.training import TrainConfig
 
     parser.add_argument("--config", help="YAML file of option values (defaults < file < flags)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sequences per micro-batch and process (default 32, or from --global-batch-size)",
+    )
+    parser.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help="sequences per optimizer step over all processes; sets --batch-size to "
+        "N / (processes × accumulate), which must divide exactly",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
-    parser.add_argument(
-        "--strategy", default="single", help="single; ddp, fsdp and deepspeed come with scale-out"
-    )
     add_dataclass_options(parser, TrainConfig, skip=TRAIN_SKIP, title="training")
+    add_dataclass_options(parser, ParallelConfig, title="distributed (launch with torchrun)")
 
 
 def _train_config(args: argparse.Namespace, extra: dict | None = None):
     from pretrainkit.training import TrainConfig
 
     return dataclass_from_args(TrainConfig, args, extra)
+
+
+def _parallel_config(args: argparse.Namespace):
+    from pretrainkit.distributed import ParallelConfig
+
+    return dataclass_from_args(ParallelConfig, args)
 
 
 def _add_presets(p):
@@ -145,9 +163,10 @@ def pretrain(args, extra):
         args.batch_size,
         overrides,
         resume=args.resume,
-        strategy=args.strategy,
+        strategy=_parallel_config(args),
         dev=args.dev,
         eval_batches=args.eval_batches,
+        global_batch_size=args.global_batch_size,
     )
 
 
@@ -193,8 +212,9 @@ def finetune(args):
         epochs=epochs,
         pooling=args.pooling,
         dropout=args.dropout,
-        strategy=args.strategy,
+        strategy=_parallel_config(args),
         resume=args.resume,
+        global_batch_size=args.global_batch_size,
     )
 
 
@@ -340,8 +360,27 @@ def embed(args):
     )
 
 
+def _prompt_ids(tok: Any, text: str, seq2seq: bool) -> list[int]:
+    """A prompt as the family's tokenizer wraps it: the whole template for an encoder's input
+    (T5 ``a </s>``, BART ``<s> a </s>``); for a decoder-only model only what precedes the text
+    (LLaMA's ``<s>``), since the model continues it, and bos for an empty line."""
+    ids = tok.encode(text)
+    if seq2seq:
+        return list(tok.build_inputs(ids)[0])
+    before = []
+    for item, _ in tok.template.single:
+        if item == "$A":
+            break
+        before.append(tok.template_token_id(item))
+    return [*before, *ids] or [tok.bos_id]
+
+
 def _add_generate(p):
-    p.add_argument("--model", required=True, help="decoder-only model folder with a tokenizer")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="decoder-only or encoder-decoder model folder with a tokenizer",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--data", help="text file, one prompt per line")
@@ -353,11 +392,13 @@ def _add_generate(p):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, help="seed of the sampling generator")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (left-padded)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--no-cache", action="store_true", help="recompute every step (slower)")
 
 
-@command("generate", "continue prompts with a decoder-only (lm) model")(_add_generate)
+@command(
+    "generate", "continue prompts (decoder-only) or answer them (encoder-decoder, e.g. T5, BART)"
+)(_add_generate)
 def generate(args):
     from pathlib import Path
 
@@ -369,6 +410,7 @@ def generate(args):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = load(args.model)
     check_generative(model)
+    seq2seq = model.decoder is not None
     tok = model.tokenizer
     if tok is None:
         raise ConfigError(f"{args.model}: no tokenizer folder; generate needs one to read text")
@@ -382,8 +424,7 @@ def generate(args):
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
-        # The bos token gives an empty line something to condition on.
-        ids = [[tok.bos_id, *tok.encode(text)] for text in chunk]
+        ids = [_prompt_ids(tok, text, seq2seq) for text in chunk]
         new = run(
             model,
             ids,

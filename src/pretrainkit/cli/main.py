@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pretrainkit.cli.commands import COMMANDS
@@ -62,11 +63,22 @@ def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+def _leave_process_group(clean: bool) -> None:
+    # Distributed runs leave their process group before interpreter finalisation (see
+    # distributed.parallel.shutdown); other commands never imported torch.distributed.
+    if "torch.distributed" in sys.modules:
+        from pretrainkit.distributed.parallel import shutdown
+
+        shutdown(clean)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # Under torchrun (which sets RANK) only rank 0 reports; the others log warnings and errors.
+    main_process = os.environ.get("RANK", "0") in ("", "0")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.command:
@@ -81,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         _check_extra(sub, extra, overrides)
         result = run(args, extra) if overrides else run(args)
     except PretrainkitError as error:
+        _leave_process_group(clean=False)
         print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
         return 2
-    if isinstance(result, dict):
+    _leave_process_group(clean=True)
+    if isinstance(result, dict) and main_process:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

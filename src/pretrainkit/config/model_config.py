@@ -31,6 +31,11 @@ class EmbeddingConfig:
     # Multiply word vectors by sqrt(width) before the sum (Transformer, BART with
     # scale_embedding, PEGASUS).
     scale_word: bool = False
+    # Images (the "patch" part, ViT): square images of image_size pixels cut into
+    # patch_size x patch_size patches, each a token, behind a learned [CLS] vector.
+    image_size: int | None = None
+    patch_size: int | None = None
+    channels: int = 3
     layer_norm: bool = True
     norm: str = "layernorm"
     norm_eps: float = 1e-12
@@ -45,6 +50,28 @@ class EmbeddingConfig:
             check_range(self.factorized_size, "factorized_size", 1)
         if not self.parts:
             raise ConfigError("parts: at least one embedding part is needed")
+        # None at all is reported by the builder, which knows every part name (and suggests).
+        if len([p for p in self.parts if p in ("word", "patch")]) > 1:
+            raise ConfigError(
+                f"parts: exactly one of 'word' (token ids) or 'patch' (images) is needed, "
+                f"got {self.parts}"
+            )
+        if "patch" in self.parts:
+            if self.image_size is None or self.patch_size is None:
+                raise ConfigError("the 'patch' part needs image_size and patch_size")
+            check_range(self.patch_size, "patch_size", 1)
+            check_range(self.channels, "channels", 1)
+            if self.image_size % self.patch_size:
+                raise ConfigError(
+                    f"image_size ({self.image_size}) must be a multiple of patch_size "
+                    f"({self.patch_size})"
+                )
+            tokens_per_image = (self.image_size // self.patch_size) ** 2 + 1
+            if self.max_positions < tokens_per_image:
+                raise ConfigError(
+                    f"max_positions ({self.max_positions}) < {tokens_per_image}, the patches of "
+                    "one image plus [CLS]"
+                )
 
 
 @dataclass
@@ -135,8 +162,9 @@ class TargetConfig:
 class ModelConfig:
     """A whole model: shared sizes plus one section per slot."""
 
-    vocab_size: int
     hidden_size: int
+    # Token ids the word part embeds; 0 for models without one (ViT reads pixels).
+    vocab_size: int = 0
     name: str = "custom"
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -149,8 +177,11 @@ class ModelConfig:
     targets: list[TargetConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_range(self.vocab_size, "vocab_size", 1)
+        check_range(self.vocab_size, "vocab_size", 0)
         check_range(self.hidden_size, "hidden_size", 1)
+        embeddings = [self.embedding, *([self.tgt_embedding] if self.tgt_embedding else [])]
+        if self.vocab_size < 1 and any("word" in e.parts for e in embeddings):
+            raise ConfigError("vocab_size: the 'word' embedding part needs vocab_size >= 1")
         stacks = {"encoder": self.encoder, "decoder": self.decoder}
         for name, stack in stacks.items():
             if stack is not None and stack.head_dim is None and self.hidden_size % stack.num_heads:

@@ -2,7 +2,7 @@
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
 ``xlm-roberta``, ``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and
-``pegasus``; their tokenizers in ``convert.tokenizer_files``. See ``convert.spec`` for the table
+``pegasus``, and ``vit`` (images); their tokenizers in ``convert.tokenizer_files``. See ``convert.spec`` for the table
 format and ``convert.hf`` for the converter.
 """
 
@@ -13,6 +13,7 @@ from pretrainkit.convert import (  # noqa: F401  (register the families)
     gpt2,
     llama,
     t5,
+    vit,
 )
 from pretrainkit.convert.hf import PASSTHROUGH, convert_from_hf, convert_to_hf, get_family
 from pretrainkit.convert.spec import FAMILIES, Family, Head

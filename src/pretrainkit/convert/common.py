@@ -90,6 +90,9 @@ def bert_like_to_hf(
         "embedding.layer_norm": (emb.layer_norm, True),
         "embedding.norm": (emb.norm, "layernorm"),
         "embedding.position_offset": (emb.position_offset, position_offset),
+        "embedding.scale_word": (emb.scale_word, False),
+        "encoder.head_dim": (enc.head_dim, None),
+        "encoder.attention_scale": (enc.attention_scale, None),
         "encoder.name": (enc.name, "transformer"),
         "encoder.norm_position": (enc.norm_position, "post"),
         "encoder.norm": (enc.norm, "layernorm"),
@@ -190,12 +193,7 @@ def token_classification_from_hf(hf: dict[str, Any], dropout_key: str) -> dict[s
 
 def token_classification_to_hf(entry: TargetConfig, dropout_key: str) -> dict[str, Any]:
     options = target_options(entry)
-    labels = options["labels"]
-    return {
-        "id2label": {str(i): label for i, label in enumerate(labels)},
-        "label2id": {label: i for i, label in enumerate(labels)},
-        dropout_key: options["dropout"],
-    }
+    return {**labels_to_hf(options["labels"]), dropout_key: options["dropout"]}
 
 
 def span_extraction_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -217,11 +215,23 @@ def classification_to_hf(entry: TargetConfig, dropout_key: str) -> dict[str, Any
         f"(HF pools the first token through dense + tanh); got pooling {options['pooling']!r}, "
         f"pooler {options['pooler']!r}",
     )
-    labels = options["labels"]
+    return {**labels_to_hf(options["labels"]), dropout_key: options["dropout"]}
+
+
+def stack_checks(name: str, stack: Any, **expected: Any) -> dict[str, tuple[Any, Any]]:
+    """``{"encoder.norm": (got, want), ...}`` for a transformer stack: the given options plus
+    the ones every HF family here shares (our transformer stack, full multi-head attention)."""
+    checks = {f"{name}.name": (stack.name, "transformer")}
+    checks[f"{name}.num_kv_heads"] = (stack.num_kv_heads or stack.num_heads, stack.num_heads)
+    checks.update({f"{name}.{key}": (getattr(stack, key), want) for key, want in expected.items()})
+    return checks
+
+
+def labels_to_hf(labels: list[str]) -> dict[str, Any]:
+    """HF's ``id2label`` / ``label2id`` for our label list (class-index order)."""
     return {
         "id2label": {str(i): label for i, label in enumerate(labels)},
         "label2id": {label: i for i, label in enumerate(labels)},
-        dropout_key: options["dropout"],
     }
 
 

@@ -94,16 +94,21 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "embedding.layer_norm": (emb.layer_norm, False),
         "embedding.position_offset": (emb.position_offset, 0),
         "embedding.factorized_size": (emb.factorized_size, None),
-        "encoder.name": (enc.name, "transformer"),
-        "encoder.norm_position": (enc.norm_position, "pre"),
-        "encoder.norm": (enc.norm, "layernorm"),
-        "encoder.ffn": (enc.ffn, "dense"),
-        "encoder.position": (enc.position, "absolute"),
-        "encoder.bias": (enc.bias, True),
-        "encoder.causal": (enc.causal, True),
-        "encoder.share_layers": (enc.share_layers, False),
-        "encoder.final_norm": (enc.final_norm, True),
-        "encoder.num_kv_heads": (enc.num_kv_heads or enc.num_heads, enc.num_heads),
+        "embedding.scale_word": (emb.scale_word, False),
+        **common.stack_checks(
+            "encoder",
+            enc,
+            norm_position="pre",
+            norm="layernorm",
+            ffn="dense",
+            position="absolute",
+            bias=True,
+            causal=True,
+            share_layers=False,
+            final_norm=True,
+            head_dim=None,
+            attention_scale=None,
+        ),  # fmt: skip
     }
     common.refuse_mismatches(checks, "gpt2")
     need(

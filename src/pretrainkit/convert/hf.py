@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pretrainkit.config import ModelConfig
 from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
-from pretrainkit.model import Model, build_model, load, load_state_strict
+from pretrainkit.model import PASSTHROUGH, Model, build_model, load, load_state_strict
 from pretrainkit.workflows.embed import capacity
 
 log = logging.getLogger(__name__)
-
-PASSTHROUGH = "hf_passthrough.safetensors"
 
 
 def get_family(model_type: str) -> Family:
@@ -134,11 +132,14 @@ def state_to_hf(
         out[hf] = parts[0][0].to_hf([tensor for _, tensor in parts]).contiguous()
     unknown = sorted(set(passthrough) - set(head.passthrough))
     if unknown:
-        raise CheckpointError(
-            f"{PASSTHROUGH} holds tensors {head.architecture} has no place for: "
-            f"{', '.join(unknown)}"
+        # A converted base model fine-tuned into another architecture: its pooler has no place.
+        log.warning(
+            "%s: not written, %s has no place for them: %s",
+            PASSTHROUGH,
+            head.architecture,
+            ", ".join(unknown),
         )
-    return {**out, **passthrough}
+    return {**out, **{k: v for k, v in passthrough.items() if k in head.passthrough}}
 
 
 def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple[Model, dict]:
@@ -157,6 +158,11 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
         raise CheckpointError(f"{directory}: expected one architecture, got {architectures}")
     head = fam.head_for_architecture(architectures[0])
     hf_state, source = files.read_weights(directory)
+    if fam.renames:
+        renamed = {fam.rename(name): tensor for name, tensor in hf_state.items()}
+        if len(renamed) != len(hf_state):
+            raise CheckpointError(f"{source}: old and new tensor names collide after renaming")
+        hf_state = renamed
     if any(_differ(hf_state, alias, original) for alias, original in head.tied):
         # Stored twice with different values: untied, whatever config.json says (transformers 5
         # writes tie_word_embeddings: true for untied T5 v1.1 heads and unties on load the same way).
@@ -198,11 +204,10 @@ def convert_from_hf(
             tensors missing, left over or of the wrong shape (all listed).
     """
     model, passthrough = model_from_hf(hf_dir, family)
+    model.hf_passthrough = passthrough
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         model.save(tmp)
-        if passthrough:
-            save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
     if model.tokenizer is None:
         log.warning(
             "%s: no tokenizer found (vocab.txt, vocab.json + merges.txt, tokenizer.json, .model)",
@@ -217,6 +222,8 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
     if config.name in FAMILIES:  # converted models are named after their model_type
         return FAMILIES.get(config.name)
     enc, emb = config.encoder, config.embedding
+    if "patch" in emb.parts:
+        return FAMILIES.get("vit")
     if config.decoder is not None:  # relative positions: T5; sinusoidal halves: PEGASUS
         if enc.position == "relative":
             return FAMILIES.get("t5")
@@ -262,9 +269,7 @@ def convert_to_hf(
         hf["pad_token_id"] = tokenizer.pad_id
     hf.setdefault("pad_token_id", 0)
     hf["architectures"] = [head.architecture]
-    passthrough_file = Path(model_dir) / PASSTHROUGH
-    passthrough = load_file(str(passthrough_file)) if passthrough_file.is_file() else {}
-    state = state_to_hf(fam, head, model, passthrough)
+    state = state_to_hf(fam, head, model, model.hf_passthrough)
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")

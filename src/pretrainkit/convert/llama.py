@@ -59,10 +59,6 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     need(not missing, f"config.json lacks {', '.join(missing)}")
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hidden // heads
-    need(
-        head_dim * heads == hidden,
-        f"head_dim {head_dim} × {heads} heads ≠ hidden_size {hidden} is not supported",
-    )
     biases = [k for k in ("attention_bias", "mlp_bias") if hf.get(k)]
     need(not biases, f"{', '.join(biases)}: true is not supported yet")
     kv_heads = hf.get("num_key_value_heads") or heads
@@ -80,6 +76,8 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
             "num_layers": hf["num_hidden_layers"],
             "num_heads": heads,
             "num_kv_heads": kv_heads if kv_heads != heads else None,
+            # Only where it is not hidden / heads (some checkpoints widen the heads).
+            "head_dim": head_dim if head_dim * heads != hidden else None,
             "ffn_size": hf.get("intermediate_size", 11008),
             "ffn": "gated",
             "activation": common.activation_from_hf(hf.get("hidden_act", "silu")),
@@ -104,16 +102,23 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "embedding.parts": (emb.parts, ["word"]),
         "embedding.layer_norm": (emb.layer_norm, False),
         "embedding.factorized_size": (emb.factorized_size, None),
-        "encoder.name": (enc.name, "transformer"),
-        "encoder.norm_position": (enc.norm_position, "pre"),
-        "encoder.norm": (enc.norm, "rmsnorm"),
-        "encoder.ffn": (enc.ffn, "gated"),
-        "encoder.position": (enc.position, "rotary"),
-        "encoder.bias": (enc.bias, False),
-        "encoder.causal": (enc.causal, True),
-        "encoder.share_layers": (enc.share_layers, False),
-        "encoder.final_norm": (enc.final_norm, True),
+        "embedding.scale_word": (emb.scale_word, False),
+        **common.stack_checks(
+            "encoder",
+            enc,
+            norm_position="pre",
+            norm="rmsnorm",
+            ffn="gated",
+            position="rotary",
+            bias=False,
+            causal=True,
+            share_layers=False,
+            final_norm=True,
+            attention_scale=None,
+        ),  # fmt: skip
     }
+    # Grouped-query attention is LLaMA's own: the shared check wants full multi-head attention.
+    del checks["encoder.num_kv_heads"]
     common.refuse_mismatches(checks, "llama")
     need(
         enc.activation in common.ACTIVATIONS_TO_HF, f"activation {enc.activation!r} has no HF name"
@@ -125,7 +130,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "num_hidden_layers": enc.num_layers,
         "num_attention_heads": enc.num_heads,
         "num_key_value_heads": enc.num_kv_heads or enc.num_heads,
-        "head_dim": config.hidden_size // enc.num_heads,
+        "head_dim": enc.head_dim or config.hidden_size // enc.num_heads,
         "intermediate_size": enc.ffn_size,
         "hidden_act": common.ACTIVATIONS_TO_HF[enc.activation],
         "max_position_embeddings": emb.max_positions,

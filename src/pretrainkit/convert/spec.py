@@ -11,6 +11,7 @@ tables, not another script.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +171,9 @@ class Family:
         ignored: HF buffers that carry no weights (``embeddings.position_ids``), relative to
             the prefix; consumed without a slot.
         tokenizer_class: what HF's config/tokenizer files call the tokenizer on export.
+        renames: ``(pattern, replacement)`` regular expressions applied in order to every HF
+            name on import: older checkpoint layouts (transformers 4's ViT names) mapped onto
+            today's, as transformers itself does on load. Export writes today's names.
     """
 
     model_type: str
@@ -182,6 +186,12 @@ class Family:
     unsupported: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     tokenizer_class: str = "BertTokenizer"
+    renames: tuple[tuple[str, str], ...] = ()
+
+    def rename(self, name: str) -> str:
+        for pattern, replacement in self.renames:
+            name = re.sub(pattern, replacement, name)
+        return name
 
     def body_keys(self, config: ModelConfig) -> KeyMap:
         return self.body(config) if callable(self.body) else self.body

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
+import gc
+import logging
 import os
+from dataclasses import asdict
+from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrainkit.errors import ConfigError, closest
+from pretrainkit.distributed.config import ParallelConfig, resolve_batch_size
+from pretrainkit.distributed.engines import DDPEngine, Engine, FSDPEngine, transformer_layers
+from pretrainkit.errors import ConfigError
 
-STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
+logger = logging.getLogger(__name__)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -41,39 +51,204 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def check_strategy(strategy: str) -> None:
-    """Fail early, before any output is written, on a strategy that cannot run here."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {strategy!r}{closest(strategy, STRATEGIES)}; "
-            f"valid choices: {', '.join(STRATEGIES)}"
-        )
-    if strategy != "single":
-        raise ConfigError(
-            f"strategy {strategy!r} is not implemented yet: ddp, fsdp and deepspeed come with the "
-            "scale-out work; use strategy 'single' for now"
-        )
-    if world_size() > 1:
-        raise ConfigError(
-            f"strategy 'single' was launched with {world_size()} processes; "
-            "use one process, or a distributed strategy (ddp, fsdp, deepspeed)"
-        )
+def as_parallel(strategy: str | ParallelConfig) -> ParallelConfig:
+    """A strategy name or a full ``ParallelConfig``, as a validated ``ParallelConfig``."""
+    return strategy if isinstance(strategy, ParallelConfig) else ParallelConfig(strategy=strategy)
 
 
-def parallelize(model: nn.Module, strategy: str = "single") -> nn.Module:
-    """Wrap ``model`` for the given distribution strategy.
+def check_strategy(
+    strategy: str | ParallelConfig, device: torch.device | None = None
+) -> ParallelConfig:
+    """Fail early, before any output is written, on a strategy that cannot run here.
 
     Args:
-        model: The model, already on its device.
-        strategy: ``single`` (one process), or ``ddp`` / ``fsdp`` / ``deepspeed`` (scale-out).
+        strategy: A strategy name or its full options.
+        device: The training device, when known (CPU offload needs a GPU to offload from).
 
     Returns:
-        The module the training loop calls; for ``single`` it is ``model`` itself.
+        The validated options.
 
     Raises:
-        ConfigError: Unknown strategy, or ``single`` launched with several processes (each
-            would train its own copy and only rank 0 would save).
-            A scale-out strategy is refused the same way until the scale-out work lands.
+        ConfigError: Unknown strategy or option (see ``ParallelConfig``), ``single`` launched
+            with several processes, or CPU offload of a model that is already on the CPU.
     """
-    check_strategy(strategy)
-    return model
+    parallel = as_parallel(strategy)
+    if parallel.strategy == "single" and world_size() > 1:
+        raise ConfigError(
+            f"strategy 'single' was launched with {world_size()} processes; each would train "
+            "its own copy. Use one process, or --strategy ddp, fsdp or deepspeed"
+        )
+    if parallel.cpu_offload and device is not None and device.type != "cuda":
+        raise ConfigError(
+            f"cpu_offload moves shards from GPU to CPU memory, but the device is {device.type!r}: "
+            "the model is in CPU memory already; drop --cpu-offload"
+        )
+    return parallel
+
+
+def check_run(
+    strategy: str | ParallelConfig,
+    train,
+    batch_size: int | None,
+    global_batch_size: int | None = None,
+) -> tuple[ParallelConfig, int]:
+    """Every check a training command makes before it writes anything.
+
+    Args:
+        strategy: A strategy name or its full options.
+        train: The ``TrainConfig`` (device, precision, accumulation).
+        batch_size: Sequences per micro-batch and process, or None.
+        global_batch_size: Sequences per optimizer step over all processes, or None.
+
+    Returns:
+        The validated options and the micro-batch size of each process.
+    """
+    from pretrainkit.training.precision import resolve_precision
+
+    device = train.resolved_device()
+    parallel = check_strategy(strategy, device)
+    if parallel.strategy == "deepspeed" and resolve_precision(train.precision, device) == "fp16":
+        raise ConfigError(
+            "precision 'fp16' is not supported with strategy 'deepspeed' here (DeepSpeed would "
+            "own the loss scaling); use --precision bf16 or fp32"
+        )
+    micro = resolve_batch_size(batch_size, global_batch_size, train.accumulate, world_size())
+    return parallel, micro
+
+
+def batch_plan(parallel: ParallelConfig, batch_size: int, accumulate: int) -> dict[str, Any]:
+    """What a run records (run.json) about its distribution and effective batch."""
+    return {
+        "strategy": asdict(parallel),
+        "world_size": world_size(),
+        "batch_size": batch_size,
+        "accumulate": accumulate,
+        "global_batch_size": batch_size * accumulate * world_size(),
+    }
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's device: ``cuda`` becomes ``cuda:$LOCAL_RANK`` under a launcher."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", _env_int("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_process_group(device: torch.device) -> None:
+    """Join the process group torchrun describes (``$RANK``, ``$WORLD_SIZE``, ``$MASTER_ADDR``…).
+
+    NCCL on GPUs, gloo on CPUs. Started without a launcher (one process) the group is local,
+    so DDP, FSDP and DeepSpeed also run in a single process.
+    """
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=_env_int("PRETRAINKIT_DIST_TIMEOUT_MIN", 30))
+    if "MASTER_ADDR" in os.environ:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
+    atexit.register(_shutdown)
+    logger.info("process group: %s, rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group while the interpreter is fully alive; a no-op without one.
+
+    gloo's worker threads may still hold finished work objects (and their tensors) from the
+    engines' last collectives; torn down during interpreter finalisation they abort the process
+    ("terminate called without an active exception"), now and then, under load. So commands
+    free those objects, meet (``clean``: every process finished) and destroy the group before
+    returning; the atexit hook stays as a fallback.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # engines keep reference cycles; their pending work must go first
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def init_device(strategy: str | ParallelConfig) -> contextlib.AbstractContextManager:
+    """Where to build the model: the meta device (no memory) on FSDP ranks other than 0.
+
+    FSDP materialises each process's shard and copies rank 0's weights into it, so only one
+    process ever holds the whole model, and that in CPU memory.
+    """
+    if as_parallel(strategy).strategy == "fsdp" and rank() != 0:
+        return torch.device("meta")
+    return contextlib.nullcontext()
+
+
+def checkpoint_layers(model: nn.Module) -> None:
+    """Recompute each transformer layer's activations during backward (no stored activations).
+
+    Uses the composable ``checkpoint``, which keeps parameter names unchanged (no wrapper
+    module), so checkpoints and sharding see the same model.
+    """
+    from torch.distributed._composable import checkpoint
+
+    layers = transformer_layers(model)
+    if not layers:
+        raise ConfigError(
+            "activation_checkpointing needs a model with encoder.layers or decoder.layers; "
+            f"{type(model).__name__} has neither"
+        )
+    for layer in layers:
+        checkpoint(layer)
+
+
+def parallelize(
+    model: nn.Module,
+    strategy: str | ParallelConfig = "single",
+    config=None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    micro_batch: int = 1,
+) -> Engine:
+    """Wrap ``model`` for the given distribution strategy: the one backend-specific call.
+
+    Args:
+        model: The model (possibly on the meta device on FSDP ranks other than 0).
+        strategy: ``single``, ``ddp``, ``fsdp``, ``deepspeed``, or a ``ParallelConfig`` with
+            the ZeRO stage, CPU offload and activation checkpointing.
+        config: The ``TrainConfig`` (optimizer, clipping, accumulation); defaults to one step.
+        device: The training device (``cuda`` means this process's GPU).
+        precision: The resolved precision: fp32, bf16 or fp16.
+        micro_batch: Sequences per micro-batch on each process (DeepSpeed checks its batch).
+
+    Returns:
+        The ``Engine``: ``.module`` is what the loop calls, ``.model`` the plain model,
+        ``.optimizer`` the optimizer whose learning rate the schedule drives.
+
+    Raises:
+        ConfigError: See ``check_strategy``.
+    """
+    from pretrainkit.training.config import TrainConfig
+
+    device = local_device(torch.device(device))
+    parallel = check_strategy(strategy, device)
+    config = config if config is not None else TrainConfig(steps=1, device=str(device))
+    if parallel.activation_checkpointing:
+        checkpoint_layers(model)
+    if not parallel.distributed:
+        return Engine(model, config, device, precision)
+    init_process_group(device)
+    if parallel.strategy == "ddp":
+        return DDPEngine(model, config, device, precision)
+    if parallel.strategy == "fsdp":
+        return FSDPEngine(model, config, device, precision, parallel.cpu_offload)
+    from pretrainkit.distributed.zero import DeepSpeedEngine
+
+    return DeepSpeedEngine(
+        model, config, device, precision, micro_batch, parallel.stage, parallel.cpu_offload
+    )

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from pretrainkit.errors import ConfigError
 from pretrainkit.layers.norms import make_norm
 from pretrainkit.registry import Registry
 
@@ -93,6 +94,44 @@ class SinusoidalHalvesPositionEmbedding(SinusoidalPositionEmbedding):
     interleaved = False
 
 
+@EMBEDDING_PARTS.register("patch")
+class PatchEmbedding(nn.Module):
+    """Images as tokens (ViT): non-overlapping patches projected by a strided convolution, behind
+    a learned [CLS] vector. ``[b, channels, image_size, image_size]`` → ``[b, 1 + patches, size]``.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        image_size: int | None = None,
+        patch_size: int | None = None,
+        channels: int = 3,
+        **_: object,
+    ):
+        super().__init__()
+        if image_size is None or patch_size is None:
+            raise ValueError("the patch part needs image_size and patch_size")
+        self.image_size = image_size
+        self.projection = nn.Conv2d(channels, size, kernel_size=patch_size, stride=patch_size)
+        self.cls = nn.Parameter(torch.empty(1, size).normal_(std=0.02))
+
+    def forward(
+        self, pixels: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        expected = (self.projection.in_channels, self.image_size, self.image_size)
+        if pixels.dim() != 4 or tuple(pixels.shape[1:]) != expected:
+            raise ValueError(
+                f"expected pixel values [batch, {expected[0]}, {expected[1]}, {expected[2]}], "
+                f"got {tuple(pixels.shape)}"
+            )
+        patches = self.projection(pixels.to(self.projection.weight.dtype))  # [b, size, h', w']
+        patches = patches.flatten(2).transpose(1, 2)  # [b, patches, size], row by row
+        return torch.cat((self.cls.expand(len(pixels), 1, -1), patches), dim=1)
+
+
+TOKEN_PARTS = ("word", "patch")  # the part that turns the input into a sequence
+
+
 @EMBEDDING_PARTS.register("segment")
 class SegmentEmbedding(nn.Module):
     def __init__(self, num_segments: int, size: int, **_: object):
@@ -125,8 +164,10 @@ class Embedding(nn.Module):
         word_scale: float = 1.0,
     ):
         super().__init__()
-        if "word" not in parts:
-            raise ValueError("the embedding needs a 'word' part")
+        tokens = [name for name in parts if name in TOKEN_PARTS]
+        if len(tokens) != 1:
+            raise ValueError(f"the embedding needs one of {TOKEN_PARTS}, got {list(parts)}")
+        self.token_part = tokens[0]
         self.parts = nn.ModuleDict(parts)
         self.norm = norm
         self.dropout = nn.Dropout(dropout)
@@ -146,27 +187,28 @@ class Embedding(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embed ``input_ids`` ``[b, s]`` into ``[b, s, h]``.
+        """Embed ``input_ids`` ``[b, s]`` (or images, for a ``patch`` part) into ``[b, s, h]``.
 
         Args:
-            input_ids: token ids ``[b, s]``.
+            input_ids: token ids ``[b, s]``, or pixel values ``[b, c, H, W]`` for ``patch``.
             token_type_ids: segment ids ``[b, s]``; None = all zeros.
             positions: 0-based positions ``[s]`` or per row ``[b, s]`` (cached generation and
                 left-padded prompts); None = ``0 .. s-1``. ``position_offset`` is added either way.
         """
+        # The token part (word ids or image patches) fixes the sequence; the others add to it.
+        x = self.parts[self.token_part](input_ids, token_type_ids, positions)
+        if self.token_part == "word" and self.word_scale != 1.0:
+            x = x * self.word_scale
+        length = x.shape[1]
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
         if positions is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            positions = torch.arange(length, device=x.device)
         if self.position_offset:
             positions = positions + self.position_offset
-        x = None
         for name, part in self.parts.items():
-            y = part(input_ids, token_type_ids, positions)
-            if name == "word" and self.word_scale != 1.0:
-                y = y * self.word_scale
-            x = y if x is None else x + y
-        assert x is not None
+            if name != self.token_part:
+                x = x + part(input_ids, token_type_ids, positions)
         if self.norm is not None:
             x = self.norm(x)
         x = self.dropout(x)
@@ -188,14 +230,27 @@ def build_embedding(
     dropout: float,
     position_offset: int = 0,
     scale_word: bool = False,
+    image_size: int | None = None,
+    patch_size: int | None = None,
+    channels: int = 3,
 ) -> Embedding:
     size = factorized_size or hidden_size
     modules = {
         name: EMBEDDING_PARTS.get(name)(
-            vocab_size=vocab_size, max_positions=max_positions, num_segments=num_segments, size=size
+            vocab_size=vocab_size,
+            max_positions=max_positions,
+            num_segments=num_segments,
+            size=size,
+            image_size=image_size,
+            patch_size=patch_size,
+            channels=channels,
         )
         for name in parts
     }
+    if not any(name in TOKEN_PARTS for name in parts):
+        raise ConfigError(
+            f"embedding.parts: one of {', '.join(TOKEN_PARTS)} is needed, got {parts}"
+        )
     project = nn.Linear(size, hidden_size) if factorized_size else None
     return Embedding(
         modules,

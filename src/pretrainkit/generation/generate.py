@@ -126,8 +126,9 @@ class _Runner:
             )
             return self._logits(hidden)
         if bool(self.keep.all()):
-            # Without padding the reference is the model's own training forward.
-            return self._logits(self.model(self.ids).hidden_states)
+            # Without padding the reference is the model's own training forward (its slots; the
+            # head runs on the last position only, as in the cached path).
+            return self._logits(self.model.encoder_states(self.ids))
         # Left padding needs per-row positions, which only the cached path takes: run it on
         # the whole sequence with a fresh cache every step (same cost as no cache).
         positions = (self.keep.long().cumsum(1) - 1).clamp(min=0)

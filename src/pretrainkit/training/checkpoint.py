@@ -6,6 +6,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrainkit.distributed.collective import barrier, shared_atomic_directory
 from pretrainkit.errors import CheckpointError
 from pretrainkit.fileio import atomic_directory
 
@@ -103,35 +105,62 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     model: nn.Module,
-    trainer_state: dict[str, Any],
-    data_state: dict[str, Any],
+    trainer_state: dict[str, Any] | None,
+    data_states: list[dict[str, Any]],
     keep_last: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    write_shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-XXXXXXXX/`` atomically, then delete all but the last ``keep_last``.
+
+    Called on every process together: each may add per-process files (``write_shards``), the
+    main process (the one given ``trainer_state``) writes the rest and publishes the folder.
 
     Args:
         run_dir: The run folder.
         step: Optimizer steps done.
         model: Has ``save(directory)`` (weights as safetensors, config, tokenizer).
         trainer_state: Optimizer, scheduler, RNG and counters; tensors and plain values only.
-        data_state: The batch source's position, JSON-serialisable.
+            None on the processes that do not write it.
+        data_states: Every process's data position (JSON-serialisable), in rank order.
         keep_last: How many checkpoints to keep.
+        weights: The full weights to save when ``model.state_dict()`` holds only a shard.
+        write_shards: Writes this process's own files into the folder.
 
     Returns:
         The checkpoint folder.
     """
-    try:
-        data_json = json.dumps(data_state)
-    except TypeError as error:
-        raise CheckpointError(f"the batch source's state_dict() is not JSON: {error}") from None
+    main = trainer_state is not None
+    data_json = ""
+    if main:
+        try:
+            data_json = json.dumps({"world_size": len(data_states), "ranks": data_states})
+        except TypeError as error:
+            raise CheckpointError(f"the batch source's state_dict() is not JSON: {error}") from None
     target = checkpoint_dir(run_dir, step)
-    with atomic_directory(target, fsync=True) as tmp:
-        model.save(tmp)  # type: ignore[operator]
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        (tmp / DATA_STATE).write_text(data_json, encoding="utf-8")
-    for _, old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    with shared_atomic_directory(target, fsync=True) as tmp:
+        if main:
+            save_weights(model, tmp, weights)  # first: Model.save replaces the whole folder
+        if write_shards is not None:
+            barrier()
+            write_shards(tmp)
+        if main:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+            (tmp / DATA_STATE).write_text(data_json, encoding="utf-8")
+    if main:
+        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def save_weights(
+    model: nn.Module, directory: Path, weights: dict[str, torch.Tensor] | None
+) -> None:
+    """``model.save(directory)``, with gathered full ``weights`` when the model is sharded."""
+    if weights is None:
+        model.save(directory)  # type: ignore[operator]
+    else:
+        model.save(directory, state_dict=weights)  # type: ignore[operator]
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
@@ -155,17 +184,34 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_data_state(checkpoint: Path) -> dict[str, Any]:
-    """Read ``data_state.json`` of a checkpoint."""
+def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """This process's data position from ``data_state.json`` of a checkpoint.
+
+    Raises:
+        CheckpointError: The file is unreadable, or was written by another number of processes
+            (each process reads its own part of the data, so the positions do not carry over).
+    """
     path = Path(checkpoint) / DATA_STATE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: cannot read the data position: {error}") from None
+    ranks = state["ranks"] if isinstance(state, dict) and "ranks" in state else [state]
+    if len(ranks) != world_size:
+        raise CheckpointError(
+            f"{path}: written by {len(ranks)} process(es), resumed with {world_size}; resume "
+            f"with {len(ranks)} (the model in the checkpoint loads anywhere with pretrainkit.load)"
+        )
+    return ranks[rank]
 
 
-def save_model(model: nn.Module, directory: Path) -> Path:
-    """``model.save`` into ``directory``, atomically (readers never see a half-written model)."""
+def save_model(
+    model: nn.Module, directory: Path, weights: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """``model.save`` into ``directory``, atomically (readers never see a half-written model).
+
+    ``weights``: the gathered full weights when the model itself holds only a shard.
+    """
     with atomic_directory(Path(directory), fsync=True) as tmp:
-        model.save(tmp)  # type: ignore[operator]
+        save_weights(model, tmp, weights)
     return Path(directory)

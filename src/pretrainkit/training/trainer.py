@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -15,12 +14,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pretrainkit.distributed import is_main_process, parallelize
-from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
+from pretrainkit.distributed import (
+    ParallelConfig,
+    all_reduce_sum,
+    gather_objects,
+    is_main_process,
+    parallelize,
+    rank,
+    world_size,
+)
+from pretrainkit.errors import ConfigError, PretrainkitError
 from pretrainkit.training import checkpoint as ckpt
 from pretrainkit.training.config import TrainConfig
-from pretrainkit.training.optim import build_optimizer, build_scheduler
-from pretrainkit.training.precision import autocast, grad_scaler, resolve_precision
+from pretrainkit.training.optim import build_scheduler
+from pretrainkit.training.precision import autocast, resolve_precision
 from pretrainkit.training.progress import ProgressBar
 from pretrainkit.training.runlog import RunLog
 from pretrainkit.training.stats import StepResult, Window, count_tokens
@@ -51,7 +58,9 @@ class Trainer:
         resume: Continue from the latest complete checkpoint in ``out_dir``. When there is
             none, a warning is logged and a fresh run starts (so a preempted job can always be
             relaunched with the same command).
-        strategy: Distribution strategy handed to ``pretrainkit.distributed.parallelize``.
+        strategy: Distribution strategy (a name or a ``ParallelConfig``) handed to
+            ``pretrainkit.distributed.parallelize``. Under several processes each one passes
+            its own part of the data; losses and metrics are logged as means over processes.
 
     Raises:
         ConfigError: Bad precision for the device, unknown strategy, or (``resume=False``)
@@ -66,24 +75,26 @@ class Trainer:
         out_dir: str | Path,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         resume: bool = False,
-        strategy: str = "single",
+        strategy: str | ParallelConfig = "single",
     ):
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
         self.run_dir = Path(out_dir)
-        self.device = config.resolved_device()
-        self.precision = resolve_precision(config.precision, self.device)
-        self.model = model.to(self.device)
-        self.wrapped = parallelize(self.model, strategy)  # the only backend-specific call
+        device = config.resolved_device()
+        self.precision = resolve_precision(config.precision, device)
+        micro_batch = int(getattr(train_data, "batch_size", 1))
+        # The only backend-specific call; afterwards the loop talks to the engine.
+        self.engine = parallelize(model, strategy, config, device, self.precision, micro_batch)
+        self.device = self.engine.device
+        self.model = self.engine.model
+        self.optimizer = self.engine.optimizer
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.train_data = train_data
         self.evaluate = evaluate
         self.resume = resume
         self.is_main = is_main_process()
-        self.optimizer = build_optimizer(self.wrapped, config)
-        self.scheduler = build_scheduler(self.optimizer, config)
-        self.scaler = grad_scaler(self.precision, self.device)
-        self._params = [p for p in self.wrapped.parameters() if p.requires_grad]
+        self.rank, self.world_size = rank(), world_size()
         self.step = 0
         self.skipped_steps = 0
         self.tokens_seen = 0
@@ -121,15 +132,10 @@ class Trainer:
 
     def _load(self, directory: Path) -> None:
         state = ckpt.load_trainer_state(directory)
-        self.model.load_weights(directory)  # type: ignore[operator]
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(f"{directory}: optimizer state does not fit: {error}") from None
-        self.train_data.load_state_dict(ckpt.load_data_state(directory))
+        data_state = ckpt.load_data_state(directory, self.rank, self.world_size)
+        self.engine.load(directory, state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_data.load_state_dict(data_state)
         counters = state.get("counters", {})
         self.step = int(state["step"])
         self.skipped_steps = int(counters.get("skipped_steps", 0))
@@ -137,7 +143,8 @@ class Trainer:
         self._elapsed_before = float(counters.get("elapsed", 0.0))
         self._saved_step = self._eval_step = self.step
         # Last: nothing after this may draw random numbers before the first resumed step.
-        ckpt.set_rng_state(state["rng"])
+        per_rank = state.get("rank_rng") or [state["rng"]]
+        ckpt.set_rng_state(per_rank[self.rank] if len(per_rank) == self.world_size else per_rank[0])
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -161,7 +168,17 @@ class Trainer:
         window = Window()
         final_loss = None
         started = time.perf_counter()
-        self.wrapped.train()
+        logger.info(
+            "%d process(es), strategy %s; effective batch per optimizer step: %d × accumulate "
+            "%d × %d process(es) = %d sequences",
+            self.world_size,
+            type(self.engine).__name__,
+            getattr(self.train_data, "batch_size", 0),
+            cfg.accumulate,
+            self.world_size,
+            getattr(self.train_data, "batch_size", 0) * cfg.accumulate * self.world_size,
+        )
+        self.engine.module.train()
         try:
             while self.step < cfg.steps:
                 result = self._train_step()
@@ -186,8 +203,9 @@ class Trainer:
             if self._saved_step != self.step:
                 self._save(started)
             model_dir = self.run_dir / "model"
+            weights = self.engine.full_state_dict()  # every process: may gather shards
             if self.is_main:
-                ckpt.save_model(self.model, model_dir)
+                ckpt.save_model(self.model, model_dir, weights)
         finally:
             bar.close()
             log.close()
@@ -204,7 +222,7 @@ class Trainer:
         }
 
     def _train_step(self) -> StepResult:
-        """One optimizer step over ``accumulate`` micro-batches."""
+        """One optimizer step over ``accumulate`` micro-batches on every process."""
         cfg = self.config
         started = time.perf_counter()
         lr = float(self.scheduler.get_last_lr()[0])
@@ -215,69 +233,66 @@ class Trainer:
             batch = self.train_data.next_batch()
             tokens += count_tokens(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            # Wrappers that all-reduce on backward (DDP) need it only on the last micro-batch.
-            skip_sync = micro < cfg.accumulate - 1 and hasattr(self.wrapped, "no_sync")
-            no_sync = self.wrapped.no_sync() if skip_sync else contextlib.nullcontext()  # type: ignore[operator]
-            with no_sync:
+            # DDP all-reduces gradients only in the last micro-batch's backward.
+            with self.engine.accumulating(last=micro == cfg.accumulate - 1):
                 with autocast(self.precision, self.device):
-                    output = self.wrapped(**batch)
+                    output = self.engine.module(**batch)
                 if getattr(output, "loss", None) is None:
                     raise PretrainkitError(
                         "the model returned no loss; does the batch have labels?"
                     )
                 loss = output.loss.float() / cfg.accumulate
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                self.engine.backward(loss)
             loss_sum += loss.detach()
             for name, value in (getattr(output, "metrics", None) or {}).items():
                 value = value.detach().float() / cfg.accumulate
                 metrics[name] = metrics[name] + value if name in metrics else value
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if cfg.clip_grad is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self._params, cfg.clip_grad)
-        else:
-            grad_norm = nn.utils.get_total_norm(
-                [p.grad for p in self._params if p.grad is not None]
-            )
-        # One host sync per step, for both numbers.
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
-        # Under fp16 an inf gradient is routine (the scaler skips that update and lowers
-        # the scale), so only the loss decides there.
-        finite = math.isfinite(loss_value) and (
-            self.scaler is not None or math.isfinite(norm_value)
-        )
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            step = self.step + 1
-            if not cfg.skip_nonfinite:
-                raise PretrainkitError(
-                    f"non-finite loss ({loss_value}) or gradient norm ({norm_value}) at step "
-                    f"{step}; stopped before updating the weights. Lower lr, check the data, or "
-                    "set skip_nonfinite=True to skip such steps"
-                )
-            if self.scaler is not None:
-                self.scaler.update()
-            self.scheduler.step()  # the schedule stays tied to the step count
-            self.skipped_steps += 1
-            logger.warning("step %d skipped: non-finite loss (%s)", step, loss_value)
+        # Means over processes, in one collective: every process then takes the same decision
+        # on a non-finite loss, and the log shows the whole global batch.
+        names = sorted(metrics)
+        local = torch.stack([loss_sum, *(metrics[n] for n in names)]).float()
+        count = torch.tensor([float(tokens)], device=local.device)
+        totals = all_reduce_sum(torch.cat([local, count]))
+        values = totals[:-1] / self.world_size
+        metrics = dict(zip(names, values[1:]))
+        loss_value, tokens = float(values[0]), int(totals[-1])
+        step = self.step + 1
+        if not math.isfinite(loss_value):
+            self._nonfinite(step, f"loss ({loss_value})")
+            return StepResult(None, math.nan, lr, tokens, time.perf_counter() - started)
+        norm_value, applied = self.engine.step(cfg.clip_grad)
+        if not applied:
+            self._nonfinite(step, f"gradient norm ({norm_value})", stepped=True)
             return StepResult(None, norm_value, lr, tokens, time.perf_counter() - started)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         return StepResult(loss_value, norm_value, lr, tokens, seconds, metrics)
 
+    def _nonfinite(self, step: int, what: str, stepped: bool = False) -> None:
+        """Stop on a non-finite loss or gradient norm, or skip the step (``skip_nonfinite``).
+
+        ``stepped``: the engine already dropped the update (non-finite gradient norm).
+        """
+        if not self.config.skip_nonfinite:
+            if not stepped:
+                self.engine.zero_grad()
+            raise PretrainkitError(
+                f"non-finite {what} at step {step}; stopped before updating the weights. Lower "
+                "lr, check the data, or set skip_nonfinite=True to skip such steps"
+            )
+        if not stepped:
+            self.engine.skip()
+        self.scheduler.step()  # the schedule stays tied to the step count
+        self.skipped_steps += 1
+        logger.warning("step %d skipped: non-finite %s", step, what)
+
     def _evaluate(self, log: RunLog) -> None:
-        self.wrapped.eval()
+        self.engine.module.eval()
         try:
             with torch.no_grad():
                 results = self.evaluate(self.model) if self.evaluate is not None else {}
         finally:
-            self.wrapped.train()
+            self.engine.module.train()
         try:
             self.last_eval = {str(k): float(v) for k, v in dict(results).items()}
         except (TypeError, ValueError):
@@ -288,28 +303,37 @@ class Trainer:
         log.write({"step": self.step, **{f"dev/{k}": v for k, v in self.last_eval.items()}})
 
     def _save(self, started: float) -> None:
+        """Write a checkpoint; every process takes part (gathers, shards, data positions)."""
         self._saved_step = self.step
-        if not self.is_main:
-            return  # scale-out strategies will add a barrier / sharded save here
-        state = {
-            "format": 1,
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": ckpt.rng_state(),
-            "counters": {
-                "skipped_steps": self.skipped_steps,
-                "tokens_seen": self.tokens_seen,
-                "elapsed": self._elapsed_before + time.perf_counter() - started,
-            },
-            "precision": self.precision,
-        }
+        weights = self.engine.full_state_dict()
+        optimizer = self.engine.optimizer_state()
+        positions = gather_objects(self.train_data.state_dict())
+        rngs = gather_objects(ckpt.rng_state())
+        state = None
+        if self.is_main:
+            state = {
+                "format": 2,  # 2: optimizer state keyed by parameter name, positions per rank
+                "step": self.step,
+                "optimizer": optimizer,
+                "scheduler": self.scheduler.state_dict(),
+                **self.engine.extra_state(),
+                "rng": rngs[0],
+                "rank_rng": rngs if len(rngs) > 1 else None,
+                "counters": {
+                    "skipped_steps": self.skipped_steps,
+                    "tokens_seen": self.tokens_seen,
+                    "elapsed": self._elapsed_before + time.perf_counter() - started,
+                },
+                "precision": self.precision,
+                "world_size": self.world_size,
+            }
         ckpt.save_checkpoint(
             self.run_dir,
             self.step,
             self.model,
             state,
-            self.train_data.state_dict(),
+            positions,
             self.config.keep_last,
+            weights=weights,
+            write_shards=self.engine.save_shards,
         )

@@ -97,7 +97,8 @@ def _pooled(model: Model, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -
         layers = model.layer_outputs(ids, attention_mask=mask)
         # Mean pooling is linear, so pooling the average equals averaging the pooled layers.
         return pool((layers[0] + layers[-1]) / 2, mask, "mean")
-    hidden = model(ids, attention_mask=mask).hidden_states  # [b, s, h]
+    # The encoder's output, for encoder-decoders too (T5 sentence embeddings read it).
+    hidden = model.encoder_states(ids, attention_mask=mask)  # [b, s, h]
     return pool(hidden, mask, "first" if pooling == "cls" else pooling)
 
 

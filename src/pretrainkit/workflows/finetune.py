@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from pretrainkit.config import TargetConfig
-from pretrainkit.distributed import check_strategy
+from pretrainkit.distributed import (
+    ParallelConfig,
+    batch_plan,
+    check_run,
+    is_main_process,
+    rank,
+    world_size,
+)
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.model import Model, build_model, load
 from pretrainkit.targets.classification import ClassificationTarget
@@ -122,18 +129,21 @@ def finetune(
     dev_file: str | Path | None,
     out: str | Path,
     train: Any,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seq_length: int = 128,
     epochs: float | None = None,
     pooling: str = "first",
     dropout: float = 0.1,
-    strategy: str = "single",
+    strategy: str | ParallelConfig = "single",
     resume: bool = False,
+    global_batch_size: int | None = None,
 ) -> dict:
     """Fine-tune the model folder ``model`` on a classification TSV or a regression file
     (STS-B CSV, or a TSV with numeric labels).
 
-    ``epochs`` (when given) sets ``train.steps`` from the training-set size.
+    ``epochs`` (when given) sets ``train.steps`` from the training-set size and the global
+    batch. Under torchrun every process reads its own part of the rows; ``batch_size`` is per
+    process (default 32), ``global_batch_size`` per optimizer step.
     """
     from pretrainkit.tasks.classification import (
         ClassificationStream,
@@ -144,7 +154,9 @@ def finetune(
 
     if task not in TASKS:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
-    check_strategy(strategy)  # before anything is written
+    # Before anything is written.
+    parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size)
+    plan = batch_plan(parallel, batch_size, train.accumulate)
     base = load(model)
     if base.tokenizer is None:
         raise CheckpointError(f"{model}: the model folder has no tokenizer")
@@ -159,35 +171,37 @@ def finetune(
         labels = label_set_of(train_data)
         dev_data = read_classification_tsv(dev_file, label_set=labels) if dev_file else None
     if epochs is not None:
-        train.steps = max(1, math.ceil(epochs * len(train_data.texts_a) / batch_size))
+        rows = epochs * len(train_data.texts_a)
+        train.steps = max(1, math.ceil(rows / plan["global_batch_size"]))
     torch.manual_seed(train.seed)
     net = task_model(base, labels, pooling, dropout, task)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "command": "finetune",
-                "task": task,
-                "model": str(model),
-                "train": str(train_file),
-                "dev": str(dev_file) if dev_file else None,
-                "labels": labels,
-                "steps": train.steps,
-                "batch_size": batch_size,
-                "seq_length": seq_length,
-            },
-            indent=2,
-        )
-    )
+    run = {
+        "command": "finetune",
+        "task": task,
+        "model": str(model),
+        "train": str(train_file),
+        "dev": str(dev_file) if dev_file else None,
+        "labels": labels,
+        "steps": train.steps,
+        "seq_length": seq_length,
+        **plan,
+    }
+    if is_main_process():
+        (out / "run.json").write_text(json.dumps(run, indent=2))
     stream: ClassificationStream
     if task == "regression":
         from pretrainkit.tasks.regression import RegressionStream
 
-        stream = RegressionStream(train_data, base.tokenizer, seq_length, train.seed)
+        stream = RegressionStream(
+            train_data, base.tokenizer, seq_length, train.seed, rank(), world_size()
+        )
     else:
         assert labels is not None
-        stream = ClassificationStream(train_data, base.tokenizer, labels, seq_length, train.seed)
+        stream = ClassificationStream(
+            train_data, base.tokenizer, labels, seq_length, train.seed, rank(), world_size()
+        )
     from pretrainkit.data import BatchIterator
 
     batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id)
@@ -202,7 +216,7 @@ def finetune(
         out,
         evaluate=evaluate if dev_data else None,
         resume=resume,
-        strategy=strategy,
+        strategy=parallel,
     )
     return trainer.fit()
 

@@ -11,7 +11,15 @@ from typing import Any
 import torch
 
 from pretrainkit.config import load_model_config
-from pretrainkit.distributed import check_strategy
+from pretrainkit.distributed import (
+    ParallelConfig,
+    batch_plan,
+    check_run,
+    init_device,
+    is_main_process,
+    rank,
+    world_size,
+)
 from pretrainkit.errors import ConfigError
 from pretrainkit.model import build_model
 
@@ -81,23 +89,26 @@ def pretrain(
     data: str | Path,
     out: str | Path,
     train: Any,
-    batch_size: int,
+    batch_size: int | None,
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
-    strategy: str = "single",
+    strategy: str | ParallelConfig = "single",
     dev: str | Path | None = None,
     eval_batches: int = 20,
+    global_batch_size: int | None = None,
 ) -> dict:
     """Pre-train ``model`` (preset, YAML or folder config) on the shards in ``data``.
 
     The model's vocabulary size follows the shards' tokenizer. ``dev`` (shards of held-out
     text, same tokenizer and objective) is scored every ``train.eval_every`` steps and at the
-    end, on ``eval_batches`` fixed batches.
+    end, on ``eval_batches`` fixed batches. Under torchrun every process reads its own part of
+    the shards; ``batch_size`` is per process, ``global_batch_size`` per optimizer step.
     """
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.training import Trainer
 
-    check_strategy(strategy)  # before anything is written
+    # Before anything is written.
+    parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size)
     if train.eval_every and dev is None:
         raise ConfigError(
             "--eval-every needs held-out shards to score: pass --dev DIR "
@@ -127,28 +138,25 @@ def pretrain(
     if dev is not None:
         evaluate = heldout_evaluator(dev, tokenizer, objective, batch_size, eval_batches)
     torch.manual_seed(train.seed)
-    net = build_model(config)
+    with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
+        net = build_model(config)
     net.tokenizer = tokenizer
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "command": "pretrain",
-                "model": str(model),
-                "data": str(data),
-                "batch_size": batch_size,
-                "overrides": overrides or {},
-                "dev": str(dev) if dev else None,
-                "objective": objective,
-                "seq_length": seq_length,
-                "parameters": sum(p.numel() for p in net.parameters()),
-            },
-            indent=2,
-        )
-    )
-    batches = BatchIterator(
-        pretraining_stream(shards, seed=train.seed), batch_size, tokenizer.pad_id
-    )
-    trainer = Trainer(net, batches, train, out, evaluate=evaluate, resume=resume, strategy=strategy)
+    run = {
+        "command": "pretrain",
+        "model": str(model),
+        "data": str(data),
+        "overrides": overrides or {},
+        "dev": str(dev) if dev else None,
+        "objective": objective,
+        "seq_length": seq_length,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        **batch_plan(parallel, batch_size, train.accumulate),
+    }
+    if is_main_process():
+        (out / "run.json").write_text(json.dumps(run, indent=2))
+    stream = pretraining_stream(shards, seed=train.seed, rank=rank(), world_size=world_size())
+    batches = BatchIterator(stream, batch_size, tokenizer.pad_id)
+    trainer = Trainer(net, batches, train, out, evaluate=evaluate, resume=resume, strategy=parallel)
     return trainer.fit()

@@ -1,0 +1,120 @@
+"""How to spread training over processes: the typed strategy options and the batch arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+
+from pretrainkit.errors import ConfigError, closest
+
+STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
+ZERO_STAGES = (1, 2, 3)
+DEFAULT_ZERO_STAGE = 2
+
+
+def deepspeed_installed() -> bool:
+    """True when ``import deepspeed`` would find the package (without paying for the import)."""
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+@dataclass
+class ParallelConfig:
+    """Which engine trains the model, and its options. Checked when built.
+
+    A bad value raises ``ConfigError`` naming the option and what it accepts; options that do
+    not apply to the chosen strategy are errors, never silently ignored.
+    """
+
+    strategy: str = "single"
+    """single (one process), ddp, fsdp (FSDP2 fully_shard) or deepspeed (ZeRO); launch the
+    distributed ones with torchrun."""
+    zero_stage: int | None = None
+    """DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also parameters
+    (default 2); deepspeed only."""
+    cpu_offload: bool = False
+    """Keep sharded parameters/optimizer states in CPU memory between uses (fsdp, deepspeed;
+    needs a CUDA device)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of storing
+    them (less memory, about a third more compute)."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            hint = closest(self.strategy, STRATEGIES) if isinstance(self.strategy, str) else ""
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}{hint}; valid choices: {', '.join(STRATEGIES)}"
+            )
+        for name in ("cpu_offload", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.zero_stage is not None:
+            if self.strategy != "deepspeed":
+                raise ConfigError(
+                    f"zero_stage={self.zero_stage} applies to strategy 'deepspeed' only (strategy "
+                    f"is {self.strategy!r}); drop --zero-stage or use --strategy deepspeed"
+                )
+            if self.zero_stage not in ZERO_STAGES or isinstance(self.zero_stage, bool):
+                raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage!r}")
+        if self.cpu_offload and self.strategy not in ("fsdp", "deepspeed"):
+            raise ConfigError(
+                f"cpu_offload needs strategy 'fsdp' or 'deepspeed' (strategy is {self.strategy!r}): "
+                "only sharding engines can keep their shards in CPU memory"
+            )
+        if self.strategy == "deepspeed" and not deepspeed_installed():
+            raise ConfigError(
+                "strategy 'deepspeed' needs the deepspeed package, which is not installed here; "
+                "`pip install deepspeed`, or use strategy 'fsdp' (ZeRO-3-like sharding built into "
+                "PyTorch) or 'ddp'"
+            )
+
+    @property
+    def stage(self) -> int:
+        """The ZeRO stage DeepSpeed runs with (the default when none was given)."""
+        return self.zero_stage if self.zero_stage is not None else DEFAULT_ZERO_STAGE
+
+    @property
+    def distributed(self) -> bool:
+        """True for the strategies that run in a process group."""
+        return self.strategy != "single"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of all fields, for building a CLI or validating keys of a config file."""
+        return [f.name for f in fields(cls)]
+
+
+def resolve_batch_size(
+    batch_size: int | None, global_batch_size: int | None, accumulate: int, world: int
+) -> int:
+    """The micro-batch each process loads, from the per-process or the global batch size.
+
+    The global batch (one optimizer step) is ``batch_size × accumulate × world``. Giving it
+    instead of ``batch_size`` keeps the optimisation the same whatever the number of processes.
+
+    Raises:
+        ConfigError: A size that is not a positive integer, a global batch the processes and
+            accumulation steps do not divide, or both sizes given and disagreeing.
+    """
+    for name, value in (("batch_size", batch_size), ("global_batch_size", global_batch_size)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if global_batch_size is None:
+        return 32 if batch_size is None else batch_size
+    share = accumulate * world
+    if global_batch_size % share:
+        raise ConfigError(
+            f"global_batch_size {global_batch_size} is not divisible by world size {world} × "
+            f"accumulate {accumulate} = {share}: every process must load the same number of "
+            "sequences per micro-batch; choose a multiple of "
+            f"{share} or another number of processes"
+        )
+    micro = global_batch_size // share
+    if batch_size is not None and batch_size != micro:
+        raise ConfigError(
+            f"batch_size {batch_size} contradicts global_batch_size {global_batch_size} "
+            f"({world} process(es) × accumulate {accumulate} gives {micro} per micro-batch); "
+            "give only one of them"
+        )
+    return micro

@@ -1,0 +1,217 @@
+"""Two CPU processes (torchrun, gloo) against one: DDP, FSDP2 and DeepSpeed ZeRO-2.
+
+Each strategy pre-trains the same tiny BERT for 20 steps with the same global batch (8) as a
+single-process reference, and the loss curves must agree step by step within 1 % (relative).
+Why not exactly: the MLM loss of a micro-batch is the mean over *its* masked tokens. Two
+processes each average their half and the halves are averaged (logged loss and gradients
+alike), which weights a token by 1/(2·its half's masked count) instead of 1/(the batch's).
+Dropout is off so that nothing else differs; the measured gap is ≤ 0.2 % over 20 steps.
+
+Launches are shared: one run per strategy (module fixture), reused by the checks below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import QUIET, TINY_MODEL, cli, write_classification, write_corpus
+from safetensors.torch import load_file
+
+import pretrainkit
+from pretrainkit.distributed import deepspeed_installed
+
+STEPS = 20
+GLOBAL_BATCH = 8
+TOLERANCE = 0.01  # relative, per logged step; see the module docstring
+NO_DROPOUT = ["--model.embedding.dropout", "0", "--model.encoder.dropout", "0"]
+MLM = ["--model.targets", "[{name: mlm}]"]
+STRATEGIES = {
+    # DDP accumulates 2 micro-batches of 2 (the first under no_sync); FSDP also recomputes
+    # activations; all three have 8 sequences per optimizer step.
+    "ddp": ["--strategy", "ddp", "--accumulate", "2"],
+    "fsdp": ["--strategy", "fsdp", "--activation-checkpointing"],
+    "deepspeed": ["--strategy", "deepspeed", "--zero-stage", "2"],
+}
+NEEDS_DEEPSPEED = pytest.mark.skipif(
+    not deepspeed_installed(), reason="deepspeed is not installed (pip install -e .[dev])"
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pretrain_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "pretrain", *TINY_MODEL, *MLM, *NO_DROPOUT, "--data", str(data["shards"]), "--out",
+        str(out), "--steps", str(STEPS), "--global-batch-size", str(GLOBAL_BATCH), "--lr", "1e-3",
+        "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *extra,
+    ]  # fmt: skip
+
+
+def torchrun(*argv: str, log: Path) -> None:
+    """``torchrun --standalone --nproc-per-node 2 -m pretrainkit ARGV``; fails with its log."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(pretrainkit.__file__).parents[1])] + sys.path),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # DeepSpeed: the CPU accelerator; the one op it compiles (shared-memory all-reduce,
+        # about a minute, once) is cached inside the checkout.
+        "DS_ACCELERATOR": "cpu",
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")
+        ),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    with log.open("wb") as sink:
+        done = subprocess.run(
+            [*command, "2", "-m", "pretrainkit", *argv],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=600,
+        )
+    assert done.returncode == 0, log.read_text(errors="replace")[-6000:]
+
+
+def losses(run: Path) -> dict[int, float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("loss") is not None}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dist")
+    corpus = write_corpus(root / "corpus.txt", documents=200)
+    cli("vocab", "--corpus", corpus, "--kind", "wordpiece", "--size", 200, "--out", root / "tok")
+    cli(
+        "preprocess", "--corpus", corpus, "--tokenizer", root / "tok", "--objective", "mlm",
+        "--seq-length", 32, "--out", root / "shards",
+    )  # fmt: skip
+    write_classification(root / "train.tsv", rows=64, seed=1)
+    # The reference: one process, the same global batch.
+    cli(*pretrain_args({"shards": root / "shards"}, root / "single"))
+    return {"root": root, "shards": root / "shards", "train": root / "train.tsv"}
+
+
+@pytest.fixture(scope="module")
+def runs(data: dict[str, Path]) -> dict[str, Path]:
+    """Run folders by strategy, launched on first use."""
+    return {}
+
+
+def run_of(strategy: str, data: dict[str, Path], runs: dict[str, Path]) -> Path:
+    failed = data["root"] / f"{strategy}.failed"
+    if failed.exists():  # launched once already: every test of it reports the same failure
+        pytest.fail(f"the {strategy} run failed earlier; its log:\n{failed.read_text()}")
+    if strategy not in runs:
+        out = data["root"] / strategy
+        try:
+            torchrun(
+                *pretrain_args(data, out, *STRATEGIES[strategy]),
+                log=data["root"] / f"{strategy}.log",
+            )
+        except AssertionError as error:
+            failed.write_text(str(error))
+            raise
+        runs[strategy] = out
+    return runs[strategy]
+
+
+PARAMS = [
+    pytest.param("ddp"),
+    pytest.param("fsdp"),
+    pytest.param("deepspeed", marks=NEEDS_DEEPSPEED),
+]
+
+
+@pytest.mark.parametrize("strategy", PARAMS)
+def test_two_processes_follow_the_single_process_loss_curve(
+    strategy: str, data: dict[str, Path], runs: dict[str, Path]
+) -> None:
+    run = run_of(strategy, data, runs)
+    single, distributed = losses(data["root"] / "single"), losses(run)
+    assert sorted(distributed) == list(range(1, STEPS + 1))
+    for step, loss in single.items():
+        assert distributed[step] == pytest.approx(loss, rel=TOLERANCE), step
+    assert single[STEPS] < single[1] - 0.5  # it learns, so the comparison means something
+    plan = json.loads((run / "run.json").read_text())
+    assert (plan["world_size"], plan["global_batch_size"]) == (2, GLOBAL_BATCH)
+    assert plan["strategy"]["strategy"] == strategy
+    # Every process's data position is in the checkpoint, each its own part of the shards.
+    positions = json.loads((run / "checkpoints" / "step-00000020" / "data_state.json").read_text())
+    ranks = [p["stream"] for p in positions["ranks"]]
+    assert [(p["rank"], p["world_size"]) for p in ranks] == [(0, 2), (1, 2)]
+    assert all(p["cursor"] == STEPS * GLOBAL_BATCH // 2 for p in ranks)
+
+
+@pytest.mark.parametrize("strategy", PARAMS)
+def test_models_trained_on_two_processes_load_in_one(
+    strategy: str, data: dict[str, Path], runs: dict[str, Path]
+) -> None:
+    run = run_of(strategy, data, runs)
+    reference = load_file(str(data["root"] / "single" / "model" / "model.safetensors"))
+    weights = load_file(str(run / "model" / "model.safetensors"))
+    assert weights.keys() == reference.keys()  # the same format, tied copy stored once
+    checkpoint = load_file(str(run / "checkpoints" / "step-00000020" / "model.safetensors"))
+    assert all(torch.equal(weights[k], checkpoint[k]) for k in weights)
+    model = pretrainkit.load(run / "model")  # one process, no process group
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    assert model(ids).hidden_states.shape == (1, 5, 64)
+    # Trained on the same batches, the weights stay close to the single-process ones.
+    drift = max(float((weights[k] - reference[k]).abs().max()) for k in weights)
+    assert drift < 0.05
+
+
+@pytest.mark.parametrize(
+    "strategy", [pytest.param("fsdp"), pytest.param("deepspeed", marks=NEEDS_DEEPSPEED)]
+)
+def test_resume_on_two_processes_continues_exactly(
+    strategy: str, data: dict[str, Path], runs: dict[str, Path]
+) -> None:
+    # The run as if killed after its step-10 checkpoint; resumed, it must log the same losses.
+    run = run_of(strategy, data, runs)
+    resumed = data["root"] / f"{strategy}-resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000020")
+    shutil.rmtree(resumed / "model")
+    torchrun(
+        *pretrain_args(data, resumed, *STRATEGIES[strategy], "--resume"),
+        log=data["root"] / f"{strategy}-resumed.log",
+    )
+    expected, got = losses(run), losses(resumed)
+    assert sorted(got) == sorted(expected)
+    for step in range(11, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+
+
+def test_two_process_checkpoint_does_not_resume_on_one(
+    data: dict[str, Path], runs: dict[str, Path], capsys
+) -> None:
+    run = run_of("fsdp", data, runs)
+    copy = data["root"] / "fsdp-on-one"
+    shutil.copytree(run, copy)
+    from helpers import invoke
+
+    code, _, err = invoke(capsys, *pretrain_args(data, copy, "--resume"))
+    assert code == 2 and "written by 2 process(es), resumed with 1" in err, err
+
+
+def test_single_process_model_fine_tunes_on_two_processes(data: dict[str, Path]) -> None:
+    # The other direction: a model saved by one process, loaded and sharded over two (FSDP).
+    out = data["root"] / "finetune-fsdp"
+    torchrun(
+        "finetune", "--model", str(data["root"] / "single" / "model"), "--train",
+        str(data["train"]), "--out", str(out), "--steps", "5", "--global-batch-size", "8",
+        "--seq-length", "32", "--strategy", "fsdp", *QUIET,
+        log=data["root"] / "finetune-fsdp.log",
+    )  # fmt: skip
+    model = pretrainkit.load(out / "model")
+    assert "classification" in model.targets
+    plan = json.loads((out / "run.json").read_text())
+    assert (plan["world_size"], plan["batch_size"], plan["global_batch_size"]) == (2, 4, 8)
