@@ -18,9 +18,13 @@ from pretrainkit.layers.attention import MultiHeadAttention
 from pretrainkit.samp.linear import FloatLinear, Int8Linear
 
 
-def fuse_projections(parts: list[nn.Module]) -> nn.Module | None:
+def fuse_projections(parts: list[nn.Module], first_scale: float = 1.0) -> nn.Module | None:
     """One module computing the concatenated outputs of ``parts`` (same kind and input), or
-    None when they differ (an FFN-only layer mixes float attention with nothing to fuse)."""
+    None when they differ (an FFN-only layer mixes float attention with nothing to fuse).
+
+    ``first_scale`` multiplies the first part's output (the query's attention scale, folded
+    into its per-channel weight scales and bias instead of a multiply per call).
+    """
     if all(isinstance(p, Int8Linear) for p in parts):
         int8 = [p for p in parts if isinstance(p, Int8Linear)]
         first = int8[0]
@@ -34,10 +38,13 @@ def fuse_projections(parts: list[nn.Module]) -> nn.Module | None:
             first.out_dtype,
             first.kernel,
         )
+        first_rows = first.out_features
         fused.weight = torch.cat([p.weight for p in int8])
         fused.weight_scale = torch.cat([p.weight_scale for p in int8])
+        fused.weight_scale[:first_rows] *= first_scale
         if has_bias:
             fused.bias = torch.cat([p.bias for p in int8 if p.bias is not None])
+            fused.bias[:first_rows] *= first_scale
         return fused
     if all(isinstance(p, FloatLinear) for p in parts):
         floats = [p for p in parts if isinstance(p, FloatLinear)]
@@ -47,9 +54,12 @@ def fuse_projections(parts: list[nn.Module]) -> nn.Module | None:
         merged = FloatLinear(
             floats[0].in_features, sum(p.out_features for p in floats), has_bias, floats[0].dtype
         )
+        rows = floats[0].out_features
         merged.weight.data = torch.cat([p.weight.data for p in floats])
+        merged.weight.data[:rows] *= first_scale
         if has_bias and merged.bias is not None:
             merged.bias.data = torch.cat([p.bias.data for p in floats if p.bias is not None])
+            merged.bias.data[:rows] *= first_scale
         return merged
     return None
 
@@ -79,33 +89,38 @@ class InferenceAttention(MultiHeadAttention):
         self._forget_fused()  # rebuilt from the loaded projections on the next call
         super()._load_from_state_dict(*args, **kwargs)
 
-    def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _projections(self, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+        """Query (already multiplied by ``scale``), key and value."""
         fused = self.__dict__["_fused"]
         if fused is None:
-            fused = fuse_projections([self.query, self.key, self.value]) or False
+            parts = [self.query, self.key, self.value]
+            fused = fuse_projections(parts, first_scale=scale) or False
             object.__setattr__(self, "_fused", fused)
         if fused is False:
-            return self.query(x), self.key(x), self.value(x)
-        return fused(x).split(self.num_heads * self.head_dim, dim=-1)
+            return self.query(x) * scale, self.key(x), self.value(x)
+        # One cast of the fused output instead of three of its parts.
+        return fused(x).to(self.dtype).split(self.num_heads * self.head_dim, dim=-1)
 
     def forward(self, x, mask=None, rotary=None, is_causal=False):
         if self.training or rotary is not None or self.num_kv_heads != self.num_heads:
             return super().forward(x, mask, rotary, is_causal)
         b, s, _ = x.shape
+        # The scale is folded into the fused query projection (no multiply per call).
+        scale = self.scale if self.scale is not None else self.head_dim**-0.5
         q, k, v = (
             t.to(self.dtype).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-            for t in self._projections(x)
+            for t in self._projections(x, scale)
         )  # [b, h, s, d]
-        scale = self.scale if self.scale is not None else self.head_dim**-0.5
-        # Scaling q ([b, h, s, d]) costs less than scaling the scores ([b, h, s, s]); SDPA does too.
-        scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()  # [b, h, s, s]
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            else:
-                scores = scores + mask.float()
+        scores = torch.matmul(q, k.transpose(-1, -2))  # [b, h, s, s], in the partner's dtype
+        if mask is not None and mask.dtype != torch.bool:
+            scores = scores.float() + mask.float()  # an additive bias is added in fp32
+        elif mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         if is_causal:
             causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
             scores = scores.masked_fill(~causal, float("-inf"))
-        out = torch.matmul(scores.softmax(-1).to(self.dtype), v)  # [b, h, s, d]
+        # Softmax stays in float: PyTorch's CPU kernel computes a bf16 softmax in fp32 and rounds
+        # only its output, which the next bf16 matmul would round anyway.
+        probs = torch.softmax(scores, -1).to(self.dtype)
+        out = torch.matmul(probs, v)  # [b, h, s, d]
         return self.output(out.transpose(1, 2).reshape(b, s, -1))
