@@ -1,0 +1,60 @@
+"""Where a quantized model's time goes: torch profiler table of one SAMP plan at batch 1 x SEQ.
+
+Usage: python benchmarks/samp_profile.py --model DIR [--plan QQQQQQ] [--float-dtype bf16]
+           [--kernel fbgemm] [--threads 1] [--seq 128] [--calls 10]
+
+Plan letters: Q full INT8, f FFN-only INT8, F float. A model without a task head gets a
+two-label classification head (its latency is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+
+import pretrainkit
+from pretrainkit.config import TargetConfig
+from pretrainkit.samp.backends import build
+from pretrainkit.samp.plan import Plan
+from pretrainkit.samp.search import latency_inputs
+
+MODES = {"Q": "full", "f": "ffn", "F": "float"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--plan", help="one letter per layer (default: Q for every layer)")
+    parser.add_argument("--float-dtype", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--kernel", default="fbgemm", choices=("fbgemm", "int_mm"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--calls", type=int, default=10)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    model = pretrainkit.load(args.model).eval()
+    if not model.targets:
+        head = TargetConfig("classification", {"labels": ["0", "1"], "pooling": "mean"})
+        headed = pretrainkit.build_model(model.config.with_targets([head]))
+        headed.embedding.load_state_dict(model.embedding.state_dict())
+        headed.encoder.load_state_dict(model.encoder.state_dict())
+        model = headed.eval()
+    letters = args.plan or "Q" * len(model.encoder.layers)
+    plan = Plan([MODES[c] for c in letters], float_dtype=args.float_dtype, kernel=args.kernel)
+    quantized = build(model, plan)
+    inputs = latency_inputs(model, 1, args.seq)
+    with torch.no_grad():
+        for _ in range(3):  # warm-up: packed weights, fused projections
+            quantized(**inputs)
+        with torch.profiler.profile() as profile:
+            for _ in range(args.calls):
+                quantized(**inputs)
+    print(f"plan {letters}, {args.threads} thread(s), 1 x {args.seq}, {args.calls} calls")
+    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
