@@ -15,10 +15,9 @@ import warnings
 import torch
 
 import pretrainkit
-from pretrainkit.config import TargetConfig
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs
+from pretrainkit.samp.search import latency_inputs, with_latency_head
 
 MODES = {"Q": "full", "f": "ffn", "F": "float"}
 
@@ -36,12 +35,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     model = pretrainkit.load(args.model).eval()
-    if not model.targets:
-        head = TargetConfig("classification", {"labels": ["0", "1"], "pooling": "mean"})
-        headed = pretrainkit.build_model(model.config.with_targets([head]))
-        headed.embedding.load_state_dict(model.embedding.state_dict())
-        headed.encoder.load_state_dict(model.encoder.state_dict())
-        model = headed.eval()
+    model = with_latency_head(model)
     letters = args.plan or "Q" * len(model.encoder.layers)
     plan = Plan([MODES[c] for c in letters], float_dtype=args.float_dtype, kernel=args.kernel)
     quantized = build(model, plan)

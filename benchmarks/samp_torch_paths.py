@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 import pretrainkit
-from pretrainkit.config import TargetConfig
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs, measure_latency
+from pretrainkit.samp.search import latency_inputs, measure_latency, with_latency_head
 
 
 def compiled(model):
@@ -46,12 +45,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     model = pretrainkit.load(args.model).eval()
-    if not model.targets:
-        head = TargetConfig("classification", {"labels": ["0", "1"], "pooling": "mean"})
-        headed = pretrainkit.build_model(model.config.with_targets([head]))
-        headed.embedding.load_state_dict(model.embedding.state_dict())
-        headed.encoder.load_state_dict(model.encoder.state_dict())
-        model = headed.eval()
+    model = with_latency_head(model)
     n = len(model.encoder.layers)
     workdir = Path(tempfile.mkdtemp())
 

@@ -93,7 +93,7 @@ class InferenceAttention(MultiHeadAttention):
         """Query (already multiplied by ``scale``), key and value."""
         fused = self.__dict__["_fused"]
         if fused is None:
-            parts = [self.query, self.key, self.value]
+            parts: list[nn.Module] = [self.query, self.key, self.value]
             fused = fuse_projections(parts, first_scale=scale) or False
             object.__setattr__(self, "_fused", fused)
         if fused is False:

@@ -50,6 +50,21 @@ def latency_inputs(model: Model, batch_size: int, seq_length: int) -> dict[str, 
     }
 
 
+def with_latency_head(model: Model) -> Model:
+    """``model`` when it has a task head, else a copy with a two-label classification head
+    (mean pooling) on the same embedding and encoder: what latency benchmarks time."""
+    if model.targets:
+        return model
+    from pretrainkit.config import TargetConfig
+    from pretrainkit.model import build_model
+
+    head = TargetConfig("classification", {"labels": ["0", "1"], "pooling": "mean"})
+    headed = build_model(model.config.with_targets([head]))
+    headed.embedding.load_state_dict(model.embedding.state_dict())
+    headed.encoder.load_state_dict(model.encoder.state_dict())
+    return headed.eval()
+
+
 @torch.no_grad()
 def measure_latency(
     models: dict[str, Model],
