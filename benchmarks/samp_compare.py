@@ -1,8 +1,8 @@
 """SAMP against its peers on a fine-tuned model: metric on the dev halves and latency at
 batch 1 x 128, every variant timed in interleaved rounds in this one process.
 
-Variants: PyTorch fp32 eager, bf16 (every GEMM), naive full INT8 on every layer (torch, both
-kernels), ONNX Runtime fp32 and full INT8 (quantize_dynamic, per-channel weights), and the
+Variants: PyTorch fp32 eager, bf16 (every GEMM), naive full INT8 on every layer (torch, each
+kernel), ONNX Runtime fp32 and full INT8 (quantize_dynamic, per-channel weights), and the
 SAMP plans found at each tolerance (torch backend, bf16 float partner).
 
 The dev file is split in two halves by a seeded shuffle: SAMP selects its plan on one half and
@@ -30,7 +30,8 @@ import torch
 import pretrainkit
 from pretrainkit import samp
 from pretrainkit.data.batching import collate
-from pretrainkit.samp.backends import build
+from pretrainkit.samp import fused
+from pretrainkit.samp.backends import build, resolve_kernel
 from pretrainkit.samp.data import TaskSet, load_task_set, outputs, score
 from pretrainkit.samp.plan import Plan
 from pretrainkit.samp.search import latency_inputs, measure_latency
@@ -73,6 +74,10 @@ def variants(model, plans: dict[str, Plan], workdir: Path, ort: bool) -> dict:
     built["torch-int8-full (fbgemm, bf16 partner)"] = build(
         model, Plan(["full"] * n, float_dtype="bf16", kernel="fbgemm")
     )
+    if fused.available():
+        built["torch-int8-full (fused, bf16 partner)"] = build(
+            model, Plan(["full"] * n, float_dtype="bf16", kernel="fused")
+        )
     if ort:
         built["onnxruntime-fp32"] = build(model, Plan(["float"] * n, "onnxruntime"), workdir)
         built["onnxruntime-int8-full"] = build(model, Plan(["full"] * n, "onnxruntime"), workdir)
@@ -112,7 +117,10 @@ def main() -> None:
         model = pretrainkit.build_model(args.preset or "bert-base", {"targets": targets}).eval()
         n = len(model.encoder.layers)
         half = ["full"] * (n // 2) + ["ffn"] * (n - n // 2)
-        plans["samp-like: half full, half FFN-only (bf16)"] = Plan(half, float_dtype="bf16")
+        kernel = resolve_kernel("auto")  # what SAMP's plans use
+        plans[f"samp-like: half full, half FFN-only (bf16, {kernel})"] = Plan(
+            half, float_dtype="bf16", kernel=kernel
+        )
     else:
         model = pretrainkit.load(args.model).eval()
         train = load_task_set(model, args.train)

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--plan", help="one letter per layer (default: Q for every layer)")
     parser.add_argument("--float-dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--kernel", default="fbgemm", choices=("fbgemm", "int_mm"))
+    parser.add_argument("--kernel", default="fbgemm", choices=("fused", "fbgemm", "int_mm"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--calls", type=int, default=10)

@@ -75,6 +75,9 @@ def main() -> None:
         "SAMP fbgemm (bf16 partner)": lambda: build(
             model, Plan(["full"] * n, float_dtype="bf16", kernel="fbgemm")
         ),
+        "SAMP fused (bf16 partner)": lambda: build(
+            model, Plan(["full"] * n, float_dtype="bf16", kernel="fused")
+        ),
         "torch.ao quantize_dynamic": ao_dynamic,
         "torchao int8 dyn + compile": torchao_compiled,
         "SAMP int_mm + compile": lambda: compiled(

@@ -24,8 +24,9 @@ def _add_quantize(p):
     p.add_argument(
         "--kernel",
         default="auto",
-        choices=["auto", "fbgemm", "int_mm"],
-        help="torch INT8 kernel: fbgemm (x86 default) or int_mm (per-token activation scales)",
+        choices=["auto", "fused", "fbgemm", "int_mm"],
+        help="torch INT8 kernel: fused (SAMP's C++ kernels, built once; the default where a "
+        "compiler is found), fbgemm (per-call activation scale) or int_mm (eager per-token)",
     )
     p.add_argument("--seq-length", type=int, default=128, help="longest input of the splits")
     p.add_argument("--latency-shape", default=None, help="BATCHxTOKENS timed (default 1x128)")

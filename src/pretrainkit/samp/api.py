@@ -67,8 +67,9 @@ def quantize(
         metric: accuracy | f1 (classification), spearman | pearson (regression).
         backend: auto | torch | onnxruntime.
         float_dtype: the float partner; default bf16 where the CPU has native bf16, else fp32.
-        kernel: the torch backend's INT8 kernel: auto (fbgemm on x86), fbgemm (activation
-            scale per call) or int_mm (per-token activation scales).
+        kernel: the torch backend's INT8 kernel: auto (fused where it builds, else fbgemm on
+            x86), fused (SAMP's C++ kernels: per-token scales, fused epilogues and softmax),
+            fbgemm (activation scale per call) or int_mm (per-token, eager PyTorch ops).
         seq_length: longest input when reading the splits.
         latency_shape: (batch, tokens) of the timed batch; default 1 × 128 (or the model's
             position capacity when shorter).

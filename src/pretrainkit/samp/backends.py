@@ -10,6 +10,7 @@ torch backend, the whole encoder stack for ONNX Runtime. So ``model(**batch)`` r
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from copy import deepcopy
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from torch import nn
 
 from pretrainkit.errors import ConfigError, closest
 from pretrainkit.layers.attention import MultiHeadAttention
+from pretrainkit.layers.feed_forward import FeedForward
 from pretrainkit.model import Model, build_model
-from pretrainkit.samp.attention import InferenceAttention
+from pretrainkit.samp.attention import InferenceAttention, InferenceFeedForward
 from pretrainkit.samp.linear import KERNELS, FloatLinear, Int8Linear
 from pretrainkit.samp.plan import FLOAT_DTYPES, Plan, check_plan_fits, encoder_layers, layer_gemms
 from pretrainkit.training.precision import cpu_flags, cpu_supports_bf16
@@ -93,18 +95,27 @@ def resolve_backend(name: str) -> str:
 
 
 def resolve_kernel(kernel: str) -> str:
-    """``auto`` → fbgemm where PyTorch has that engine (x86), else int_mm.
+    """``auto`` → SAMP's fused kernel where it builds (a C++ compiler is needed once), else
+    fbgemm where PyTorch has that engine (x86), else int_mm.
 
-    Measured on the project's CPU (MiniLM-L6, full INT8, 1 x 128, 1 thread): fbgemm 9.7 ms,
-    int_mm 11.2 ms per forward (BENCHMARKS.md). fbgemm scales activations per call (per
-    tensor), int_mm per token; the plan search holds the metric either way.
+    Measured on the project's CPU (MiniLM-L6, full INT8, 1 x 128, 1 thread; BENCHMARKS.md):
+    fused is the fastest and scales activations per token like int_mm; fbgemm scales them per
+    call (per tensor). The plan search holds the metric whichever runs.
     """
+    from pretrainkit.samp import fused
+
     if kernel == "auto":
-        return "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "int_mm"
+        if fused.available():
+            return "fused"
+        chosen = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "int_mm"
+        warnings.warn(f"SAMP uses the {chosen} kernel: {fused.reason()}", stacklevel=2)
+        return chosen
     if kernel not in KERNELS:
         raise ConfigError(
             f"--kernel {kernel!r}{closest(kernel, KERNELS)}; valid: auto, {', '.join(KERNELS)}"
         )
+    if kernel == "fused":
+        fused.kernels()  # a clear error now, not at the first forward
     return kernel
 
 
@@ -117,11 +128,17 @@ def _swap(block: nn.Module, name: str, new: nn.Module) -> None:
 def apply_torch_plan(model: Model, plan: Plan) -> Model:
     """Swap the encoder GEMMs of ``model`` (in place) for INT8 / float-partner modules."""
     check_plan_fits(plan, model)
+    if plan.kernel == "fused":
+        from pretrainkit.samp.fused import kernels
+
+        kernels()  # a saved plan on a machine that cannot build them: say so at load
     dtype = FLOAT_DTYPES[plan.float_dtype]
     # fbgemm computes in and out of fp32: casting its output to the partner's dtype only for the
     # next GEMM (or LayerNorm) to cast it back cost 8 % of full-INT8 MiniLM (10.63 → 9.77 ms,
-    # 1 x 128, 1 thread); GELU between two INT8 GEMMs then runs in fp32.
-    int8_out = torch.float32 if plan.kernel == "fbgemm" else dtype
+    # 1 x 128, 1 thread); GELU between two INT8 GEMMs then runs in fp32. The fused kernel writes
+    # either dtype itself: fp32 into the residual stream, the partner's dtype where the output
+    # feeds attention or the next GEMM (InferenceAttention / InferenceFeedForward ask for it).
+    int8_out = torch.float32 if plan.kernel in ("fbgemm", "fused") else dtype
     for block, mode in zip(encoder_layers(model), plan.modes):
         for name, kind in layer_gemms(block).items():
             linear = block.get_submodule(name)
@@ -132,7 +149,10 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
                 _swap(block, name, FloatLinear.from_linear(linear, dtype))
         attention = getattr(block, "attention", None)
         if type(attention) is MultiHeadAttention:
-            block.attention = InferenceAttention.adopt(attention, dtype)
+            block.attention = InferenceAttention.adopt(attention, dtype, plan.kernel == "fused")
+        feed_forward = getattr(block, "feed_forward", None)
+        if type(feed_forward) is FeedForward:
+            block.feed_forward = InferenceFeedForward.adopt(feed_forward, dtype)
     return model.eval()
 
 

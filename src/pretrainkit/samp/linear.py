@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-KERNELS = ("int_mm", "fbgemm")
+KERNELS = ("int_mm", "fbgemm", "fused")
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,17 +53,19 @@ class Int8Linear(nn.Module):
     """``y = x W^T + b`` with both operands in INT8 and an int32 accumulator.
 
     Activations are quantized at run time, one scale per token (row); weights once, one scale
-    per output channel. Two kernels compute the same quantized weights:
+    per output channel. Three kernels compute the same quantized weights:
 
-    - ``int_mm``: ``torch._int_mm`` (oneDNN / VNNI on x86), per-token activation scales.
+    - ``fused``: SAMP's own C++ kernel (``samp.fused``): per-token quantization, ``_int_mm`` and
+      one epilogue (scales, bias, optional GELU and residual, fp32 or bf16 out) in one call.
+    - ``int_mm``: the same arithmetic in eager PyTorch ops (no compiler needed).
     - ``fbgemm``: PyTorch's quantized dynamic linear (``torch.ops.quantized.linear_dynamic``),
-      whose activation scale is one per call (per tensor) — coarser, kept for comparison.
+      whose activation scale is one per call (per tensor) — coarser.
 
     Args:
         in_features, out_features: as ``nn.Linear``.
         bias: whether there is a bias (kept in fp32).
         out_dtype: dtype of the output (the float partner's, so the next op runs in it).
-        kernel: ``int_mm`` or ``fbgemm``.
+        kernel: ``fused``, ``int_mm`` or ``fbgemm``.
     """
 
     weight: torch.Tensor
@@ -125,19 +127,52 @@ class Int8Linear(nn.Module):
         )
         return torch.ops.quantized.linear_prepack(qweight, self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        gelu: bool = False,
+        residual: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """``gelu(x W^T + b) + residual`` in ``out_dtype`` (default: the module's ``out_dtype``);
+        the ``fused`` kernel does all of it in one pass over the GEMM's output."""
+        out_dtype = out_dtype or self.out_dtype
+        if self._weight_t is None and self.kernel != "fbgemm":
+            self._weight_t = self.weight.t().contiguous()
+        if self.kernel == "fused":
+            from pretrainkit.samp.fused import kernels
+
+            if residual is not None:
+                residual = residual.float().contiguous()
+            return (
+                kernels()
+                .int8_linear(
+                    x,
+                    self._weight_t,
+                    self.weight_scale,
+                    self.bias,
+                    gelu,
+                    residual,
+                    out_dtype == torch.bfloat16,
+                )
+                .to(out_dtype)
+            )  # a no-op for fp32 and bf16, the kernel's two outputs
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [t, in]
         if self.kernel == "fbgemm":
             y = self._fbgemm(x2)
         else:
-            if self._weight_t is None:
-                self._weight_t = self.weight.t().contiguous()
+            assert self._weight_t is not None
             q, scale = quantize_per_token(x2)
             acc = torch._int_mm(q, self._weight_t)  # [t, out] int32
             y = acc * self.weight_scale  # int32 x fp32 → fp32, no separate cast
             y = y.mul_(scale) if self.bias is None else torch.addcmul(self.bias, y, scale)
-        return y.to(self.out_dtype).reshape(*shape, self.out_features)
+        y = y.reshape(*shape, self.out_features)
+        if gelu:
+            y = nn.functional.gelu(y)
+        if residual is not None:
+            y = y + residual
+        return y.to(out_dtype)
 
     def extra_repr(self) -> str:
         return (

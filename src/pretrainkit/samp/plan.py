@@ -31,7 +31,7 @@ class Plan:
         modes: per stored encoder layer (``model.encoder.layers[i]``), one of ``MODES``.
         backend: ``torch`` or ``onnxruntime``.
         float_dtype: the float partner: ``fp32`` or ``bf16`` (never fp16 on CPU).
-        kernel: the torch backend's INT8 kernel (``int_mm`` or ``fbgemm``).
+        kernel: the torch backend's INT8 kernel (``fused``, ``int_mm`` or ``fbgemm``).
         report: what the search measured (metric, latency ...), saved with the plan.
     """
 

@@ -1,0 +1,132 @@
+"""SAMP's fused C++ kernels: the INT8 linear against the exact integer arithmetic it claims, the
+softmax against PyTorch's, whole quantized models against the eager per-token path, and the
+fallback when no compiler can build them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from samp_helpers import tiny_classifier
+
+from pretrainkit.errors import ConfigError
+from pretrainkit.samp import backends, fused
+from pretrainkit.samp.data import load_task_set, outputs
+from pretrainkit.samp.linear import Int8Linear
+from pretrainkit.samp.plan import Plan
+
+needs_kernels = pytest.mark.skipif(
+    not fused.available(), reason=f"SAMP's fused kernels did not build: {fused.reason()}"
+)
+
+
+def exact_int8(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """The per-token INT8 GEMM in float64 from its definition (scale = max|row| / 127)."""
+    x2 = x.reshape(-1, layer.in_features).double()
+    scale = x2.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
+    q = torch.round(x2 / scale)
+    y = (q @ layer.weight.double().t()) * scale * layer.weight_scale.double()
+    return y + layer.bias.double()
+
+
+@needs_kernels
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
+def test_fused_int8_linear_is_the_per_token_int8_gemm(in_dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 40)
+    layer = Int8Linear.from_linear(linear, torch.float32, "fused")
+    x = torch.randn(3, 7, 48).to(in_dtype)
+    exact = exact_int8(layer, x.float()).reshape(3, 7, 40)
+    got = layer(x)
+    assert got.shape == (3, 7, 40) and got.dtype == torch.float32
+    # Same integers as the definition; only fp32 rounding of the scales differs.
+    assert (got.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+    # The epilogue's GELU (exact, erf), residual add and bf16 output.
+    residual = torch.randn(3, 7, 40)
+    gelu = torch.nn.functional.gelu(exact) + residual.double()
+    fused_out = layer(x, gelu=True, residual=residual, out_dtype=torch.bfloat16)
+    assert fused_out.dtype == torch.bfloat16
+    assert (fused_out.double() - gelu).abs().max() < 2**-7 * gelu.abs().max()
+    fp32_out = layer(x, gelu=True, residual=residual)
+    assert (fp32_out.double() - gelu).abs().max() < 1e-4 * gelu.abs().max()
+    # Every kernel honours the same call (the others apply GELU and the residual afterwards).
+    eager = Int8Linear.from_linear(linear, torch.float32, "int_mm")
+    eager_out = eager(x, gelu=True, residual=residual)
+    assert torch.allclose(eager_out, fp32_out, atol=1e-3 * float(gelu.abs().max()))
+
+
+@needs_kernels
+def test_fused_softmax_matches_torch_and_zeroes_masked_keys():
+    torch.manual_seed(0)
+    scores = (torch.randn(2, 3, 5, 37) * 4).bfloat16()
+    keep = torch.ones(2, 37, dtype=torch.bool)
+    keep[1, 30:] = False
+    kernels = fused.kernels()
+    for mask in (None, keep):
+        got = kernels.softmax_bf16(scores, mask)
+        masked = scores.float()
+        if mask is not None:
+            masked = masked.masked_fill(~mask[:, None, None, :], float("-inf"))
+        want = torch.softmax(masked, -1)
+        assert got.dtype == torch.bfloat16 and got.shape == scores.shape
+        assert (got.float() - want).abs().max() < 2**-8  # bf16 output rounding
+    assert torch.all(kernels.softmax_bf16(scores, keep)[1, ..., 30:] == 0)
+
+
+@needs_kernels
+def test_fused_kernels_check_their_arguments():
+    kernels = fused.kernels()
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="wt must be a contiguous int8"):
+        kernels.int8_linear(x, torch.zeros(8, 3), torch.ones(3), None, False, None, False)
+    with pytest.raises(RuntimeError, match="x has 8 features, the weight 6"):
+        kernels.int8_linear(
+            x, torch.zeros(6, 3, dtype=torch.int8), torch.ones(3), None, False, None, False
+        )
+    with pytest.raises(RuntimeError, match="scores must be a bfloat16"):
+        kernels.softmax_bf16(torch.randn(1, 2, 3, 3), None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("fused"), steps=40)
+
+
+@needs_kernels
+def test_fused_plans_match_the_eager_per_token_path(tiny):
+    model, files = tiny
+    data = load_task_set(model, files["select"])
+    reference = outputs(model, data)
+    for modes in (["full", "full"], ["ffn", "float"]):
+        fast = backends.build(model, Plan(modes, float_dtype="bf16", kernel="fused"))
+        eager = backends.build(model, Plan(modes, float_dtype="bf16", kernel="int_mm"))
+        got, want = outputs(fast, data), outputs(eager, data)
+        # Same quantization; bf16 rounding happens in different places (the kernel rounds the
+        # GELU output once, eager PyTorch the GEMM output and then the GELU output).
+        assert np.abs(got - want).max() < 0.05 * np.abs(reference).max()
+        assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
+    # Padding changes nothing for a sentence: the fused softmax applies the key mask.
+    fast = backends.build(model, Plan(["full", "full"], float_dtype="bf16", kernel="fused"))
+    ids = torch.tensor([[2, 5, 12, 9, 3]])
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    with torch.no_grad():
+        alone = fast(ids).logits
+        mask = torch.cat([torch.ones(1, 5), torch.zeros(1, 4)], 1).long()
+        beside = fast(padded, attention_mask=mask).logits
+    assert torch.allclose(alone, beside, atol=1e-5)
+
+
+def test_without_a_compiler_auto_falls_back_and_fused_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    fused._load.cache_clear()
+    try:
+        assert not fused.available()
+        assert "no C++ compiler found" in fused.reason()
+        fallback = r"SAMP uses the (fbgemm|int_mm) kernel: no C\+\+ compiler"
+        with pytest.warns(UserWarning, match=fallback):
+            assert backends.resolve_kernel("auto") in ("fbgemm", "int_mm")
+        with pytest.raises(ConfigError, match="fused kernels are not available.*--kernel fbgemm"):
+            backends.resolve_kernel("fused")
+    finally:
+        monkeypatch.undo()
+        fused._load.cache_clear()
