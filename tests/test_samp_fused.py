@@ -49,10 +49,20 @@ def test_fused_int8_linear_is_the_per_token_int8_gemm(in_dtype):
     assert (fused_out.double() - gelu).abs().max() < 2**-7 * gelu.abs().max()
     fp32_out = layer(x, gelu=True, residual=residual)
     assert (fp32_out.double() - gelu).abs().max() < 1e-4 * gelu.abs().max()
-    # Every kernel honours the same call (the others apply GELU and the residual afterwards).
+    # Residual + LayerNorm in the epilogue (a post-norm block's projection).
+    norm = torch.nn.LayerNorm(40, eps=1e-5)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    with torch.no_grad():
+        normed = norm((exact + residual.double()).float())
+        fused_norm = layer(x, residual=residual, norm=norm)
+    assert (fused_norm - normed).abs().max() < 1e-4 * normed.abs().max()
+    # Every kernel honours the same call (the others apply GELU, residual and norm afterwards).
     eager = Int8Linear.from_linear(linear, torch.float32, "int_mm")
     eager_out = eager(x, gelu=True, residual=residual)
     assert torch.allclose(eager_out, fp32_out, atol=1e-3 * float(gelu.abs().max()))
+    with torch.no_grad():
+        assert torch.allclose(eager(x, residual=residual, norm=norm), fused_norm, atol=1e-2)
 
 
 @needs_kernels
@@ -78,13 +88,64 @@ def test_fused_kernels_check_their_arguments():
     kernels = fused.kernels()
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="wt must be a contiguous int8"):
-        kernels.int8_linear(x, torch.zeros(8, 3), torch.ones(3), None, False, None, False)
+        kernels.int8_linear(x, torch.zeros(8, 3), torch.ones(3))
+    weight = torch.zeros(8, 3, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="x has 8 features, the weight 6"):
+        kernels.int8_linear(x, torch.zeros(6, 3, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(RuntimeError, match="gamma and beta go together"):
+        kernels.int8_linear(x, weight, torch.ones(3), gamma=torch.ones(3))
+    with pytest.raises(RuntimeError, match="GELU and a norm are not fused together"):
         kernels.int8_linear(
-            x, torch.zeros(6, 3, dtype=torch.int8), torch.ones(3), None, False, None, False
+            x, weight, torch.ones(3), gelu=True, gamma=torch.ones(3), beta=torch.ones(3)
         )
     with pytest.raises(RuntimeError, match="scores must be a bfloat16"):
         kernels.softmax_bf16(torch.randn(1, 2, 3, 3), None)
+
+
+def int8_block(pre_norm: bool, kernel: str, dtype: torch.dtype):
+    """A hidden-64 block with every GEMM in INT8 (``kernel``), adopted as an InferenceBlock."""
+    from pretrainkit.layers.attention import MultiHeadAttention
+    from pretrainkit.layers.block import TransformerBlock
+    from pretrainkit.layers.feed_forward import FeedForward
+    from pretrainkit.samp.attention import InferenceAttention, InferenceBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(
+        MultiHeadAttention(64, 4),
+        FeedForward(64, 128, "gelu"),
+        torch.nn.LayerNorm(64),
+        torch.nn.LayerNorm(64),
+        pre_norm=pre_norm,
+    ).eval()
+    names = ["attention.query", "attention.key", "attention.value", "attention.output"]
+    for name in (*names, "feed_forward.up", "feed_forward.down"):
+        parent, _, child = name.rpartition(".")
+        linear = block.get_submodule(name)
+        setattr(block.get_submodule(parent), child, Int8Linear.from_linear(linear, kernel=kernel))
+    keys = set(block.state_dict())
+    block.attention = InferenceAttention.adopt(block.attention, dtype, kernel == "fused")
+    fast = InferenceBlock.adopt(block, dtype)
+    assert isinstance(fast, InferenceBlock) and set(fast.state_dict()) == keys
+    return fast
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+@pytest.mark.parametrize("kernel", ["fused", "int_mm", "fbgemm"])
+def test_inference_block_computes_what_the_module_path_computes(pre_norm, kernel):
+    from pretrainkit.layers.block import TransformerBlock
+
+    if kernel == "fused" and not fused.available():
+        pytest.skip(f"SAMP's fused kernels did not build: {fused.reason()}")
+    x = torch.randn(2, 9, 64)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 0.05)):
+        fast = int8_block(pre_norm, kernel, dtype)
+        with torch.no_grad():
+            got = fast(x, mask)
+            want = TransformerBlock.forward(fast, x, mask)  # unfused, module by module
+        assert got.dtype == want.dtype == torch.float32
+        assert (got - want).abs().max() < tolerance * want.abs().max()
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,13 @@ is built from them on first use and never saved.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from pretrainkit.layers.attention import MultiHeadAttention
+from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.layers.feed_forward import FeedForward
 from pretrainkit.samp.linear import FloatLinear, Int8Linear
 
@@ -129,9 +132,13 @@ class InferenceAttention(MultiHeadAttention):
         # which is also faster here than a bf16 softmax (121 vs 163 us for 12 x 128 x 128).
         return torch.softmax(scores, -1, dtype=torch.float32).to(self.dtype)
 
-    def forward(self, x, mask=None, rotary=None, is_causal=False):
-        if self.training or rotary is not None or self.num_kv_heads != self.num_heads:
-            return super().forward(x, mask, rotary, is_causal)
+    def fast(self, rotary: object = None) -> bool:
+        """Whether this call takes the inference path (else the parent's)."""
+        return not self.training and rotary is None and self.num_kv_heads == self.num_heads
+
+    def core(self, x: torch.Tensor, mask=None, is_causal: bool = False) -> torch.Tensor:
+        """Attention before the output projection: ``[b, s, heads * head_dim]`` in the partner's
+        dtype."""
         b, s, _ = x.shape
         # The scale is folded into the fused query projection (no multiply per call).
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
@@ -141,37 +148,80 @@ class InferenceAttention(MultiHeadAttention):
         )  # [b, h, s, d]
         scores = torch.matmul(q, k.transpose(-1, -2))  # [b, h, s, s], in the partner's dtype
         out = torch.matmul(self._softmax(scores, mask, is_causal), v)  # [b, h, s, d]
-        return self.output(out.transpose(1, 2).reshape(b, s, -1))
+        return out.transpose(1, 2).reshape(b, s, -1)
+
+    def forward(self, x, mask=None, rotary=None, is_causal=False):
+        if not self.fast(rotary):
+            return super().forward(x, mask, rotary, is_causal)
+        return self.output(self.core(x, mask, is_causal))
 
 
-class InferenceFeedForward(FeedForward):
-    """``FeedForward`` for eval-mode inference whose INT8 up-projection applies the exact GELU in
-    its own epilogue and writes the partner's dtype, which the down-projection reads directly.
+def project(
+    linear: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.Module | None = None
+) -> torch.Tensor:
+    """``norm(residual + linear(x))`` (no norm: pre-norm blocks), in the residual's dtype; an
+    INT8 linear does the sum and the norm in its epilogue."""
+    if isinstance(linear, Int8Linear):
+        return linear(x, residual=residual, out_dtype=residual.dtype, norm=norm)
+    y = residual + linear(x)
+    return y if norm is None else norm(y)
 
-    Same submodules and state-dict names as ``FeedForward``; training uses the parent's path.
+
+class InferenceBlock(TransformerBlock):
+    """``TransformerBlock`` for eval-mode inference with SAMP's layers, written out flat: the
+    attention core, then the output projection with the residual and (post-norm) the LayerNorm
+    in its epilogue; the FFN's INT8 up-projection applies the exact GELU in its epilogue and
+    hands the partner's dtype to the down-projection, which again adds the residual and norms.
+    Per MiniLM layer that is 4 kernel calls where the module path made ~15 (BENCHMARKS.md).
+
+    Same submodules and state-dict names as the block it adopts; training, rotary/GQA
+    attention and blocks it was not built for run the parent's path.
     """
 
     dtype: torch.dtype
+    fused_gelu: bool
 
     @classmethod
-    def adopt(cls, feed_forward: FeedForward, dtype: torch.dtype) -> nn.Module:
-        """The inference version of ``feed_forward``, or ``feed_forward`` itself when there is
-        nothing to fuse (float up-projection, another activation)."""
-        act = feed_forward.act
-        exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
-        if not (isinstance(feed_forward.up, Int8Linear) and exact_gelu):
-            return feed_forward
+    def adopt(cls, block: TransformerBlock, dtype: torch.dtype) -> nn.Module:
+        """The inference version of ``block``, or ``block`` itself when its parts are not the
+        ones this path knows (cross-attention, gated FFN, attention not adopted)."""
+        feed_forward = block.feed_forward
+        if (
+            block.cross_attention is not None
+            or not isinstance(block.attention, InferenceAttention)
+            or type(feed_forward) is not FeedForward
+        ):
+            return block
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        for name in ("up", "act", "dropout", "down"):
-            new.add_module(name, getattr(feed_forward, name))
-        # The fused kernel writes the partner's dtype for the down-projection to read; the
-        # others keep their own output dtype (fbgemm reads fp32: a bf16 round trip would cost).
-        new.dtype = dtype if feed_forward.up.kernel == "fused" else feed_forward.up.out_dtype
+        new.cross_attention = new.cross_norm = None
+        for name, child in block.named_children():
+            new.add_module(name, child)
+        new.pre_norm = block.pre_norm
+        new.dtype = dtype
+        act, up = feed_forward.act, feed_forward.up
+        exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
+        new.fused_gelu = isinstance(up, Int8Linear) and exact_gelu
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return super().forward(x)
-        up: Int8Linear = self.up  # type: ignore[assignment]
-        return self.down(up(x, gelu=True, out_dtype=self.dtype))
+    def _feed_forward_inner(self, x: torch.Tensor) -> torch.Tensor:
+        ff: Any = self.feed_forward
+        if not self.fused_gelu:
+            return ff.act(ff.up(x))  # eval: dropout is the identity
+        # The fused kernel writes the partner's dtype for the down-projection to read; the
+        # others keep their own output dtype (fbgemm reads fp32: a bf16 round trip would cost).
+        out_dtype = self.dtype if ff.up.kernel == "fused" else None
+        return ff.up(x, gelu=True, out_dtype=out_dtype)
+
+    def forward(self, x, mask=None, rotary=None, is_causal=False, memory=None, memory_mask=None):
+        attention: Any = self.attention
+        if self.training or not attention.fast(rotary):
+            return super().forward(x, mask, rotary, is_causal, memory, memory_mask)
+        down = self.feed_forward.down
+        if self.pre_norm:
+            x = project(
+                attention.output, attention.core(self.attention_norm(x), mask, is_causal), x
+            )
+            return project(down, self._feed_forward_inner(self.ffn_norm(x)), x)
+        x = project(attention.output, attention.core(x, mask, is_causal), x, self.attention_norm)
+        return project(down, self._feed_forward_inner(x), x, self.ffn_norm)

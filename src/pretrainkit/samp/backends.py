@@ -19,9 +19,9 @@ from torch import nn
 
 from pretrainkit.errors import ConfigError, closest
 from pretrainkit.layers.attention import MultiHeadAttention
-from pretrainkit.layers.feed_forward import FeedForward
+from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.model import Model, build_model
-from pretrainkit.samp.attention import InferenceAttention, InferenceFeedForward
+from pretrainkit.samp.attention import InferenceAttention, InferenceBlock
 from pretrainkit.samp.linear import KERNELS, FloatLinear, Int8Linear
 from pretrainkit.samp.plan import FLOAT_DTYPES, Plan, check_plan_fits, encoder_layers, layer_gemms
 from pretrainkit.training.precision import cpu_flags, cpu_supports_bf16
@@ -137,7 +137,7 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
     # next GEMM (or LayerNorm) to cast it back cost 8 % of full-INT8 MiniLM (10.63 → 9.77 ms,
     # 1 x 128, 1 thread); GELU between two INT8 GEMMs then runs in fp32. The fused kernel writes
     # either dtype itself: fp32 into the residual stream, the partner's dtype where the output
-    # feeds attention or the next GEMM (InferenceAttention / InferenceFeedForward ask for it).
+    # feeds attention or the next GEMM (InferenceAttention / InferenceBlock ask for it).
     int8_out = torch.float32 if plan.kernel in ("fbgemm", "fused") else dtype
     for block, mode in zip(encoder_layers(model), plan.modes):
         for name, kind in layer_gemms(block).items():
@@ -150,9 +150,10 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
         attention = getattr(block, "attention", None)
         if type(attention) is MultiHeadAttention:
             block.attention = InferenceAttention.adopt(attention, dtype, plan.kernel == "fused")
-        feed_forward = getattr(block, "feed_forward", None)
-        if type(feed_forward) is FeedForward:
-            block.feed_forward = InferenceFeedForward.adopt(feed_forward, dtype)
+    layers = encoder_layers(model)
+    for i, block in enumerate(layers):
+        if type(block) is TransformerBlock:
+            layers[i] = InferenceBlock.adopt(block, dtype)
     return model.eval()
 
 

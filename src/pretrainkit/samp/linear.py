@@ -133,9 +133,11 @@ class Int8Linear(nn.Module):
         gelu: bool = False,
         residual: torch.Tensor | None = None,
         out_dtype: torch.dtype | None = None,
+        norm: nn.Module | None = None,
     ) -> torch.Tensor:
-        """``gelu(x W^T + b) + residual`` in ``out_dtype`` (default: the module's ``out_dtype``);
-        the ``fused`` kernel does all of it in one pass over the GEMM's output."""
+        """``norm(gelu(x W^T + b) + residual)`` in ``out_dtype`` (default: the module's
+        ``out_dtype``), each part optional; the ``fused`` kernel does all of it in one pass over
+        the GEMM's output (a LayerNorm with weight and bias; another norm runs after it)."""
         out_dtype = out_dtype or self.out_dtype
         if self._weight_t is None and self.kernel != "fbgemm":
             self._weight_t = self.weight.t().contiguous()
@@ -144,19 +146,24 @@ class Int8Linear(nn.Module):
 
             if residual is not None:
                 residual = residual.float().contiguous()
-            return (
-                kernels()
-                .int8_linear(
-                    x,
-                    self._weight_t,
-                    self.weight_scale,
-                    self.bias,
-                    gelu,
-                    residual,
-                    out_dtype == torch.bfloat16,
-                )
-                .to(out_dtype)
-            )  # a no-op for fp32 and bf16, the kernel's two outputs
+            ln = norm if isinstance(norm, nn.LayerNorm) and not gelu else None
+            if ln is not None and not fusable_layer_norm(ln, self.out_features):
+                ln = None
+            y = kernels().int8_linear(
+                x,
+                self._weight_t,
+                self.weight_scale,
+                self.bias,
+                gelu,
+                residual,
+                out_dtype == torch.bfloat16 and (norm is None or ln is not None),
+                None if ln is None else ln.weight,
+                None if ln is None else ln.bias,
+                0.0 if ln is None else ln.eps,
+            )
+            if norm is not None and ln is None:
+                y = norm(y)
+            return y.to(out_dtype)  # a no-op for the kernel's own fp32 and bf16
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [t, in]
         if self.kernel == "fbgemm":
@@ -172,6 +179,8 @@ class Int8Linear(nn.Module):
             y = nn.functional.gelu(y)
         if residual is not None:
             y = y + residual
+        if norm is not None:
+            y = norm(y)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:
@@ -179,6 +188,17 @@ class Int8Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"kernel={self.kernel}, out_dtype={self.out_dtype}"
         )
+
+
+def fusable_layer_norm(norm: nn.LayerNorm, size: int) -> bool:
+    """Whether the fused epilogue computes ``norm``: fp32, over the last ``size`` features,
+    with a weight and a bias."""
+    return (
+        tuple(norm.normalized_shape) == (size,)
+        and norm.weight is not None
+        and norm.bias is not None
+        and norm.weight.dtype == torch.float32
+    )
 
 
 class FloatLinear(nn.Module):

@@ -11,11 +11,19 @@ namespace {
 
 int64_t grain(int64_t row_elements) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elements)); }
 
-// y = act(x W^T + b) (+ residual) with x quantized per row (token) and W per output channel.
+void check_vector(const c10::optional<torch::Tensor>& v, int64_t n, const char* name) {
+  TORCH_CHECK(!v || (v->scalar_type() == at::kFloat && v->is_contiguous() && v->numel() == n),
+              "int8_linear: ", name, " must be float32 [", n, "]");
+}
+
+// y = act(x W^T + b) (+ residual), then LayerNorm(y) * gamma + beta when gamma is given, with x
+// quantized per row (token) and W per output channel.
 // x: [..., k] fp32 or bf16; wt: int8 [k, n] (W transposed, contiguous); wscale: fp32 [n].
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& wt, const torch::Tensor& wscale,
                           const c10::optional<torch::Tensor>& bias, bool gelu,
-                          const c10::optional<torch::Tensor>& residual, bool out_bf16) {
+                          const c10::optional<torch::Tensor>& residual, bool out_bf16,
+                          const c10::optional<torch::Tensor>& gamma,
+                          const c10::optional<torch::Tensor>& beta, double eps) {
   TORCH_CHECK(x.device().is_cpu(), "int8_linear: x must be on the CPU");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "int8_linear: x must be float32 or bfloat16, got ", x.scalar_type());
@@ -25,8 +33,11 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& wt, const
   TORCH_CHECK(x.size(-1) == k, "int8_linear: x has ", x.size(-1), " features, the weight ", k);
   TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.is_contiguous() && wscale.numel() == n,
               "int8_linear: wscale must be float32 [", n, "]");
-  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n),
-              "int8_linear: bias must be float32 [", n, "]");
+  check_vector(bias, n, "bias");
+  check_vector(gamma, n, "gamma");
+  check_vector(beta, n, "beta");
+  TORCH_CHECK(gamma.has_value() == beta.has_value(), "int8_linear: gamma and beta go together");
+  TORCH_CHECK(!(gamma && gelu), "int8_linear: GELU and a norm are not fused together");
   auto x2 = x.reshape({-1, k});
   if (x2.stride(1) != 1) x2 = x2.contiguous();
   const int64_t t = x2.size(0);
@@ -56,10 +67,14 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& wt, const
   auto y = at::empty(shape, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
   samp::Epilogue e{acc.data_ptr<int32_t>(), wscale.data_ptr<float>(), sp,
                    bias ? bias->data_ptr<float>() : nullptr,
-                   residual ? residual->data_ptr<float>() : nullptr, gelu};
+                   residual ? residual->data_ptr<float>() : nullptr, gelu,
+                   gamma ? gamma->data_ptr<float>() : nullptr,
+                   beta ? beta->data_ptr<float>() : nullptr, static_cast<float>(eps), nullptr};
   void* yp = y.data_ptr();
   at::parallel_for(0, t, grain(n), [&](int64_t begin, int64_t end) {
+    std::vector<float> norm_buf(gamma ? n : 0);
     samp::Epilogue part = e;
+    part.norm_buf = norm_buf.data();
     part.acc += begin * n;
     part.xscale += begin;
     if (part.res) part.res += begin * n;
@@ -106,6 +121,11 @@ torch::Tensor softmax_bf16(const torch::Tensor& scores, const c10::optional<torc
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "INT8 linear, per-token activation scales, fused epilogue");
-  m.def("softmax_bf16", &softmax_bf16, "bf16 softmax computed in fp32, optional key mask");
+  namespace py = pybind11;
+  m.def("int8_linear", &int8_linear, "INT8 linear, per-token activation scales, fused epilogue",
+        py::arg("x"), py::arg("wt"), py::arg("wscale"), py::arg("bias") = py::none(),
+        py::arg("gelu") = false, py::arg("residual") = py::none(), py::arg("out_bf16") = false,
+        py::arg("gamma") = py::none(), py::arg("beta") = py::none(), py::arg("eps") = 0.0);
+  m.def("softmax_bf16", &softmax_bf16, "bf16 softmax computed in fp32, optional key mask",
+        py::arg("scores"), py::arg("keep") = py::none());
 }

@@ -98,9 +98,44 @@ void epilogue(const Epilogue& e, int64_t t, int64_t n, O* y) {
   }
 }
 
+template <bool Bias, bool Res, typename O>
+void epilogue_norm(const Epilogue& e, int64_t t, int64_t n, O* y) {
+  float* v = e.norm_buf;
+  const float inv_n = 1.f / static_cast<float>(n);
+  for (int64_t i = 0; i < t; i++) {
+    const int32_t* acc = e.acc + i * n;
+    const float xs = e.xscale[i];
+    const float* res = Res ? e.res + i * n : nullptr;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+      float x = static_cast<float>(acc[j]) * (e.wscale[j] * xs);
+      if (Bias) x += e.bias[j];
+      if (Res) x += res[j];
+      v[j] = x;
+      sum += x;
+    }
+    const float mean = sum * inv_n;
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < n; j++) sq += (v[j] - mean) * (v[j] - mean);
+    const float rstd = 1.f / std::sqrt(sq * inv_n + e.eps);  // biased variance, as LayerNorm
+    O* out = y + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) store(out + j, (v[j] - mean) * rstd * e.gamma[j] + e.beta[j]);
+  }
+}
+
 template <typename O>
 void epilogue_any(const Epilogue& e, int64_t t, int64_t n, O* y) {
   const bool bias = e.bias != nullptr, res = e.res != nullptr;
+  if (e.gamma) {
+    if (bias && res) epilogue_norm<true, true>(e, t, n, y);
+    else if (bias) epilogue_norm<true, false>(e, t, n, y);
+    else if (res) epilogue_norm<false, true>(e, t, n, y);
+    else epilogue_norm<false, false>(e, t, n, y);
+    return;
+  }
   if (bias && e.gelu && res) epilogue<true, true, true>(e, t, n, y);
   else if (bias && e.gelu) epilogue<true, true, false>(e, t, n, y);
   else if (bias && res) epilogue<true, false, true>(e, t, n, y);

@@ -12,8 +12,12 @@ namespace samp {
 void quantize_rows_f32(const float* x, int64_t t, int64_t k, int64_t ld, int8_t* q, float* s);
 void quantize_rows_bf16(const uint16_t* x, int64_t t, int64_t k, int64_t ld, int8_t* q, float* s);
 
-// GEMM epilogue for t rows of n outputs: y = act(acc * wscale[j] * xscale[i] + bias[j]) + res.
-// bias and res may be null; gelu is the exact (erf) GELU. res is fp32 [t, n].
+// GEMM epilogue for t rows of n outputs:
+//   v = act(acc * wscale[j] * xscale[i] + bias[j]) + res[i, j]
+//   y = v, or LayerNorm(v) * gamma + beta over each row when gamma is set (a post-norm block:
+//   the sub-layer's projection, its residual and the norm in one pass).
+// bias, res, gamma/beta may be null; gelu is the exact (erf) GELU (not combined with a norm).
+// res is fp32 [t, n]. norm_buf holds n floats (used with a norm only).
 struct Epilogue {
   const int32_t* acc;
   const float* wscale;
@@ -21,6 +25,10 @@ struct Epilogue {
   const float* bias;
   const float* res;
   bool gelu;
+  const float* gamma;
+  const float* beta;
+  float eps;
+  float* norm_buf;
 };
 void epilogue_f32(const Epilogue& e, int64_t t, int64_t n, float* y);
 void epilogue_bf16(const Epilogue& e, int64_t t, int64_t n, uint16_t* y);
