@@ -145,7 +145,10 @@ class InferenceAttention(MultiHeadAttention):
         q, k, v = (
             t.to(self.dtype).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
             for t in self._projections(x, scale)
-        )  # [b, h, s, d]
+        )  # [b, h, s, d], strided views of the fused projection's output
+        # Contiguous copies first: the bf16 batched matmul on the strided views took 203 us for
+        # 12 heads x 128 x 64 here, on contiguous ones 82 us (+ 2 x 5 us for the copies).
+        q, k = q.contiguous(), k.contiguous()
         scores = torch.matmul(q, k.transpose(-1, -2))  # [b, h, s, s], in the partner's dtype
         out = torch.matmul(self._softmax(scores, mask, is_causal), v)  # [b, h, s, d]
         return out.transpose(1, 2).reshape(b, s, -1)
