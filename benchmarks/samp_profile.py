@@ -1,7 +1,7 @@
 """Where a quantized model's time goes: torch profiler table of one SAMP plan at batch 1 x SEQ.
 
 Usage: python benchmarks/samp_profile.py --model DIR [--plan QQQQQQ] [--float-dtype bf16]
-           [--kernel fbgemm] [--threads 1] [--seq 128] [--calls 10]
+           [--kernel fused] [--threads 1] [--seq 128] [--calls 10]
 
 Plan letters: Q full INT8, f FFN-only INT8, F float. A model without a task head gets a
 two-label classification head (its latency is the same).
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--plan", help="one letter per layer (default: Q for every layer)")
     parser.add_argument("--float-dtype", default="bf16", choices=("bf16", "fp32"))
-    parser.add_argument("--kernel", default="fbgemm", choices=("fused", "fbgemm", "int_mm"))
+    parser.add_argument("--kernel", default="fused", choices=("fused", "fbgemm", "int_mm"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--calls", type=int, default=10)

@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import nn
 
+from pretrainkit.errors import ConfigError
+
 KERNELS = ("int_mm", "fbgemm", "fused")
 
 
@@ -144,6 +146,11 @@ class Int8Linear(nn.Module):
         if self.kernel == "fused":
             from pretrainkit.samp.fused import kernels
 
+            if not x.is_cpu:
+                raise ConfigError(
+                    f"SAMP's fused kernel runs on the CPU, the input is on {x.device}; "
+                    "quantize with --kernel int_mm for other devices"
+                )
             if residual is not None:
                 residual = residual.float().contiguous()
             ln = norm if isinstance(norm, nn.LayerNorm) and not gelu else None
