@@ -177,7 +177,8 @@ def test_fused_plans_match_the_eager_per_token_path(tiny):
     assert torch.allclose(alone, beside, atol=1e-5)
 
 
-def test_without_a_compiler_auto_falls_back_and_fused_is_a_clear_error(monkeypatch):
+def test_without_a_compiler_auto_falls_back_and_fused_is_a_clear_error(monkeypatch, tiny):
+    model, _ = tiny
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     fused._load.cache_clear()
     try:
@@ -188,6 +189,9 @@ def test_without_a_compiler_auto_falls_back_and_fused_is_a_clear_error(monkeypat
             assert backends.resolve_kernel("auto") in ("fbgemm", "int_mm")
         with pytest.raises(ConfigError, match="fused kernels are not available.*--kernel fbgemm"):
             backends.resolve_kernel("fused")
+        # A saved plan that names the fused kernel says so when loaded here (not at a forward).
+        with pytest.raises(ConfigError, match=r"no C\+\+ compiler found"):
+            backends.build(model, Plan(["full", "full"], float_dtype="bf16", kernel="fused"))
     finally:
         monkeypatch.undo()
         fused._load.cache_clear()
