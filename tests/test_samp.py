@@ -202,6 +202,9 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path, monkeypatch):
         samp.quantize(model, calib, select, backend="onnxruntime")
     with pytest.raises(ConfigError, match="fp16 is not offered on CPU"):
         samp.quantize(model, calib, select, float_dtype="fp16")
+    elsewhere = backends.clone_model(model).to("meta")  # stands in for a GPU model here
+    with pytest.raises(ConfigError, match="SAMP quantizes CPU models; the model is on meta"):
+        samp.quantize(elsewhere, calib, select)
 
 
 def test_quantize_bench_and_the_task_commands_through_the_cli(tiny, tmp_path, capsys):

@@ -84,6 +84,15 @@ def quantize(
         raise ConfigError(f"--tolerance must be >= 0 (metric points), got {tolerance}")
     if latency_budget is not None and latency_budget <= 0:
         raise ConfigError(f"--latency-budget must be > 0 milliseconds, got {latency_budget}")
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        # The search feeds CPU batches and times without device synchronisation, and the fused
+        # kernels are CPU code; GPU plans (fp16/bf16 float partner) are not built or measured
+        # here, so say so instead of timing asynchronous launches.
+        raise ConfigError(
+            f"SAMP quantizes CPU models; the model is on {device}. Move it to the CPU "
+            "(model.cpu()) — GPU plans are not implemented yet"
+        )
     kind = task_kind(model)
     metric = check_metric(metric or default_metric(kind), kind)
     backend = resolve_backend(backend)
