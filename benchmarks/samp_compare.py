@@ -34,7 +34,7 @@ from pretrainkit.samp import fused
 from pretrainkit.samp.backends import build, resolve_kernel
 from pretrainkit.samp.data import TaskSet, load_task_set, outputs, score
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs, measure_latency
+from pretrainkit.samp.search import latency_inputs, latency_model, measure_latency
 
 
 def subset(data: TaskSet, chosen: list[int], name: str, pad_id: int) -> TaskSet:
@@ -113,8 +113,7 @@ def main() -> None:
     }
     plans: dict[str, Plan] = {}
     if args.latency_only:
-        targets = [{"name": "classification", "options": {"labels": ["0", "1"]}}]
-        model = pretrainkit.build_model(args.preset or "bert-base", {"targets": targets}).eval()
+        model = latency_model(preset=args.preset or "bert-base")
         n = len(model.encoder.layers)
         half = ["full"] * (n // 2) + ["ffn"] * (n - n // 2)
         kernel = resolve_kernel("auto")  # what SAMP's plans use

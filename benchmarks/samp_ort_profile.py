@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pretrainkit
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import with_latency_head
+from pretrainkit.samp.search import latency_model
 
 MODES = {"Q": "full", "f": "ffn", "F": "float"}
 
@@ -44,11 +43,7 @@ def main() -> None:
     import onnxruntime as ort
 
     torch.set_num_threads(args.threads)
-    if args.model:
-        model = with_latency_head(pretrainkit.load(args.model).eval())
-    else:
-        targets = [{"name": "classification", "options": {"labels": ["0", "1"]}}]
-        model = pretrainkit.build_model(args.preset, {"targets": targets}).eval()
+    model = latency_model(args.model, args.preset)
     letters = args.plan or "Q" * len(model.encoder.layers)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -17,10 +17,9 @@ import warnings
 
 import torch
 
-import pretrainkit
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs, with_latency_head
+from pretrainkit.samp.search import latency_inputs, latency_model
 
 MODES = {"Q": "full", "f": "ffn", "F": "float"}
 
@@ -47,11 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if bool(args.model) == bool(args.preset):
         parser.error("give one of --model or --preset")
-    if args.model:
-        model = with_latency_head(pretrainkit.load(args.model).eval())
-    else:
-        targets = [{"name": "classification", "options": {"labels": ["0", "1"]}}]
-        model = pretrainkit.build_model(args.preset, {"targets": targets}).eval()
+    model = latency_model(args.model, args.preset)
     letters = args.plan or "Q" * len(model.encoder.layers)
     plan = Plan([MODES[c] for c in letters], float_dtype=args.float_dtype, kernel=args.kernel)
     quantized = build(model, plan)

@@ -65,6 +65,20 @@ def with_latency_head(model: Model) -> Model:
     return headed.eval()
 
 
+def latency_model(folder: str | None = None, preset: str | None = None) -> Model:
+    """What the latency benchmarks time: a model folder (with ``with_latency_head``) or a preset
+    with random weights and a two-label classification head."""
+    if (folder is None) == (preset is None):
+        raise ConfigError("give a model folder or a preset, not both or neither")
+    from pretrainkit.model import build_model, load
+
+    if folder is not None:
+        return with_latency_head(load(folder).eval())
+    assert preset is not None
+    targets = [{"name": "classification", "options": {"labels": ["0", "1"]}}]
+    return build_model(preset, {"targets": targets}).eval()
+
+
 @torch.no_grad()
 def measure_latency(
     models: dict[str, Model],
