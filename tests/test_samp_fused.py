@@ -84,6 +84,30 @@ def test_fused_softmax_matches_torch_and_zeroes_masked_keys():
 
 
 @needs_kernels
+def test_fused_kernels_split_rows_across_threads_exactly():
+    """Enough rows for at::parallel_for to hand out several chunks (which also cross batch
+    rows in the softmax): the result equals the same call on one thread."""
+    kernels = fused.kernels()
+    torch.manual_seed(0)
+    x = torch.randn(4, 300, 64)  # 1,200 tokens, grain 256 rows
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 48), torch.float32, "fused")
+    scores = (torch.randn(3, 3, 50, 40) * 3).bfloat16()  # 450 rows of 150 per batch row
+    keep = torch.rand(3, 40) > 0.3
+    keep[:, 0] = True
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = layer(x, residual=x[..., :48].contiguous()), kernels.softmax_bf16(scores, keep)
+        torch.set_num_threads(2)
+        two = layer(x, residual=x[..., :48].contiguous()), kernels.softmax_bf16(scores, keep)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    want = torch.softmax(scores.float().masked_fill(~keep[:, None, None, :], float("-inf")), -1)
+    assert (two[1].float() - want).abs().max() < 2**-8
+
+
+@needs_kernels
 def test_fused_kernels_check_their_arguments():
     kernels = fused.kernels()
     x = torch.randn(4, 8)
