@@ -1,6 +1,6 @@
 """Inference attention for quantized models: one fused query/key/value GEMM and the attention
 core as two bf16 matmuls around an fp32 softmax (SAMP's fused softmax kernel where the plan's
-kernel is ``fused``: bf16 in and out, mask and fp32 arithmetic inside, 162 → ~90 us a layer).
+kernel is ``fused``: bf16 in and out, mask and fp32 arithmetic inside, 244 → 69 us for MiniLM; benchmarks/samp_kernels.py).
 
 Measured on the project's CPU (1 thread, 12 heads x 128 tokens x 32): PyTorch's CPU flash
 kernel takes ~560 us in fp32 and ~670 us in bf16 for one layer, matmul → fp32 softmax → matmul
@@ -20,6 +20,7 @@ from torch import nn
 from pretrainkit.layers.attention import MultiHeadAttention
 from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.layers.feed_forward import FeedForward
+from pretrainkit.samp import fused as fused_kernels
 from pretrainkit.samp.linear import FloatLinear, Int8Linear
 
 
@@ -117,10 +118,8 @@ class InferenceAttention(MultiHeadAttention):
         b, _, s, c = scores.shape
         padding_only = mask is None or (mask.dtype == torch.bool and mask.shape == (b, 1, 1, c))
         if self.fused_softmax and padding_only and not is_causal:
-            from pretrainkit.samp.fused import kernels
-
             keep = None if mask is None else mask.reshape(b, c)
-            return kernels().softmax_bf16(scores, keep)
+            return fused_kernels.kernels().softmax_bf16(scores, keep)
         if mask is not None and mask.dtype != torch.bool:
             scores = scores.float() + mask.float()  # an additive bias is added in fp32
         elif mask is not None:

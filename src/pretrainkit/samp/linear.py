@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pretrainkit.errors import ConfigError
+from pretrainkit.samp import fused
 
 KERNELS = ("int_mm", "fbgemm", "fused")
 
@@ -129,6 +130,36 @@ class Int8Linear(nn.Module):
         )
         return torch.ops.quantized.linear_prepack(qweight, self.bias)
 
+    def _fused(self, x, gelu, residual, out_dtype, norm):
+        if not x.is_cpu:
+            raise ConfigError(
+                f"SAMP's fused kernel runs on the CPU, the input is on {x.device}; "
+                "quantize with --kernel int_mm for other devices"
+            )
+        # (this runs 4 times a layer: the checks below skip no-op tensor calls, ~1 us each)
+        if residual is not None and (
+            residual.dtype != torch.float32 or not residual.is_contiguous()
+        ):
+            residual = residual.float().contiguous()
+        ln = norm if not gelu and isinstance(norm, nn.LayerNorm) else None
+        if ln is not None and not fusable_layer_norm(ln, self.out_features):
+            ln = None
+        y = fused.kernels().int8_linear(
+            x,
+            self._weight_t,
+            self.weight_scale,
+            self.bias,
+            gelu,
+            residual,
+            out_dtype == torch.bfloat16 and (norm is None or ln is not None),
+            None if ln is None else ln.weight,
+            None if ln is None else ln.bias,
+            0.0 if ln is None else ln.eps,
+        )
+        if norm is not None and ln is None:
+            y = norm(y)
+        return y if y.dtype == out_dtype else y.to(out_dtype)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -144,33 +175,7 @@ class Int8Linear(nn.Module):
         if self._weight_t is None and self.kernel != "fbgemm":
             self._weight_t = self.weight.t().contiguous()
         if self.kernel == "fused":
-            from pretrainkit.samp.fused import kernels
-
-            if not x.is_cpu:
-                raise ConfigError(
-                    f"SAMP's fused kernel runs on the CPU, the input is on {x.device}; "
-                    "quantize with --kernel int_mm for other devices"
-                )
-            if residual is not None:
-                residual = residual.float().contiguous()
-            ln = norm if isinstance(norm, nn.LayerNorm) and not gelu else None
-            if ln is not None and not fusable_layer_norm(ln, self.out_features):
-                ln = None
-            y = kernels().int8_linear(
-                x,
-                self._weight_t,
-                self.weight_scale,
-                self.bias,
-                gelu,
-                residual,
-                out_dtype == torch.bfloat16 and (norm is None or ln is not None),
-                None if ln is None else ln.weight,
-                None if ln is None else ln.bias,
-                0.0 if ln is None else ln.eps,
-            )
-            if norm is not None and ln is None:
-                y = norm(y)
-            return y.to(out_dtype)  # a no-op for the kernel's own fp32 and bf16
+            return self._fused(x, gelu, residual, out_dtype, norm)
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [t, in]
         if self.kernel == "fbgemm":
