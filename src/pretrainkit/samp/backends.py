@@ -21,6 +21,7 @@ from pretrainkit.errors import ConfigError, closest
 from pretrainkit.layers.attention import MultiHeadAttention
 from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.model import Model, build_model
+from pretrainkit.samp import fused
 from pretrainkit.samp.attention import InferenceAttention, InferenceBlock
 from pretrainkit.samp.linear import KERNELS, FloatLinear, Int8Linear
 from pretrainkit.samp.plan import FLOAT_DTYPES, Plan, check_plan_fits, encoder_layers, layer_gemms
@@ -102,8 +103,6 @@ def resolve_kernel(kernel: str) -> str:
     fused is the fastest and scales activations per token like int_mm; fbgemm scales them per
     call (per tensor). The plan search holds the metric whichever runs.
     """
-    from pretrainkit.samp import fused
-
     if kernel == "auto":
         if fused.available():
             return "fused"
@@ -129,9 +128,7 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
     """Swap the encoder GEMMs of ``model`` (in place) for INT8 / float-partner modules."""
     check_plan_fits(plan, model)
     if plan.kernel == "fused":
-        from pretrainkit.samp.fused import kernels
-
-        kernels()  # a saved plan on a machine that cannot build them: say so at load
+        fused.kernels()  # a saved plan on a machine that cannot build them: say so at load
     dtype = FLOAT_DTYPES[plan.float_dtype]
     # fbgemm computes in and out of fp32: casting its output to the partner's dtype only for the
     # next GEMM (or LayerNorm) to cast it back cost 8 % of full-INT8 MiniLM (10.63 → 9.77 ms,
@@ -139,7 +136,8 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
     # either dtype itself: fp32 into the residual stream, the partner's dtype where the output
     # feeds attention or the next GEMM (InferenceAttention / InferenceBlock ask for it).
     int8_out = torch.float32 if plan.kernel in ("fbgemm", "fused") else dtype
-    for block, mode in zip(encoder_layers(model), plan.modes):
+    layers = encoder_layers(model)
+    for i, (block, mode) in enumerate(zip(layers, plan.modes)):
         for name, kind in layer_gemms(block).items():
             linear = block.get_submodule(name)
             assert isinstance(linear, nn.Linear)
@@ -150,8 +148,6 @@ def apply_torch_plan(model: Model, plan: Plan) -> Model:
         attention = getattr(block, "attention", None)
         if type(attention) is MultiHeadAttention:
             block.attention = InferenceAttention.adopt(attention, dtype, plan.kernel == "fused")
-    layers = encoder_layers(model)
-    for i, block in enumerate(layers):
         if type(block) is TransformerBlock:
             layers[i] = InferenceBlock.adopt(block, dtype)
     return model.eval()

@@ -132,10 +132,7 @@ class Int8Linear(nn.Module):
 
     def _fused(self, x, gelu, residual, out_dtype, norm):
         if not x.is_cpu:
-            raise ConfigError(
-                f"SAMP's fused kernel runs on the CPU, the input is on {x.device}; "
-                "quantize with --kernel int_mm for other devices"
-            )
+            raise ConfigError(f"SAMP's fused kernel runs on the CPU; the input is on {x.device}")
         # (this runs 4 times a layer: the checks below skip no-op tensor calls, ~1 us each)
         if residual is not None and (
             residual.dtype != torch.float32 or not residual.is_contiguous()
