@@ -3,8 +3,9 @@ folder, batch 1 x 128, every variant timed in interleaved rounds in this one pro
 
 Variants: fp32 eager; bf16 GEMMs; SAMP's Int8Linear with ``torch._int_mm`` (per-token scales)
 and with fbgemm's dynamic linear (fp32 and bf16 float partner); ``torch.ao`` quantize_dynamic;
-torchao ``Int8DynamicActivationInt8WeightConfig`` with ``torch.compile`` (blocks compiled);
-SAMP int_mm with ``torch.compile``; ONNX Runtime fp32 and full INT8.
+SAMP's fused kernels; torchao ``Int8DynamicActivationInt8WeightConfig`` with ``torch.compile``
+(blocks compiled, inductor freezing); SAMP int_mm with ``torch.compile``; ONNX Runtime fp32 and
+full INT8.
 
     python benchmarks/samp_torch_paths.py --model MODEL_DIR --threads 1
 """
@@ -29,6 +30,11 @@ from pretrainkit.samp.search import latency_inputs, measure_latency, with_latenc
 
 
 def compiled(model):
+    """Each encoder block compiled by inductor with freezing (weights folded as constants): the
+    setting torchao's CPU int8 path is documented to need."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
     for block in model.encoder.layers:
         block.compile()
     return model
