@@ -5,6 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh dev
 export TORCHINDUCTOR_CACHE_DIR="$PWD/.cache/inductor" TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
 export TOKENIZERS_PARALLELISM=false
+# Every dev dependency, the fused SAMP kernels and the data mirror are required here: a missing
+# one fails the tests that need it instead of skipping them (tests/helpers.py `require`).
+export PRETRAINKIT_STRICT_TESTS=1
+export PRETRAINKIT_DATA="${PRETRAINKIT_DATA:-$PWD/../shared/data}"
 python3 -m ruff check src tests benchmarks
 python3 -m ruff format --check src tests benchmarks
 python3 -m mypy src

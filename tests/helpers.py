@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import random
@@ -9,10 +11,76 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
+import pytest
 import torch
 
 from pretrainkit.cli.main import main
+from pretrainkit.errors import PretrainkitError
+from pretrainkit.paths import ENV as DATA_ENV
+from pretrainkit.paths import find_data_dir
+
+# scripts/test.sh (CI) sets it: a dev dependency or the data mirror that is missing is a
+# failure there, not a skip that nobody reads.
+STRICT_ENV = "PRETRAINKIT_STRICT_TESTS"
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV) == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test (or the module, when called at import) with ``reason``; fail in strict mode."""
+    __tracebackhide__ = True  # report the test's line, not this one
+    if strict():
+        pytest.fail(f"{reason} [{STRICT_ENV}=1 turns this skip into a failure]", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module_name: str, reason: str = "") -> ModuleType:
+    """Import and return ``module_name``, a dev dependency: like ``pytest.importorskip``, but a
+    failure when ``PRETRAINKIT_STRICT_TESTS=1``.
+
+    Only the module itself (or a parent package) being absent skips; an installed module whose
+    import breaks raises its error, as any test code would.
+    """
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        parts = module_name.split(".")
+        if error.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+            raise
+    what = f"{module_name} ({reason})" if reason else module_name
+    unavailable(f"{what} is not installed; it is a dev dependency: pip install -e '.[dev]'")
+
+
+def needs(module_name: str) -> pytest.MarkDecorator:
+    """A mark for tests that need dev dependency ``module_name``: skipped when it is absent,
+    except in strict mode, where the test runs and fails on the missing import."""
+    absent = importlib.util.find_spec(module_name) is None
+    return pytest.mark.skipif(
+        absent and not strict(), reason=f"{module_name} is not installed (pip install -e .[dev])"
+    )
+
+
+def data_dir(*required: str) -> Path:
+    """The data mirror (``$PRETRAINKIT_DATA``, else ``../shared/data``), holding ``required``
+    sub-paths: the test skips with the reason when it is absent, and fails in strict mode."""
+    __tracebackhide__ = True
+    explicit = None
+    if not os.environ.get(DATA_ENV):
+        # Beside this checkout, whatever the working directory.
+        beside = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+        explicit = beside if beside.is_dir() else None
+    try:
+        return find_data_dir(explicit, required=required)
+    except PretrainkitError as error:
+        message = str(error).replace("(from --data)", "(beside the checkout)")
+    unavailable(f"data mirror, for {', '.join(required) or 'this test'}: {message}")
+
 
 # A tiny BERT: 2 layers, hidden 64, 2 heads; targets are added per test.
 TINY_MODEL = [

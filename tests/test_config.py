@@ -47,6 +47,28 @@ def test_values_are_type_and_range_checked():
         ModelConfig.from_dict({**TINY, "hidden_size": 33})
 
 
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("encoder", {"rotary_base": 0.0}, r"rotary_base: 0\.0 is outside \[1\.0, inf\]"),
+        ("encoder", {"relative_buckets": 0}, r"relative_buckets: 0 is outside \[1, inf\]"),
+        ("encoder", {"norm_eps": -1e-5}, r"norm_eps: -1e-05 is outside \[0\.0, inf\]"),
+        ("encoder", {"attention_scale": float("inf")}, r"attention_scale: inf is not a finite"),
+        ("embedding", {"num_segments": 0}, r"num_segments: 0 is outside \[1, inf\]"),
+        ("embedding", {"dropout": float("nan")}, r"dropout: nan is not a finite number"),
+        (
+            "embedding",
+            {"parts": ["patch"], "image_size": -16, "patch_size": 8},
+            r"image_size: -16 is outside \[1, inf\]",
+        ),
+    ],
+)
+def test_non_finite_and_out_of_range_values(section, values, message):
+    base = TINY[section] if section in TINY else {}
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict({**TINY, section: {**base, **values}})
+
+
 def test_unknown_preset_suggests():
     with pytest.raises(ConfigError, match="did you mean 'bert-tiny'"):
         load_model_config("bert-tiyn")

@@ -11,13 +11,13 @@ import json
 
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, require
 
 import pretrainkit
 from pretrainkit.convert import PASSTHROUGH, convert_from_hf, convert_to_hf
 from pretrainkit.errors import CheckpointError
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import SIZES, broken_checkpoint_error, export_bit_exact  # noqa: E402
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, require
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import broken_checkpoint_error, export_bit_exact  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_llama_wrong_kv_shape_and_missing_tensor_are_named(tmp_path):
 
 
 def test_cli_converts_gpt2_with_its_tokenizer_json(tmp_path, capsys):
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = require("tokenizers")
     vocab = {"<|endoftext|>": 0}
     for token in [*"abcdefghijklmnopqrstuvwxyzĠ", "Ġa"]:
         vocab[token] = len(vocab)

@@ -12,12 +12,13 @@ import json
 
 import pytest
 import torch
+from helpers import require  # noqa: E402
 from safetensors.torch import load_file
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import SIZES  # noqa: E402
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import require  # noqa: E402
 
 import pretrainkit
 from pretrainkit.config import ModelConfig
@@ -18,7 +19,7 @@ from pretrainkit.convert import convert_from_hf, convert_to_hf
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.generation import generate
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import broken_checkpoint_error, export_bit_exact  # noqa: E402
 
@@ -124,6 +125,44 @@ def test_hf_parity_and_bit_exact_round_trip(tmp_path, case):
         )  # fmt: skip
     name = "logits" if lm is not None else "last_hidden_state"
     assert torch.equal(getattr(again_out, name)[tgt_keep], getattr(expected, name)[tgt_keep])
+
+
+@pytest.mark.parametrize(
+    ("tie_word_embeddings", "own_head"),
+    [(False, False), (False, True), (True, True), (True, False)],
+    ids=["v1.1-built-tied", "v1.1", "v1.0-fine-tuned-apart", "v1.0"],
+)
+def test_t5_ties_and_scales_as_transformers_reads_them(tmp_path, tie_word_embeddings, own_head):
+    # transformers 5 ties T5's LM head unless the file holds one of its own and reads the v1.0
+    # scaling from scale_decoder_outputs: a T5 v1.1 built from a config (gated-gelu,
+    # tie_word_embeddings: false, 2 + 1 layers) is tied and unscaled, which export refused.
+    torch.manual_seed(0)
+    config = tf.T5Config(
+        vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
+        num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=tie_word_embeddings,
+        decoder_start_token_id=0, relative_attention_num_buckets=8,
+    )  # fmt: skip
+    hf = tf.T5ForConditionalGeneration(config).eval()
+    if own_head:
+        hf.lm_head.weight = torch.nn.Parameter(torch.randn(1000, 32) * 0.05)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = pretrainkit.load(convert_from_hf(tmp_path / "hf", tmp_path / "ours")).eval()
+    lm = ours.targets["seq2seq_lm"]
+    assert (lm.decoder.weight is ours.embedding.word_weight) == (not own_head)
+    assert lm.scale == (32**-0.5 if tie_word_embeddings else 1.0)
+    src, src_mask = padded(2, 7, [7, 4], seed=1)
+    tgt, tgt_mask = padded(2, 5, [5, 3], seed=2)
+    with torch.no_grad():
+        expected = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+        got = ours(src, src_mask, decoder_input_ids=tgt).logits
+    assert (expected - got).abs().max().item() <= 1e-5
+
+    again = export_bit_exact(tmp_path / "ours", tmp_path, hf, tf.AutoModelForSeq2SeqLM)
+    assert again.config.scale_decoder_outputs == tie_word_embeddings
+    with torch.no_grad():
+        assert torch.equal(
+            again(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits, expected
+        )
 
 
 GENERATORS = {

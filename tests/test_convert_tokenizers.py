@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sentencepiece
 import torch
+from helpers import require  # noqa: E402
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
@@ -26,7 +27,7 @@ from pretrainkit.convert.tokenizer_files import export_tokenizer, import_tokeniz
 from pretrainkit.errors import CheckpointError
 from pretrainkit.tokenization import load_tokenizer
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import SIZES  # noqa: E402
 

@@ -11,13 +11,14 @@ import json
 
 import pytest
 import torch
+from helpers import require  # noqa: E402
 from safetensors.torch import load_file, save_file
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf
 from pretrainkit.errors import ConfigError
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 from convert_helpers import export_bit_exact  # noqa: E402
 

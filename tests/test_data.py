@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import data_dir, require
 
 from pretrainkit.data import (
     BatchIterator,
@@ -219,7 +219,8 @@ def test_windows_cover_the_stream_once_per_epoch(numbered, objective, separator,
         assert window.tolist() == expected[start : start + width]
         seen[start] = True
     assert sorted(seen) == [i * width for i in range(count)]
-    assert stream.state_dict()["epoch"] == 0 and next(stream) is not None
+    assert stream.state_dict()["epoch"] == 0
+    next(stream)  # the first window of the next epoch
     assert stream.state_dict()["epoch"] == 1
 
 
@@ -339,11 +340,8 @@ def test_collate_pads_and_stacks() -> None:
 
 
 def test_real_chinese_corpus(tmp_path: Path) -> None:
-    root = os.environ.get("PRETRAINKIT_DATA")
-    data = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    data = data_dir("corpora/CLUECorpusSmall_bert_sampled.txt", "vocab/google_zh_vocab.txt")
     corpus = data / "corpora" / "CLUECorpusSmall_bert_sampled.txt"
-    if not corpus.is_file():
-        pytest.skip(f"data mirror not found at {data} (set PRETRAINKIT_DATA to its folder)")
     sample = tmp_path / "sample.txt"
     sample.write_bytes(b"\n".join(corpus.read_bytes().split(b"\n")[:400]))
     vocab = data / "vocab" / "google_zh_vocab.txt"
@@ -355,3 +353,22 @@ def test_real_chinese_corpus(tmp_path: Path) -> None:
     assert np.fromfile(tmp_path / "out" / "tokens.bin", dtype="<u2").tolist() == expected
     batch = BatchIterator(pretraining_stream(Shards.open(tmp_path / "out")), 8, 0).next_batch()
     assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 64
+
+
+def test_missing_data_mirror_or_dev_dependency_fails_in_strict_mode(tmp_path, monkeypatch) -> None:
+    # CI sets PRETRAINKIT_STRICT_TESTS=1: what would be a skip on a laptop is a failure there.
+    monkeypatch.setenv("PRETRAINKIT_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("PRETRAINKIT_STRICT_TESTS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no data folder found \(\$PRETRAINKIT_DATA"):
+        data_dir("sst2/train.tsv")
+    with pytest.raises(pytest.skip.Exception, match="no_such_module_xyz is not installed"):
+        require("no_such_module_xyz")
+    monkeypatch.setenv("PRETRAINKIT_STRICT_TESTS", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"nowhere.*PRETRAINKIT_STRICT_TESTS=1"):
+        data_dir("sst2/train.tsv")
+    with pytest.raises(pytest.fail.Exception, match="no_such_module_xyz .*STRICT_TESTS=1"):
+        require("no_such_module_xyz")
+    (tmp_path / "nowhere").mkdir()
+    with pytest.raises(pytest.fail.Exception, match=r"lacks: sst2/train\.tsv"):
+        data_dir("sst2/train.tsv")
+    assert require("json").loads("[1]") == [1]  # present: the module itself

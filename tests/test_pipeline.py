@@ -135,6 +135,7 @@ def _same_numbers(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("tokens_per_s", "elapsed")}
 
 
+@pytest.mark.slow  # 5-10 s: three training processes
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX job-control signals")
 def test_resume_after_sigkill_gives_the_same_losses_and_weights(
     grammar: Path, tmp_path: Path

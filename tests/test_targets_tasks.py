@@ -56,7 +56,19 @@ def test_span_extraction_masks_padding_and_averages_start_and_end():
     assert out.loss is not None
     assert out.loss.item() == pytest.approx(((start + end) / 2).item(), abs=1e-6)
     assert out.metrics["start_loss"].item() == pytest.approx(start.item(), abs=1e-6)
-    assert set(out.metrics) >= {"start_accuracy", "end_accuracy"}
+    assert out.metrics["end_loss"].item() == pytest.approx(end.item(), abs=1e-6)
+    start_hits = (raw[:2, :, 0].argmax(-1) == spans[:2, 0]).float().mean()
+    end_hits = (raw[:, :, 1].argmax(-1) == spans[:, 1]).float().mean()
+    assert out.metrics["start_accuracy"].item() == pytest.approx(start_hits.item())
+    assert out.metrics["end_accuracy"].item() == pytest.approx(end_hits.item())
+    # Logits that point at the gold positions score 1.0 on both (row 2's start is ignored).
+    perfect = torch.zeros(3, 6, 8)
+    perfect[torch.arange(3), spans[:, 0].clamp(min=0), 0] = 10.0
+    perfect[torch.arange(3), spans[:, 1], 1] = 10.0
+    target.output.weight.data = torch.eye(2, 8)
+    target.output.bias.data.zero_()
+    ideal = target(perfect, mask, spans).metrics
+    assert (ideal["start_accuracy"].item(), ideal["end_accuracy"].item()) == (1.0, 1.0)
 
 
 def test_options_are_validated():

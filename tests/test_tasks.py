@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import data_dir
 
 from pretrainkit.data import BatchIterator
 from pretrainkit.errors import DataError
@@ -19,6 +18,7 @@ from pretrainkit.tasks.classification import (
     label_set_of,
     read_classification_tsv,
 )
+from pretrainkit.tasks.regression import read_regression_file, scores_of
 from pretrainkit.tokenization import Tokenizer, load_tokenizer
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "."]
@@ -66,7 +66,11 @@ def test_label_set_sorting() -> None:
 
 
 BAD_FILES = {
-    "no_header.tsv": ("1\tgood film\n", r"no_header\.tsv:1: unknown column '1'.*label<TAB>text_a"),
+    "no_header.tsv": (
+        "1\tgood film\n",
+        r"no_header\.tsv:1: unknown column '1'.*label<TAB>text_a.*without a header needs its "
+        r"columns named \(columns=label,text_a\)",
+    ),
     "typo.tsv": (
         "label\ttext_b\ttxet_a\n",
         r"typo\.tsv:1: unknown column 'txet_a' \(did you mean 'text_a'",
@@ -157,18 +161,112 @@ def test_stream_needs_labels(tmp_path: Path, tokenizer: Tokenizer) -> None:
         ClassificationStream(data, tokenizer, ["0"], 8, 0)
 
 
-def test_real_sst2(tmp_path: Path) -> None:
-    root = os.environ.get("PRETRAINKIT_DATA")
-    data_dir = (
-        Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# --- files without a header: columns named by the caller ---------------------------------------
+def test_headerless_files_with_columns(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    single = write(tmp_path / "sst.tsv", "\ufeff1\tthe movie was great\n0\tbad\r\n")
+    data = read_classification_tsv(single, columns=("label", "text_a"))
+    assert (data.texts_a, data.texts_b, data.labels) == (
+        ["the movie was great", "bad"],
+        None,
+        ["1", "0"],
     )
-    if not (data_dir / "sst2" / "train.tsv").is_file():
-        pytest.skip(f"data mirror not found at {data_dir} (set PRETRAINKIT_DATA to its folder)")
-    rows = (data_dir / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[:200]
-    path = write(tmp_path / "train.tsv", "label\ttext_a\n" + "\n".join(rows) + "\n")
-    data = read_classification_tsv(path)
-    assert label_set_of(data) == ["0", "1"] and len(data) == 200
-    tokenizer = load_tokenizer(data_dir / "vocab" / "google_uncased_en_vocab.txt")
+    assert data.first_line == 1
+    # One comma-separated string works too (what --columns passes on).
+    again = read_classification_tsv(single, columns="label, text_a")
+    assert (again.texts_a, again.labels) == (data.texts_a, data.labels)
+    pairs = write(tmp_path / "pairs.tsv", "a b\tneg\tc\n\tpos\td\n")
+    data = read_classification_tsv(pairs, columns=["text_a", "label", "text_b"])
+    assert (data.texts_a, data.texts_b, data.labels) == (["a b", ""], ["c", "d"], ["neg", "pos"])
+    texts = write(tmp_path / "texts.tsv", "first\nlabel\n")  # a text may be "label"
+    data = read_classification_tsv(texts, require_labels=False, columns=("text_a",))
+    assert (data.texts_a, data.labels) == (["first", "label"], None)
+    # Lines are counted from 1: the second row is line 2, in every error about it.
+    with pytest.raises(DataError, match=r"sst\.tsv:2: label '0' is not one of the labels: 1"):
+        read_classification_tsv(single, label_set=["1"], columns=("label", "text_a"))
+    data = read_classification_tsv(single, columns=("label", "text_a"))
+    with pytest.raises(DataError, match=r"sst\.tsv:2: label '0' is not one of the labels: 1"):
+        ClassificationStream(data, tokenizer, ["1"], 8)
+
+
+BAD_COLUMNS = {
+    "unknown": (
+        ("label", "txt_a"),
+        r"rows\.tsv: columns: unknown column name 'txt_a' \(did you mean 'text_a'\?\); "
+        r"allowed names: label, text_a, text_b$",
+    ),
+    "empty-name": ("label,,text_a", r"unknown column name ''; allowed names: label, text_a"),
+    "twice": (("label", "text_a", "label"), r"columns: 'label' is named twice"),
+    "no-text": (("label", "text_b"), r"columns: \['label', 'text_b'\] lacks 'text_a'"),
+    "no-label": (("text_a",), r"columns: \['text_a'\] lacks 'label'; allowed names"),
+    "field-count": (
+        ("label", "text_a", "text_b"),
+        r"rows\.tsv:1: expected 3 tab-separated fields \(label, text_a, text_b\), got 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COLUMNS))
+def test_bad_columns_name_the_problem(tmp_path: Path, case: str) -> None:
+    columns, message = BAD_COLUMNS[case]
+    path = write(tmp_path / "rows.tsv", "1\tfine\n")
+    with pytest.raises(DataError, match=message):
+        read_classification_tsv(path, columns=columns)
+    if case != "field-count":  # regression files check the names the same way
+        with pytest.raises(DataError, match=message.replace("rows\\.tsv", "rows\\.csv")):
+            read_regression_file(write(tmp_path / "rows.csv", "1,fine\n"), columns=columns)
+
+
+def test_columns_on_a_file_with_a_header_or_no_rows(tmp_path: Path) -> None:
+    header = write(tmp_path / "h.tsv", "label\ttext_a\n1\tfine\n")
+    with pytest.raises(DataError, match=r"h\.tsv:1: line 1 is a header \(label, text_a\)"):
+        read_classification_tsv(header, columns=("label", "text_a"))
+    empty = write(tmp_path / "e.tsv", "")
+    with pytest.raises(DataError, match=r"e\.tsv: file is empty; expected rows label<TAB>text_a"):
+        read_classification_tsv(empty, columns=("label", "text_a"))
+    bad = write(tmp_path / "b.tsv", "1\tok\n\tno label\n")
+    with pytest.raises(DataError, match=r"b\.tsv:2: the label is empty"):
+        read_classification_tsv(bad, columns=("label", "text_a"))
+
+
+def test_regression_files_with_columns(tmp_path: Path) -> None:
+    tsv = write(tmp_path / "sts.tsv", "a\tb\t4.5\nc\td\t0\n")
+    data = read_regression_file(tsv, columns=("text_a", "text_b", "label"))
+    assert (data.texts_a, data.texts_b, data.labels) == (["a", "c"], ["b", "d"], ["4.5", "0"])
+    assert scores_of(data).tolist() == [4.5, 0.0]
+    bad = write(tmp_path / "bad.tsv", "a\t1\nb\thigh\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:2: score 'high' is not a number"):
+        read_regression_file(bad, columns=("text_a", "label"))
+    # CSV: STS-B's order by default, any other with columns; a row may span quoted lines.
+    csv = write(tmp_path / "s.csv", '2.5,"two\nlines"\n-1,x\n')
+    data = read_regression_file(csv, columns="label,text_a")
+    assert (data.texts_a, data.texts_b, data.labels) == (["two\nlines", "x"], None, ["2.5", "-1"])
+    spans = write(tmp_path / "spans.csv", 'a,"b\nc",1\nd,e,NaN\n')
+    with pytest.raises(DataError, match=r"spans\.csv:3: score 'NaN' is not a finite"):
+        read_regression_file(spans)
+    # Files to predict on have no score column.
+    texts = write(tmp_path / "p.csv", "a,b\nc,d\n")
+    data = read_regression_file(texts, require_labels=False, columns=("text_a", "text_b"))
+    assert (data.texts_a, data.texts_b, data.labels) == (["a", "c"], ["b", "d"], None)
+    with pytest.raises(DataError, match=r"p\.csv:1: expected 3 comma-separated fields"):
+        read_regression_file(texts)
+
+
+# --- the data mirror ---------------------------------------------------------------------------
+def test_real_sst2() -> None:
+    data_root = data_dir("sst2/train.tsv", "sst2/dev.tsv", "vocab/google_uncased_en_vocab.txt")
+    train_file = data_root / "sst2" / "train.tsv"
+    rows = train_file.read_text(encoding="utf-8").splitlines()
+    # As distributed: `label<TAB>sentence`, no header; read as it is.
+    data = read_classification_tsv(train_file, columns=("label", "text_a"))
+    assert len(data) == len(rows) == 6920 and data.texts_b is None
+    assert label_set_of(data) == ["0", "1"]
+    assert data.labels is not None and data.labels.count("1") == 3610
+    assert data.texts_a[0] == rows[0].split("\t", 1)[1]
+    dev = read_classification_tsv(
+        data_root / "sst2" / "dev.tsv", label_set=["0", "1"], columns=("label", "text_a")
+    )
+    assert len(dev) == 872 and dev.labels is not None and dev.labels.count("1") == 444
+    tokenizer = load_tokenizer(data_root / "vocab" / "google_uncased_en_vocab.txt")
     batch = next(classification_batches(data, tokenizer, ["0", "1"], 64, 32))
     assert batch["input_ids"][:, 0].eq(101).all() and batch["input_ids"].shape[1] <= 64
     lengths = batch["attention_mask"].sum(1)
@@ -176,4 +274,14 @@ def test_real_sst2(tmp_path: Path) -> None:
     ends = batch["input_ids"].gather(1, (lengths - 1)[:, None])
     assert ends.eq(102).all()
     assert batch["labels"].tolist() == [int(r.split("\t")[0]) for r in rows[:32]]
-    assert np.isin(batch["labels"].numpy(), [0, 1]).all()
+
+
+def test_real_stsb() -> None:
+    path = data_dir("stsb-multi-mt/stsb-en-dev.csv") / "stsb-multi-mt" / "stsb-en-dev.csv"
+    data = read_regression_file(path)
+    assert len(data) == 1500 and data.texts_b is not None
+    assert data.texts_a[0] == "A man with a hard hat is dancing."
+    assert data.texts_b[0] == "A man wearing a hard hat is dancing."
+    scores = scores_of(data)
+    assert (scores.min(), scores.max()) == (0.0, 5.0)
+    assert scores[:2].tolist() == [5.0, 4.75]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 from pathlib import Path
 
 import pytest
+from helpers import data_dir
 
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tokenization import Tokenizer, load_tokenizer, train_tokenizer
@@ -17,11 +17,9 @@ from pretrainkit.tokenization.base import truncated_lengths
 
 @pytest.fixture(scope="module")
 def vocab_dir() -> Path:
-    root = os.environ.get("PRETRAINKIT_DATA")
-    data = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not (data / "vocab").is_dir():
-        pytest.skip(f"data mirror not found at {data} (set PRETRAINKIT_DATA to its folder)")
-    return data / "vocab"
+    names = ("google_uncased_en_vocab.txt", "google_cased_en_vocab.txt", "google_zh_vocab.txt")
+    names += ("huggingface_gpt2_vocab.txt", "cluecorpussmall_spm.model", "sentencepiece.bpe.model")
+    return data_dir(*(f"vocab/{name}" for name in names)) / "vocab"
 
 
 def write_corpus(path: Path, sentences: int = 1500, seed: int = 0) -> Path:

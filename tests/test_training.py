@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,8 +24,13 @@ from torch import Tensor, nn
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.training import TrainConfig, Trainer, cpu_flags, plot_run, resolve_precision
 from pretrainkit.training import precision as precision_module
-from pretrainkit.training.checkpoint import list_checkpoints, load_trainer_state
+from pretrainkit.training.checkpoint import (
+    list_checkpoints,
+    load_trainer_state,
+    verify_checkpoint,
+)
 from pretrainkit.training.optim import build_optimizer, build_scheduler
+from pretrainkit.training.runlog import read_metrics
 
 VOCAB = 16
 
@@ -205,10 +212,23 @@ def test_warmup_rises_linearly_and_is_logged(tmp_path):
 
 
 def test_bf16_autocast_trains(tmp_path):
-    trainer, summary = train(tmp_path, steps=4, precision="bf16")
+    model = ToyLM()
+    seen: list[tuple[bool, torch.dtype, torch.dtype]] = []  # (training, input, output dtype)
+
+    def record(module, inputs, output):
+        seen.append((module.training, inputs[0].dtype, output.dtype))
+
+    model.head.register_forward_hook(record)
+    trainer, summary = train(tmp_path, model=model, steps=30, log_every=5, precision="bf16")
     assert trainer.precision == "bf16"
-    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master
-    assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run"))
+    # Autocast ran every forward: the Linear computed in bf16 on the fp32 LayerNorm output.
+    assert seen == [(True, torch.float32, torch.bfloat16)] * 30
+    # The master weights and the optimizer's moments stay fp32.
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    moments = [v for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert len(moments) == 10 and all(m.dtype == torch.float32 for m in moments)
+    losses = [r["loss"] for r in records(tmp_path / "run")]
+    assert len(losses) == 6 and losses[0] > 2.0 and losses[-1] < 0.25 * losses[0], losses
 
 
 def test_precision_resolution(tmp_path, monkeypatch):
@@ -255,7 +275,18 @@ def test_checkpoint_rotation_keeps_last_k(tmp_path):
         "step-00000010",
     ]
     names = {p.name for p in found[-1][1].iterdir()}
-    assert names == {"model.safetensors", "config.yaml", "trainer_state.pt", "data_state.json"}
+    files = {"model.safetensors", "config.yaml", "trainer_state.pt", "data_state.json"}
+    assert names == files | {"manifest.json"}
+    # The manifest, written last, lists every other file with its size and SHA-256.
+    manifest = json.loads((found[-1][1] / "manifest.json").read_text())
+    assert (manifest["format"], manifest["step"], set(manifest["files"])) == (
+        "pretrainkit-checkpoint-manifest",
+        10,
+        files,
+    )
+    for name, entry in manifest["files"].items():
+        data = (found[-1][1] / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     positions = json.loads((found[0][1] / "data_state.json").read_text())
     assert positions == {"world_size": 1, "ranks": [{"position": 6}]}  # one per process
 
@@ -274,7 +305,7 @@ def test_trainer_state_loads_weights_only_and_refuses_pickled_code(tmp_path):
 
 
 RUNNER = """
-import importlib.util, sys
+import importlib.util, sys, time
 import torch
 from pretrainkit.training import TrainConfig, Trainer
 
@@ -282,23 +313,46 @@ spec = importlib.util.spec_from_file_location("toy", {test_file!r})
 toy = sys.modules["toy"] = importlib.util.module_from_spec(spec)  # dataclasses need it
 spec.loader.exec_module(toy)
 out_dir, resume, delay = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+save_delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+
+
+class SlowSave(toy.ToyLM):
+    def save(self, directory):
+        super().save(directory)
+        time.sleep(save_delay)  # widens the window in which a kill hits a half-written checkpoint
+
+
 torch.set_num_threads(1)
 torch.manual_seed(0)
 config = TrainConfig(steps=12, lr=1e-2, save_every=3, log_every=1, precision="fp32",
                      device="cpu", progress=False)
-Trainer(toy.ToyLM(), toy.ToyData(delay=delay), config, out_dir, resume=resume).fit()
+Trainer(SlowSave(), toy.ToyData(delay=delay), config, out_dir, resume=resume).fit()
 """
 
 
-def test_resume_after_sigkill_continues_the_same_loss_curve(tmp_path):
+def start_runner(tmp_path: Path, run: Path, resume: bool, delay: float, save_delay: float = 0.0):
+    """The RUNNER in a subprocess (one training run of 12 steps, a checkpoint every 3)."""
     runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER.format(test_file=__file__))
+    if not runner.exists():
+        runner.write_text(RUNNER.format(test_file=__file__))
+    args = [sys.executable, str(runner), str(run), str(int(resume)), str(delay), str(save_delay)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The RUNNER's run without interruption: the losses and weights every resume must match."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    process = start_runner(tmp_path, tmp_path / "run", resume=False, delay=0.0)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output.decode()
+    return tmp_path / "run"
+
+
+def test_resume_after_sigkill_continues_the_same_loss_curve(tmp_path, uninterrupted):
     def start(run: str, resume: bool, delay: float) -> subprocess.Popen:
-        args = [sys.executable, str(runner), str(tmp_path / run), str(int(resume)), str(delay)]
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return start_runner(tmp_path, tmp_path / run, resume, delay)
 
-    reference = start("reference", False, 0.0)
     victim = start("victim", False, 0.15)
     deadline = time.monotonic() + 60
 
@@ -322,18 +376,79 @@ def test_resume_after_sigkill_continues_the_same_loss_curve(tmp_path):
     assert max(r["step"] for r in records(tmp_path / "victim")) > resumed_from
 
     resumed = start("victim", True, 0.0)
-    for process in (reference, resumed):
-        output = process.communicate(timeout=120)[0]
-        assert process.returncode == 0, output.decode()
+    output = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0, output.decode()
 
-    expected = {r["step"]: r["loss"] for r in records(tmp_path / "reference")}
+    expected = {r["step"]: r["loss"] for r in records(uninterrupted)}
     logged = [(r["step"], r["loss"]) for r in records(tmp_path / "victim")]
     assert [step for step, _ in logged] == list(range(1, 13))  # no duplicates after truncation
     after = [(step, loss) for step, loss in logged if step > resumed_from]
     assert after and all(loss == expected[step] for step, loss in after), (after, expected)
     final = load_file(str(tmp_path / "victim" / "model" / "model.safetensors"))
-    reference_final = load_file(str(tmp_path / "reference" / "model" / "model.safetensors"))
+    reference_final = load_file(str(uninterrupted / "model" / "model.safetensors"))
     assert all(torch.equal(final[k], reference_final[k]) for k in reference_final)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+def test_random_kills_then_a_damaged_latest_checkpoint_resume_exactly(tmp_path, uninterrupted):
+    run = tmp_path / "victim"
+    checkpoints = run / "checkpoints"
+    rng = random.Random(20240611)
+
+    # First kill: while the step-3 checkpoint is half written (weights saved, the rest not).
+    process = start_runner(tmp_path, run, resume=False, delay=0.05, save_delay=0.5)
+    deadline = time.monotonic() + 60
+    while not (checkpoints.is_dir() and any(checkpoints.glob(".tmp-step-*/model.safetensors"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.005)
+    _kill(process)
+    assert list_checkpoints(run) == []  # the half-written one was never published
+
+    # Then kills at seeded random moments, often inside a checkpoint write (0.3 s of each
+    # 0.45 s between checkpoints), each run resuming the one before.
+    for _ in range(3):
+        process = start_runner(tmp_path, run, resume=True, delay=0.05, save_delay=0.3)
+        time.sleep(rng.uniform(1.0, 4.0))
+        _kill(process)
+        # Whenever it died, every published checkpoint is whole.
+        assert all(verify_checkpoint(folder) is None for _, folder in list_checkpoints(run))
+    if len(list_checkpoints(run)) < 2:  # the kills came early: give the fallback something
+        process = start_runner(tmp_path, run, resume=True, delay=0.0)
+        assert process.wait(timeout=120) == 0
+    (_, intact), (latest_step, latest) = list_checkpoints(run)[-2:]
+
+    # Damage the newest: cut its weights short and overwrite its trainer state.
+    weights = latest / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as file:
+        file.truncate(size // 2)
+    (latest / "trainer_state.pt").write_bytes(b"not a checkpoint")
+
+    process = start_runner(tmp_path, run, resume=True, delay=0.0)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    assert f"checkpoint {latest} is damaged (model.safetensors has {size // 2} bytes" in output
+    assert "trainer_state.pt has 16 bytes" in output and f"resuming from {intact.name}" in output
+    assert "Traceback" not in output
+    # The damaged checkpoint is kept, renamed; its step was written again by the resumed run.
+    damaged = checkpoints / f"{latest.name}.damaged"
+    assert (damaged / "model.safetensors").stat().st_size == size // 2
+    assert (damaged / "trainer_state.pt").read_bytes() == b"not a checkpoint"
+    assert verify_checkpoint(latest) is None and not list(checkpoints.glob(".tmp-*"))
+
+    expected = read_metrics(uninterrupted / "metrics.jsonl")
+    got = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(1, 13))
+    assert [r["loss"] for r in got] == [r["loss"] for r in expected]
+    final = load_file(str(run / "model" / "model.safetensors"))
+    reference = load_file(str(uninterrupted / "model" / "model.safetensors"))
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 
 def test_resume_without_checkpoint_starts_fresh_with_warning(tmp_path, caplog):

@@ -33,6 +33,15 @@ class CheckpointError(PretrainkitError, ValueError):
     """A checkpoint does not match what is expected (keys, shapes, format)."""
 
 
+class OutputError(PretrainkitError):
+    """An output cannot be written where it was asked for (exists, disk full, read-only, ...);
+    the message names the path and the cause, and nothing half-written is left there."""
+
+
+class OutputExistsError(OutputError):
+    """The output path exists and was not created by this command; ``--overwrite`` replaces it."""
+
+
 def check_tensor_keys(
     source: str,
     missing: list[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from pretrainkit.config import EmbeddingConfig, ModelConfig, load_model_config
@@ -20,8 +21,10 @@ from pretrainkit.decoders import DECODERS
 from pretrainkit.embeddings.embedding import build_embedding
 from pretrainkit.encoders import ENCODERS
 from pretrainkit.errors import CheckpointError, ConfigError, check_tensor_keys, closest
-from pretrainkit.fileio import atomic_directory
+from pretrainkit.fileio import atomic_directory, read_safetensors
 from pretrainkit.targets import TARGETS, Target
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -253,16 +256,23 @@ class Model(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------
     def save(
-        self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+        self,
+        directory: str | os.PathLike,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write config.yaml, model.safetensors and the tokenizer into ``directory`` atomically.
 
-        ``state_dict``: the full weights to write instead of ``self.state_dict()``, for a model
-        whose parameters are sharded over processes (gathered by the distributed engine).
+        Args:
+            directory: the model folder; it must not exist yet, or be empty.
+            state_dict: the full weights to write instead of ``self.state_dict()``, for a model
+                whose parameters are sharded over processes (gathered by the distributed
+                engine).
+            overwrite: replace an existing non-empty ``directory`` (otherwise an
+                ``OutputExistsError``).
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
             self.config.save(tmp / CONFIG)
             aliases = self.tied_parameters()
             state = {
@@ -289,7 +299,7 @@ class Model(nn.Module):
         path = Path(directory) / WEIGHTS if Path(directory).is_dir() else Path(directory)
         if not path.is_file():
             raise CheckpointError(f"{path}: no weights file")
-        state = load_file(str(path))
+        state = read_safetensors(path)
         load_state_strict(self, state, str(path))
 
 
@@ -429,8 +439,17 @@ def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
 def load(directory: str | os.PathLike) -> Model:
     """Load a model folder written by ``Model.save`` (config, weights and tokenizer)."""
     directory = Path(directory)
+    if not (directory / CONFIG).is_file() and (directory / "model" / CONFIG).is_file():
+        # A training run folder: its final model is in model/.
+        log.info("%s is a run folder; loading its model from %s", directory, directory / "model")
+        directory = directory / "model"
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such model folder")
     if not (directory / CONFIG).is_file():
-        raise CheckpointError(f"{directory}: not a model folder (no {CONFIG})")
+        raise CheckpointError(
+            f"{directory}: not a model folder (no {CONFIG}); give a folder written by "
+            "pretrain/finetune (RUN/model), convert --from-hf or Model.save"
+        )
     model = build_model(ModelConfig.load(directory / CONFIG))
     if (directory / SAMP_PLAN).is_file():  # quantized by `pretrainkit quantize`
         from pretrainkit.samp.backends import prepare_quantized
@@ -442,7 +461,7 @@ def load(directory: str | os.PathLike) -> Model:
 
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
     if (directory / PASSTHROUGH).is_file():
-        model.hf_passthrough = load_file(str(directory / PASSTHROUGH))
+        model.hf_passthrough = read_safetensors(directory / PASSTHROUGH)
     if (directory / ENCODE_DEFAULTS).is_file():
         try:
             model.encode_defaults = dict(json.loads((directory / ENCODE_DEFAULTS).read_text()))

@@ -11,7 +11,7 @@ from pretrainkit.cli.options import (
     dataclass_from_args,
     split_model_overrides,
 )
-from pretrainkit.errors import ConfigError
+from pretrainkit.errors import ConfigError, DataError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
@@ -31,6 +31,33 @@ def command(name: str, summary: str):
 
 # TrainConfig fields the CLI does not expose as flags (tuples, or set by the command itself).
 TRAIN_SKIP = ("betas",)
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str = "--out") -> None:
+    """The one flag that lets a command replace an output it did not create (DESIGN.md §7)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} when it exists (otherwise an existing {what} is an error and is "
+        "left untouched)",
+    )
+
+
+def add_columns(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--columns",
+        type=_column_list,
+        default=None,
+        help="the column names of a file WITHOUT a header line, comma-separated, e.g. "
+        "label,text_a or label,text_a,text_b (SST-2 as distributed has no header)",
+    )
+
+
+def _column_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return names
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +81,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
+    add_overwrite(parser, "the run folder --out")
     add_dataclass_options(parser, TrainConfig, skip=TRAIN_SKIP, title="training")
     add_dataclass_options(parser, ParallelConfig, title="distributed (launch with torchrun)")
 
@@ -78,8 +106,10 @@ def _add_presets(p):
 def presets(args):
     from pretrainkit.config.presets import list_presets, preset_summary
 
-    for name in list_presets():
-        print(f"{name:14s} {preset_summary(name)}")
+    names = list_presets()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:{width}s}  {preset_summary(name)}")
 
 
 def _add_vocab(p):
@@ -88,13 +118,21 @@ def _add_vocab(p):
     p.add_argument("--size", type=int, required=True, help="vocabulary size")
     p.add_argument("--out", required=True, help="output tokenizer folder")
     p.add_argument("--cased", action="store_true", help="keep case (default lowercases)")
+    add_overwrite(p)
 
 
 @command("vocab", "train a WordPiece / byte-level BPE / unigram vocabulary on a corpus")(_add_vocab)
 def vocab(args):
     from pretrainkit.tokenization import train_tokenizer
 
-    tok = train_tokenizer(args.corpus, args.kind, args.size, args.out, lowercase=not args.cased)
+    tok = train_tokenizer(
+        args.corpus,
+        args.kind,
+        args.size,
+        args.out,
+        lowercase=not args.cased,
+        overwrite=args.overwrite,
+    )
     return {"out": args.out, "kind": tok.kind, "vocab_size": tok.vocab_size}
 
 
@@ -114,6 +152,7 @@ def _add_preprocess(p):
         action="store_true",
         help="skip undecodable or invalid lines (counted) instead of failing",
     )
+    add_overwrite(p)
 
 
 @command("preprocess", "tokenize a corpus into token shards for pre-training")(_add_preprocess)
@@ -128,6 +167,7 @@ def preprocess(args):
         args.out,
         workers=args.workers,
         skip_bad_lines=args.skip_bad_lines,
+        overwrite=args.overwrite,
     )
     return {k: v for k, v in manifest.items() if k not in ("corpus",)}
 
@@ -167,6 +207,7 @@ def pretrain(args, extra):
         dev=args.dev,
         eval_batches=args.eval_batches,
         global_batch_size=args.global_batch_size,
+        overwrite=args.overwrite,
     )
 
 
@@ -187,19 +228,25 @@ def _add_finetune(p):
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--pooling", default="first", choices=["first", "mean", "max", "last"])
     p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
+    add_columns(p)
     _train_options(p)
 
 
 @command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
 def finetune(args):
+    from pretrainkit.training import TrainConfig
     from pretrainkit.workflows.finetune import finetune as run
 
     has_steps = "steps" in vars(args)
     if args.epochs is not None and has_steps:
         raise ConfigError("finetune: give --steps or --epochs, not both")
     epochs = args.epochs if args.epochs is not None or has_steps else 3.0
-    # With epochs, steps is computed from the training-set size once the data is read.
-    train = _train_config(args, {"steps": 1} if epochs is not None else None)
+    train: Any = _train_config(args, {"steps": 1, "warmup": 0} if epochs is not None else None)
+    if epochs is not None:
+        # Steps come from the training-set size once the data is read; the options that depend
+        # on steps (warmup) are validated then, by the workflow. Everything else was checked.
+        names = TrainConfig.field_names()
+        train = {k: v for k, v in vars(args).items() if k in names and k != "steps"}
     return run(
         args.task,
         args.model,
@@ -215,6 +262,8 @@ def finetune(args):
         strategy=_parallel_config(args),
         resume=args.resume,
         global_batch_size=args.global_batch_size,
+        columns=args.columns,
+        overwrite=args.overwrite,
     )
 
 
@@ -223,6 +272,7 @@ def _add_evaluate(p):
     p.add_argument("--data", required=True, help="TSV with labels")
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
+    add_columns(p)
 
 
 @command("evaluate", "score a fine-tuned model on a labelled file")(_add_evaluate)
@@ -235,10 +285,10 @@ def evaluate(args):
     if regressor_of(model, args.model) is not None:
         from pretrainkit.tasks.regression import read_regression_file
 
-        data = read_regression_file(args.data)
+        data = read_regression_file(args.data, columns=args.columns)
     else:
         labels = classifier_of(model, args.model).labels
-        data = read_classification_tsv(args.data, label_set=labels)
+        data = read_classification_tsv(args.data, label_set=labels, columns=args.columns)
     return {
         "data": args.data,
         "rows": len(data.texts_a),
@@ -252,13 +302,24 @@ def _add_predict(p):
     p.add_argument("--out", required=True, help="output TSV: label<TAB>probability")
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
+    add_columns(p)
+    add_overwrite(p)
 
 
 @command("predict", "write predictions of a fine-tuned model for a file")(_add_predict)
 def predict(args):
     from pretrainkit.workflows.finetune import predict as run
 
-    return {"out": str(run(args.model, args.data, args.out, args.seq_length, args.batch_size))}
+    out = run(
+        args.model,
+        args.data,
+        args.out,
+        args.seq_length,
+        args.batch_size,
+        columns=args.columns,
+        overwrite=args.overwrite,
+    )
+    return {"out": str(out)}
 
 
 def _add_plot(p):
@@ -304,11 +365,20 @@ def _add_convert(p):
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-hf", metavar="HF_DIR", help="HF model folder to import")
     direction.add_argument("--to-hf", metavar="DIR", help="pretrainkit model folder to export")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, help="output folder, written whole or not at all")
     p.add_argument(
         "--family",
-        help="HF model_type (bert, roberta, albert); default: config.json's, or inferred",
+        help="HF model_type, one of: "
+        + ", ".join(_family_names())
+        + "; default: config.json's, or inferred",
     )
+    add_overwrite(p)
+
+
+def _family_names() -> list[str]:
+    from pretrainkit.convert import family_names
+
+    return family_names()
 
 
 @command("convert", "convert a model folder between HuggingFace and pretrainkit")(_add_convert)
@@ -316,8 +386,10 @@ def convert(args):
     from pretrainkit.convert import convert_from_hf, convert_to_hf
 
     if args.from_hf:
-        return {"out": str(convert_from_hf(args.from_hf, args.out, args.family))}
-    return {"out": str(convert_to_hf(args.to_hf, args.out, args.family))}
+        out = convert_from_hf(args.from_hf, args.out, args.family, overwrite=args.overwrite)
+    else:
+        out = convert_to_hf(args.to_hf, args.out, args.family, overwrite=args.overwrite)
+    return {"out": str(out)}
 
 
 def _add_embed(p):
@@ -343,6 +415,7 @@ def _add_embed(p):
     p.add_argument(
         "--max-length", type=int, help="tokens per text incl. specials (default: the model's)"
     )
+    add_overwrite(p)
 
 
 @command("embed", "write sentence embeddings of a text file as a .npy array")(_add_embed)
@@ -357,6 +430,7 @@ def embed(args):
         normalize=args.normalize,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        overwrite=args.overwrite,
     )
 
 
@@ -394,20 +468,22 @@ def _add_generate(p):
     p.add_argument("--seed", type=int, help="seed of the sampling generator")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--no-cache", action="store_true", help="recompute every step (slower)")
+    add_overwrite(p)
 
 
 @command(
     "generate", "continue prompts (decoder-only) or answer them (encoder-decoder, e.g. T5, BART)"
 )(_add_generate)
 def generate(args):
-    from pathlib import Path
-
+    from pretrainkit.fileio import check_output, read_utf8, write_text_file
     from pretrainkit.generation import check_generative
     from pretrainkit.generation import generate as run
     from pretrainkit.model import load
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:  # before the model is loaded and anything generated
+        check_output(args.out, args.overwrite, folder=False)
     model = load(args.model)
     check_generative(model)
     seq2seq = model.decoder is not None
@@ -417,10 +493,9 @@ def generate(args):
     if args.prompt is not None:
         prompts = [args.prompt]
     else:
-        path = Path(args.data)
-        if not path.is_file():
-            raise ConfigError(f"--data {path}: no such file")
-        prompts = path.read_text(encoding="utf-8").splitlines()
+        prompts = read_utf8(args.data).splitlines()
+        if not prompts:
+            raise DataError("no prompts (the file is empty); expected one prompt a line", args.data)
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
@@ -442,8 +517,7 @@ def generate(args):
         # One output per line: line breaks inside a generated text become spaces.
         outputs += [" ".join(tok.decode(row, skip_special_tokens=True).splitlines()) for row in new]
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("".join(line + "\n" for line in outputs), encoding="utf-8")
+        write_text_file(args.out, "".join(line + "\n" for line in outputs), args.overwrite)
         return {"out": args.out, "prompts": len(prompts)}
     for line in outputs:
         print(line)

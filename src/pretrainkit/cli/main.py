@@ -12,6 +12,11 @@ from pretrainkit.cli.commands import COMMANDS
 from pretrainkit.cli.options import read_config_file
 from pretrainkit.errors import ConfigError, PretrainkitError, closest
 
+# Set to 1 (or pass --debug) to see the full traceback of an error, for a bug report.
+DEBUG_ENV = "PRETRAINKIT_DEBUG"
+# Commands that only read or print: no threads to set, no load warning.
+_LIGHT_COMMANDS = {"presets", "plot"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -20,10 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (summary, add_arguments, _) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
         add_arguments(p)
+        if name not in _LIGHT_COMMANDS:
+            p.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                help="CPU threads for PyTorch (default: PyTorch's choice); on a busy machine "
+                "--threads 1 is often faster",
+            )
     return parser
 
 
@@ -53,14 +71,51 @@ def _apply_config_file(
 
 def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool) -> None:
     flags = [o for a in sub._actions for o in a.option_strings]
+    value_next = False
     for token in extra:
+        if value_next:  # the value of --model.KEY, which may look like an option (-64)
+            value_next = False
+            continue
         if token.startswith("--model.") and overrides:
+            value_next = "=" not in token
             continue
         if token.startswith("-"):
             name = token.split("=")[0]
             raise ConfigError(f"unrecognised option {name}{closest(name, flags)}")
     if extra and not overrides:
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply --threads, and warn once when the machine is busier than its cores."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return
+    cores = os.cpu_count() or 1
+    if load > cores:
+        logging.getLogger("pretrainkit").warning(
+            "load average %.1f exceeds the %d CPU cores: timings and throughput will be "
+            "unreliable%s",
+            load,
+            cores,
+            "; consider --threads 1" if threads is None else "",
+        )
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for an error that is not pretrainkit's own: the path and the cause."""
+    from pretrainkit.fileio import describe_os_error
+
+    if isinstance(error, OSError):
+        return describe_os_error(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _leave_process_group(clean: bool) -> None:
@@ -86,16 +141,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _, _, run = COMMANDS[args.command]
     overrides = getattr(run, "accepts_model_overrides", False)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         sub = _subparser(parser, args.command)
         if getattr(args, "config", None):
             args, extra = _apply_config_file(parser, sub, args.config, argv)
         _check_extra(sub, extra, overrides)
+        if args.command not in _LIGHT_COMMANDS:
+            _set_threads(getattr(args, "threads", None))
         result = run(args, extra) if overrides else run(args)
+    except KeyboardInterrupt:
+        # Temporaries were removed by the writers' cleanup on the way out.
+        _leave_process_group(clean=False)
+        if debug:
+            raise
+        print(f"pretrainkit {args.command}: interrupted", file=sys.stderr)
+        return 130
     except PretrainkitError as error:
         _leave_process_group(clean=False)
+        if debug:
+            raise
         print(f"pretrainkit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (OSError, MemoryError) as error:
+        # Disk full, read-only, a file where a folder was expected, out of memory: not a bug
+        # of ours, so one line (run with --debug for the traceback).
+        _leave_process_group(clean=False)
+        if debug:
+            raise
+        print(f"pretrainkit {args.command}: error: {_error_line(error)}", file=sys.stderr)
+        return 1
     _leave_process_group(clean=True)
     if isinstance(result, dict) and main_process:
         print(json.dumps(result, indent=2, default=str))

@@ -13,9 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pretrainkit.config.typed import from_dict
+from pretrainkit.config.typed import from_dict, load_yaml, read_yaml_file
 from pretrainkit.errors import ConfigError
 
 
@@ -99,10 +97,7 @@ def read_config_file(path: str | None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    data = read_yaml_file(p, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -122,6 +117,6 @@ def split_model_overrides(extra: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"{token} needs a value")
             value = extra[i + 1]
             i += 1
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = load_yaml(value, f"--model.{key}")
         i += 1
     return overrides

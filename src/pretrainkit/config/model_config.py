@@ -8,7 +8,13 @@ from typing import Any
 
 import yaml
 
-from pretrainkit.config.typed import check_choice, check_range, from_dict, to_dict
+from pretrainkit.config.typed import (
+    check_choice,
+    check_range,
+    from_dict,
+    read_yaml_file,
+    to_dict,
+)
 from pretrainkit.errors import ConfigError, closest
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -46,6 +52,9 @@ class EmbeddingConfig:
         check_range(self.dropout, "dropout", 0.0, 1.0)
         check_range(self.max_positions, "max_positions", 1)
         check_range(self.position_offset, "position_offset", 0, self.max_positions - 1)
+        check_range(self.norm_eps, "norm_eps", 0.0)
+        if "segment" in self.parts:
+            check_range(self.num_segments, "num_segments", 1)
         if self.factorized_size is not None:
             check_range(self.factorized_size, "factorized_size", 1)
         if not self.parts:
@@ -59,6 +68,7 @@ class EmbeddingConfig:
         if "patch" in self.parts:
             if self.image_size is None or self.patch_size is None:
                 raise ConfigError("the 'patch' part needs image_size and patch_size")
+            check_range(self.image_size, "image_size", 1)
             check_range(self.patch_size, "patch_size", 1)
             check_range(self.channels, "channels", 1)
             if self.image_size % self.patch_size:
@@ -119,6 +129,10 @@ class EncoderConfig:
         check_range(self.dropout, "dropout", 0.0, 1.0)
         check_range(self.attention_dropout, "attention_dropout", 0.0, 1.0)
         check_range(self.ffn_dropout, "ffn_dropout", 0.0, 1.0)
+        check_range(self.norm_eps, "norm_eps", 0.0)
+        check_range(self.rotary_base, "rotary_base", 1.0)
+        check_range(self.relative_buckets, "relative_buckets", 1)
+        check_range(self.relative_max_distance, "relative_max_distance", 1)
         kv = self.num_kv_heads
         if kv is not None and (kv < 1 or self.num_heads % kv):
             raise ConfigError(f"num_kv_heads: {kv} must divide num_heads ({self.num_heads})")
@@ -226,18 +240,15 @@ class ModelConfig:
         return data
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml_file(path), where=str(path))
 
     def with_targets(self, targets: list[TargetConfig]) -> ModelConfig:
         """The same model with another target: how a pre-trained model becomes a task model."""

@@ -7,10 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pretrainkit.config.model_config import ModelConfig
-from pretrainkit.config.typed import apply_overrides
+from pretrainkit.config.typed import apply_overrides, load_yaml, read_yaml_file
 from pretrainkit.errors import ConfigError, closest
 
 
@@ -24,10 +22,13 @@ def list_presets() -> list[str]:
 
 
 def preset_summary(name: str) -> str:
-    """First comment line of a preset file: what it reproduces."""
-    text = _preset_files()[name].read_text()
-    first = text.splitlines()[0] if text else ""
-    return first.lstrip("# ").strip()
+    """The leading comment block of a preset file, as one line: what it reproduces."""
+    words = []
+    for line in _preset_files()[name].read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("# ").strip())
+    return " ".join(w for w in words if w)
 
 
 def load_model_config(
@@ -48,20 +49,19 @@ def load_model_config(
         presets = _preset_files()
         path = Path(text_spec)
         if text_spec in presets:
-            source, where = presets[text_spec].read_text(), f"preset {text_spec}"
+            where = f"preset {text_spec}"
+            data = load_yaml(presets[text_spec].read_text(encoding="utf-8"), where)
         elif path.is_dir() and (path / "config.yaml").is_file():
-            source, where = (path / "config.yaml").read_text(), str(path / "config.yaml")
+            where = str(path / "config.yaml")
+            data = read_yaml_file(path / "config.yaml")
         elif path.is_file():
-            source, where = path.read_text(), str(path)
+            where = str(path)
+            data = read_yaml_file(path)
         else:
             raise ConfigError(
                 f"{text_spec!r} is neither a preset nor a YAML file{closest(text_spec, presets)}; "
                 f"presets: {', '.join(sorted(presets))}"
             )
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{where}: not valid YAML: {error}") from None
     if overrides:
         data = apply_overrides(data, overrides)
     return ModelConfig.from_dict(data, where=where)

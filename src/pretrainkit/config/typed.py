@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, Union
+
+import yaml
 
 from pretrainkit.errors import ConfigError, closest
 
 T = TypeVar("T")
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; every way it fails is one ConfigError naming ``where``.
+
+    PyYAML's safe constructors raise more than ``YAMLError`` on some well-formed input
+    (``2023-13-45`` is a ValueError, ``!!timestamp x`` an AttributeError, ``!!int ''`` an
+    IndexError, deep nesting a RecursionError): a user's file gets a clear line either way.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    except (ValueError, TypeError, AttributeError, LookupError, OverflowError) as error:
+        raise ConfigError(f"{where}: not valid YAML: a value cannot be read ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+
+
+def read_yaml_file(path: str | os.PathLike, where: str | None = None) -> Any:
+    """The YAML document of a UTF-8 file; a ConfigError naming the file when it is missing,
+    unreadable, not UTF-8 or not valid YAML."""
+    where = where or str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a folder, expected a YAML file") from None
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot be read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{where}: not UTF-8 (byte offset {error.start})") from None
+    return load_yaml(text, where)
 
 
 def from_dict(cls: type[T], data: Any, where: str) -> T:
@@ -88,7 +129,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 309 digits or more
+            raise ConfigError(f"{where}: {value} is too large for a float") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -111,6 +155,11 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
     """Set dotted keys (``encoder.num_layers``) in a nested dict; returns a new dict."""
     import copy
 
+    if overrides and not isinstance(data, dict):
+        raise ConfigError(
+            f"overrides {', '.join(overrides)}: expected a mapping to set them in, "
+            f"got {type(data).__name__}"
+        )
     result = copy.deepcopy(data)
     for dotted, value in overrides.items():
         node = result
@@ -134,6 +183,10 @@ def check_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
 
 
 def check_range(value: float | int, key: str, low: float | None = None, high: float | None = None):
+    """Raise ConfigError unless ``low <= value <= high`` (either bound may be None); NaN and
+    infinities are never in range."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
         raise ConfigError(f"{key}: {value!r} is outside {bounds}")

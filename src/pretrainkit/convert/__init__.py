@@ -2,8 +2,9 @@
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
 ``xlm-roberta``, ``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and
-``pegasus``, and ``vit`` (images); their tokenizers in ``convert.tokenizer_files``. See ``convert.spec`` for the table
-format and ``convert.hf`` for the converter.
+``pegasus``, and ``vit`` (images) — ``family_names()`` lists them; their tokenizers in
+``convert.tokenizer_files``. See ``convert.spec`` for the table format and ``convert.hf`` for
+the converter.
 """
 
 from pretrainkit.convert import (  # noqa: F401  (register the families)
@@ -15,7 +16,13 @@ from pretrainkit.convert import (  # noqa: F401  (register the families)
     t5,
     vit,
 )
-from pretrainkit.convert.hf import PASSTHROUGH, convert_from_hf, convert_to_hf, get_family
+from pretrainkit.convert.hf import (
+    PASSTHROUGH,
+    convert_from_hf,
+    convert_to_hf,
+    family_names,
+    get_family,
+)
 from pretrainkit.convert.spec import FAMILIES, Family, Head
 
 __all__ = [
@@ -25,5 +32,6 @@ __all__ = [
     "Head",
     "convert_from_hf",
     "convert_to_hf",
+    "family_names",
     "get_family",
 ]

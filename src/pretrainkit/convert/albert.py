@@ -129,5 +129,6 @@ register(
         unsupported=("AlbertForMultipleChoice",),
         ignored=("embeddings.position_ids", "embeddings.token_type_ids"),
         tokenizer_class="AlbertTokenizer",
+        pad_token_id=0,
     )
 )

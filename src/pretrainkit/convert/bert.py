@@ -8,7 +8,7 @@ from typing import Any
 
 from pretrainkit.config import ModelConfig, TargetConfig
 from pretrainkit.convert import common
-from pretrainkit.convert.spec import Family, Head, params, register
+from pretrainkit.convert.spec import Family, Head, need, params, register
 
 BODY = (
     ("embedding.parts.word.weight", "embeddings.word_embeddings.weight"),
@@ -148,7 +148,13 @@ def _bert_target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, An
 
 def _roberta_offset(hf: dict[str, Any]) -> int:
     # HF numbers RoBERTa's positions from padding_idx + 1; rows below stay in the table.
-    return int(hf.get("pad_token_id", 1)) + 1
+    pad = hf.get("pad_token_id", 1)
+    need(
+        isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0,
+        f"pad_token_id {pad!r}: {hf['model_type']} counts positions from the padding id, "
+        "so it must be a token id",
+    )
+    return pad + 1
 
 
 def _roberta_target(name: str, hf: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +187,7 @@ register(
         heads=_bert_heads(),
         unsupported=tuple(f"Bert{suffix}" for suffix in UNSUPPORTED),
         ignored=IGNORED,
+        pad_token_id=0,
     )
 )
 # XLM-RoBERTa is RoBERTa's architecture with a SentencePiece vocabulary (fairseq ids: <s>=0
@@ -198,5 +205,6 @@ for _model_type, _class in (("roberta", "Roberta"), ("xlm-roberta", "XLMRoberta"
             unsupported=tuple(f"{_class}{suffix}" for suffix in UNSUPPORTED),
             ignored=IGNORED,
             tokenizer_class=f"{_class}Tokenizer",
+            pad_token_id=1,
         )
     )

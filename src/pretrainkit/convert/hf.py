@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from pretrainkit.config import ModelConfig
 from pretrainkit.convert import files, sentence_files, tokenizer_files
-from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand
+from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand, need
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.model import PASSTHROUGH, Model, build_model, load, load_state_strict
@@ -27,11 +27,16 @@ from pretrainkit.workflows.embed import capacity
 log = logging.getLogger(__name__)
 
 
+def family_names() -> list[str]:
+    """The HF ``model_type`` names that convert, sorted (``albert``, ``bart``, ``bert`` ...)."""
+    return sorted(FAMILIES.names())
+
+
 def get_family(model_type: str) -> Family:
     """The family registered for a HF ``model_type``; unknown names list the supported ones."""
     if model_type not in FAMILIES:
         # Grouped so the reader sees at once which families are causal decoders.
-        names = sorted(FAMILIES.names())
+        names = family_names()
 
         def has(target: str) -> list[str]:
             return [n for n in names if any(target in h.targets for h in FAMILIES.get(n).heads)]
@@ -145,6 +150,7 @@ def state_to_hf(
 def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple[Model, dict]:
     """Build our model from a HF folder; returns it and the pass-through tensors."""
     directory = Path(hf_dir)
+    files.require_folder(directory)
     hf = files.read_json(directory / "config.json")
     if not isinstance(hf, dict):
         raise CheckpointError(f"{directory / 'config.json'}: expected a JSON object")
@@ -153,6 +159,8 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
         raise CheckpointError(f"{directory / 'config.json'}: no model_type; pass --family")
     fam = get_family(str(model_type))
     hf = {**hf, "model_type": fam.model_type}
+    if fam.complete_config is not None:
+        hf = fam.complete_config(hf)
     architectures = hf.get("architectures") or [fam.heads[0].architecture]
     if len(architectures) != 1:
         raise CheckpointError(f"{directory}: expected one architecture, got {architectures}")
@@ -170,11 +178,33 @@ def model_from_hf(hf_dir: str | os.PathLike, family: str | None = None) -> tuple
     config_dict = fam.config_from_hf(hf)
     config_dict["targets"] = [{"name": t, **fam.target_from_hf(t, hf)} for t in head.targets]
     model = build_model(ModelConfig.from_dict(config_dict, where=f"{directory} (converted)"))
+    _refuse_one_way(fam, head, model.config, directory)
     state, passthrough = state_from_hf(fam, head, hf_state, model, source)
     load_state_strict(model, state, source)
     model.tokenizer = tokenizer_files.import_tokenizer(directory)
     model.encode_defaults = sentence_files.sentence_transformers_defaults(directory)
     return model.eval(), passthrough
+
+
+def _refuse_one_way(fam: Family, head: Head, config: ModelConfig, directory: Path) -> None:
+    """Import only what export writes back: the family's translation to HF, run on the config
+    the import made, must accept it and choose the same architecture. A model that converts in
+    but could not go out again is refused here, with the reason, before anything is written."""
+    try:
+        hf_config = fam.config_to_hf(config)
+        for entry in config.targets:
+            hf_config.update(fam.target_to_hf(entry, config))
+        back = fam.head_for_targets(tuple(entry.name for entry in config.targets))
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{directory}: this {fam.model_type} configuration could not be written back to HF "
+            f"after conversion ({err}); not converted"
+        ) from None
+    need(
+        back == head,
+        f"{directory}: {head.architecture} would be written back as {back.architecture}; "
+        "not converted",
+    )
 
 
 def _differ(state: dict[str, torch.Tensor], alias: str, original: str) -> bool:
@@ -185,7 +215,10 @@ def _differ(state: dict[str, torch.Tensor], alias: str, original: str) -> bool:
 
 
 def convert_from_hf(
-    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None
+    hf_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    family: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a HF model folder into a pretrainkit model folder.
 
@@ -200,13 +233,15 @@ def convert_from_hf(
         ``out_dir``.
 
     Raises:
-        CheckpointError: unknown model_type or architecture, a head not supported yet, or
-            tensors missing, left over or of the wrong shape (all listed).
+        CheckpointError: no such folder (there is no model hub behind it), unknown model_type
+            or architecture, a head not supported yet, a configuration that could not be
+            written back to HF, tensors missing, left over or of the wrong shape (all listed),
+            damaged weights files, or a path in the folder's files that leads outside it.
     """
     model, passthrough = model_from_hf(hf_dir, family)
     model.hf_passthrough = passthrough
     out = Path(out_dir)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         model.save(tmp)
     if model.tokenizer is None:
         log.warning(
@@ -236,7 +271,10 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
 
 
 def convert_to_hf(
-    model_dir: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    family: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a pretrainkit model folder as a HF folder that ``transformers`` loads as is.
 
@@ -267,11 +305,12 @@ def convert_to_hf(
                 f"need pad_token_id {hf['pad_token_id']}"
             )
         hf["pad_token_id"] = tokenizer.pad_id
-    hf.setdefault("pad_token_id", 0)
+    if fam.pad_token_id is not None:
+        hf.setdefault("pad_token_id", fam.pad_token_id)
     hf["architectures"] = [head.architecture]
     state = state_to_hf(fam, head, model, model.hf_passthrough)
     out = Path(out_dir)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         written = []

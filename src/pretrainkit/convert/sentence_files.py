@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from pretrainkit.convert.files import optional_json, read_json
 from pretrainkit.errors import CheckpointError
+from pretrainkit.fileio import inside
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,23 @@ def sentence_transformers_defaults(directory: Path) -> dict[str, Any]:
     if not modules:
         return {}
     defaults: dict[str, Any] = {"normalize": False}
+    here = Path(os.path.normpath(directory))
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = str(module.get("path") or "")
+        # Every module folder must lie inside this one, whether or not it is read.
+        folder = inside(directory, path, directory / MODULES) if path else here
         if kind == "Transformer":
-            if module.get("path", ""):
+            if folder != here:
                 raise CheckpointError(
-                    f"{directory}: the transformer lives in {module['path']!r}; convert that "
+                    f"{directory}: the transformer lives in {path!r}; convert that "
                     "folder (its pooling settings are then not recorded)"
                 )
             continue
         if kind == "Pooling":
-            defaults["pooling"] = _pooling(directory, directory / module["path"] / "config.json")
+            if not path:
+                raise CheckpointError(f"{directory / MODULES}: the Pooling module has no path")
+            defaults["pooling"] = _pooling(directory, folder / "config.json")
         elif kind == "Normalize":
             defaults["normalize"] = True
         else:
@@ -81,7 +89,12 @@ def _pooling(directory: Path, path: Path) -> str:
 
 def _optional_json_list(path: Path) -> list[dict[str, Any]]:
     data = read_json(path) if path.is_file() else []
-    return data if isinstance(data, list) else []
+    if not isinstance(data, list):
+        return []
+    odd = [entry for entry in data if not isinstance(entry, dict)]
+    if odd:
+        raise CheckpointError(f"{path}: expected a list of module objects, got {odd[0]!r}")
+    return data
 
 
 def write_sentence_transformers(

@@ -174,6 +174,12 @@ class Family:
         renames: ``(pattern, replacement)`` regular expressions applied in order to every HF
             name on import: older checkpoint layouts (transformers 4's ViT names) mapped onto
             today's, as transformers itself does on load. Export writes today's names.
+        complete_config: HF config.json dict → the same with what transformers derives from it
+            on load filled in (T5's ``scale_decoder_outputs`` from an older
+            ``tie_word_embeddings``), before the tensors are looked at.
+        pad_token_id: HF's ``pad_token_id`` on export when neither ``config_to_hf`` nor the
+            tokenizer gives one (BERT's 0); None writes none (GPT-2, LLaMA: HF would make that
+            row of the embedding padding).
     """
 
     model_type: str
@@ -187,6 +193,8 @@ class Family:
     ignored: tuple[str, ...] = ()
     tokenizer_class: str = "BertTokenizer"
     renames: tuple[tuple[str, str], ...] = ()
+    complete_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    pad_token_id: int | None = None
 
     def rename(self, name: str) -> str:
         for pattern, replacement in self.renames:

@@ -1,5 +1,9 @@
 """T5 (v1.0: dense ReLU feed-forward, tied and rescaled LM head; v1.1: gated-GELU, untied).
 
+Tying and the v1.0 rescaling are two settings, as in transformers 5 (``scale_decoder_outputs``;
+transformers 4 derived the scaling from ``tie_word_embeddings``): ``complete_config`` reads
+either form, and export writes both flags.
+
 Pre-RMSNorm encoder and decoder without biases, query·key unscaled (T5 folds the factor into its
 initialisation: ``attention_scale: 1.0``), one learned relative-position bias per stack kept in
 its first block, and one word table shared by both stacks and, in v1.0, the LM head.
@@ -145,26 +149,37 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def complete_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """What transformers 5 reads a T5 config.json as: the v1.0 output scaling is its own flag
+    (transformers 4 wrote only ``tie_word_embeddings`` and scaled exactly when tied), and the
+    head is tied unless the file holds an ``lm_head`` of its own (which the converter then
+    finds different from ``shared`` and unties)."""
+    scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+    return {**hf, "scale_decoder_outputs": bool(scaled), "tie_word_embeddings": True}
+
+
 def target_from_hf(name: str, hf: dict[str, Any]) -> dict[str, Any]:
     need(name == "seq2seq_lm", f"target {name!r} has no T5 head")
     tied = bool(hf.get("tie_word_embeddings", True))
-    # transformers 5 records the v1.0 rescaling separately; 4.x derives it from tying.
-    rescale = bool(hf.get("scale_decoder_outputs", tied))
-    return {"bias": False, "tied": tied, "scale": hf["d_model"] ** -0.5 if rescale else 1.0}
+    scaled = bool(hf.get("scale_decoder_outputs", tied))
+    return {"bias": False, "tied": tied, "scale": hf["d_model"] ** -0.5 if scaled else 1.0}
 
 
 def target_to_hf(entry: TargetConfig, config: ModelConfig) -> dict[str, Any]:
+    """Tying and scaling as two flags: v1.0 has both, v1.1 neither, and transformers 5 reads
+    the mixtures too (a v1.1 built from its config is tied, a v1.0 head may be fine-tuned
+    apart). transformers 4 reads only the first two right: it scales exactly when tied."""
     options = common.target_options(entry)
     need(not options["bias"], "target seq2seq_lm cannot be written to T5 with bias: true")
     rescaled = config.hidden_size**-0.5
     tied, scale = bool(options["tied"]), float(options["scale"])
-    # T5 ties and rescales together (v1.0) or does neither (v1.1).
-    want = rescaled if tied else 1.0
+    scaled = abs(scale - rescaled) <= 1e-12 * rescaled
     need(
-        abs(scale - want) <= 1e-12 * max(1.0, want),
-        f"target seq2seq_lm: T5 needs scale {want!r} with tied: {str(tied).lower()}, got {scale!r}",
+        scaled or scale == 1.0,
+        f"target seq2seq_lm: T5 scales the decoder output by d_model ** -0.5 ({rescaled!r}) or "
+        f"not at all (1.0); got scale {scale!r}",
     )
-    return {"tie_word_embeddings": tied, "scale_decoder_outputs": tied}
+    return {"tie_word_embeddings": tied, "scale_decoder_outputs": scaled}
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -247,5 +262,6 @@ register(
         ),
         ignored=IGNORED,
         tokenizer_class="T5TokenizerFast",
+        complete_config=complete_config,
     )
 )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pretrainkit.errors import DataError
+from pretrainkit.fileio import open_input
 
 _BLOCK = 1 << 20
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass
@@ -86,13 +89,7 @@ def _raw_lines(path: Path, info: CorpusFile) -> Iterator[tuple[int, bytes]]:
     digest = hashlib.sha256()
     rest = b""
     number = 0
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; a `with` would span the yields
-    except FileNotFoundError:
-        raise DataError("corpus file not found", path) from None
-    except IsADirectoryError:
-        raise DataError("expected a corpus file, got a folder", path) from None
-    with f:
+    with open_input(path, "corpus file") as f:
         # Big blocks keep the per-line cost at one split, not one read call.
         for block in iter(lambda: f.read(_BLOCK), b""):
             digest.update(block)
@@ -119,8 +116,15 @@ def _jsonl_sentences(
     except json.JSONDecodeError as err:
         _bad_line(f"not valid JSON ({err.msg} at column {err.colno})", path, number, skip, info)
         return None
+    except (ValueError, RecursionError) as err:  # a 5,000-digit number, [[[[...]]]] nesting
+        _bad_line(f"not valid JSON ({err})", path, number, skip, info)
+        return None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         _bad_line('expected a JSON object with a string "text" key', path, number, skip, info)
+        return None
+    # A \ud800 escape decodes to a lone surrogate, which no tokenizer or file can take.
+    if "\\u" in text and _SURROGATE.search(record["text"]):
+        _bad_line('"text" holds a lone surrogate (\\ud800-\\udfff)', path, number, skip, info)
         return None
     return [s.strip() for s in record["text"].split("\n") if s.strip()]
 

@@ -21,8 +21,9 @@ from pretrainkit.data.corpus import CorpusFile, read_documents
 from pretrainkit.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter
 from pretrainkit.data.workers import Chunk, encode_chunks
 from pretrainkit.errors import ConfigError, DataError, closest
+from pretrainkit.fileio import atomic_directory
 from pretrainkit.tokenization import Tokenizer, load_tokenizer
-from pretrainkit.tokenization.files import atomic_dir, sha256_file
+from pretrainkit.tokenization.files import sha256_file
 
 OBJECTIVES = ("mlm", "lm", "bert", "albert")
 # Fewest positions that leave room for the special tokens and at least one real token a side.
@@ -59,6 +60,7 @@ def preprocess(
     workers: int = 1,
     skip_bad_lines: bool = False,
     log: Callable[[str], object] = print,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenize corpus files into a shard folder.
 
@@ -68,7 +70,8 @@ def preprocess(
         tokenizer_path: anything `load_tokenizer` reads.
         objective: "mlm", "lm", "bert" or "albert"; recorded as the streams' default.
         seq_length: recorded as the streams' default window length.
-        out_dir: the shard folder; written through `out_dir.tmp-<pid>` and renamed at the end.
+        out_dir: the shard folder; written through `.tmp-<name>-<pid>` beside it and renamed
+            at the end; an existing non-empty folder is replaced only with ``overwrite``.
         workers: processes that tokenize, this one included; the output does not depend on it.
         skip_bad_lines: skip lines that are not UTF-8 / valid JSONL records (counted in the log
             and the manifest) instead of failing.
@@ -94,7 +97,7 @@ def preprocess(
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     infos = [CorpusFile(path) for path in paths]
     start = time.perf_counter()
-    with atomic_dir(out_dir, MANIFEST) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save(tmp / "tokenizer")
         writer = ShardWriter(tmp, dtype)
         chunks = _chunks(paths, infos, skip_bad_lines, log)

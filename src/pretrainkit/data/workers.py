@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
@@ -114,6 +115,9 @@ _worker_dtype: np.dtype | None = None
 
 def _init_worker(tokenizer_path: str, dtype_name: str) -> None:
     global _worker_tokenizer, _worker_dtype
+    # Ctrl-C reaches the whole process group: the main process handles it (cleans up, ends the
+    # pool, prints one line); helpers printing their own KeyboardInterrupt would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # see _single_threaded
     _worker_tokenizer = load_tokenizer(tokenizer_path)
     if isinstance(_worker_tokenizer, SentencePieceTokenizer):

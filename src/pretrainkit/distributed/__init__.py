@@ -4,7 +4,12 @@ The training loop calls ``parallelize`` once and afterwards talks only to the ``
 returns, never asking which backend is used.
 """
 
-from pretrainkit.distributed.collective import all_reduce_sum, barrier, gather_objects
+from pretrainkit.distributed.collective import (
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+)
 from pretrainkit.distributed.config import (
     STRATEGIES,
     ParallelConfig,
@@ -30,6 +35,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "batch_plan",
+    "broadcast_object",
     "check_run",
     "check_strategy",
     "deepspeed_installed",

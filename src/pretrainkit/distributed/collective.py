@@ -42,6 +42,15 @@ def gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` (picklable), on every process; the others pass anything (None)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @contextlib.contextmanager
 def shared_atomic_directory(target: Path, fsync: bool = False) -> Iterator[Path]:
     """``fileio.atomic_directory`` that every process writes into, published once by rank 0.

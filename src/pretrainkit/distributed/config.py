@@ -37,6 +37,10 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     """Recompute each transformer layer's activations in the backward pass instead of storing
     them (less memory, about a third more compute)."""
+    trust_checkpoint: bool = False
+    """Resume from checkpoint files that cannot be checked: a checkpoint without manifest.json
+    (written by an older pretrainkit) and DeepSpeed's own optimizer files, which DeepSpeed reads
+    with pickle and which can therefore run code. Only for run folders you wrote yourself."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -44,7 +48,7 @@ class ParallelConfig:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}{hint}; valid choices: {', '.join(STRATEGIES)}"
             )
-        for name in ("cpu_offload", "activation_checkpointing"):
+        for name in ("cpu_offload", "activation_checkpointing", "trust_checkpoint"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.zero_stage is not None:

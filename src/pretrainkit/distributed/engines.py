@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -24,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.fileio import read_safetensors
 
 if TYPE_CHECKING:
     from pretrainkit.training.config import TrainConfig
@@ -51,6 +51,12 @@ class Engine:
         device: The training device.
         precision: The resolved precision (``fp16`` gets a gradient scaler).
     """
+
+    strategy_name = "single"
+    """The strategy's name, as ``--strategy`` spells it (for logs)."""
+    trust_checkpoint = False
+    """Resume from checkpoint files that cannot be verified or that only load with pickle
+    (``ParallelConfig.trust_checkpoint``; ``parallelize`` sets it)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, precision: str):
         # Imported here: pretrainkit.training imports this package.
@@ -159,7 +165,15 @@ class Engine:
             raise CheckpointError(f"{directory}: optimizer state does not fit: {error}") from None
 
     def load_weights(self, directory: Path) -> None:
-        self.model.load_weights(directory)  # type: ignore[operator]
+        """Load ``model.safetensors``; a damaged file is a CheckpointError naming it."""
+        from pretrainkit.model import Model, load_state_strict
+
+        path = Path(directory) / WEIGHTS
+        weights = read_safetensors(path)
+        if isinstance(self.model, Model):
+            load_state_strict(self.model, weights, str(path))
+        else:  # any other model loads its own way, from a file now known to be readable
+            self.model.load_weights(directory)  # type: ignore[operator]
 
 
 class DDPEngine(Engine):
@@ -168,6 +182,8 @@ class DDPEngine(Engine):
     Gradient accumulation runs the first micro-batches under ``no_sync``, so the all-reduce
     happens once per optimizer step instead of once per micro-batch.
     """
+
+    strategy_name = "ddp"
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -199,6 +215,8 @@ class FSDPEngine(Engine):
     Args:
         cpu_offload: Keep the parameter and optimizer shards in CPU memory between uses.
     """
+
+    strategy_name = "fsdp"
 
     def __init__(
         self,
@@ -255,9 +273,7 @@ class FSDPEngine(Engine):
 
     def load_weights(self, directory: Path) -> None:
         path = Path(directory) / WEIGHTS
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no weights file")
-        weights: dict[str, Any] = weights_with_aliases(self.model, load_file(str(path)))
+        weights: dict[str, Any] = weights_with_aliases(self.model, read_safetensors(path))
         set_model_state_dict(self.module, weights, options=StateDictOptions(full_state_dict=True))
 
 

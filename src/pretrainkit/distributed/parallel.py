@@ -240,6 +240,19 @@ def parallelize(
     config = config if config is not None else TrainConfig(steps=1, device=str(device))
     if parallel.activation_checkpointing:
         checkpoint_layers(model)
+    engine = _engine(model, parallel, config, device, precision, micro_batch)
+    engine.trust_checkpoint = parallel.trust_checkpoint
+    return engine
+
+
+def _engine(
+    model: nn.Module,
+    parallel: ParallelConfig,
+    config,
+    device: torch.device,
+    precision: str,
+    micro_batch: int,
+) -> Engine:
     if not parallel.distributed:
         return Engine(model, config, device, precision)
     init_process_group(device)

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from pretrainkit.distributed.engines import Engine
 from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.fileio import read_safetensors
 from pretrainkit.training.config import TrainConfig
 from pretrainkit.training.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
-SHARDS = "deepspeed"  # sub-folder of a checkpoint with DeepSpeed's per-rank optimizer shards
-TAG = "state"
+SHARDS = "deepspeed"  # sub-folder of a checkpoint with the per-rank optimizer shards
+ZERO_STATE = "zero.json"  # our copy: what every process shares (groups, counters, loss scale)
+ZERO_FORMAT = "pretrainkit-zero"
+TAG = "state"  # DeepSpeed's own checkpoint (pickle files) under SHARDS/TAG: ZeRO-3 only
+_COUNTERS = ("global_steps", "global_samples", "skipped_steps", "micro_steps")
+
+
+def zero_shard_file(rank: int) -> str:
+    """This process's fp32 master weights and Adam moments, relative to the checkpoint."""
+    return f"{SHARDS}/zero-rank-{rank:05d}.safetensors"
 
 
 def deepspeed_config(
@@ -54,14 +66,18 @@ class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO-1/2/3: DeepSpeed owns the optimizer step, clipping and the shards.
 
     ZeRO-1 shards the optimizer states over the processes, ZeRO-2 also the gradients, ZeRO-3
-    also the parameters. Checkpoints keep DeepSpeed's own per-rank files (in ``deepspeed/``) for
-    resuming, and the consolidated weights in our safetensors format for everything else.
+    also the parameters. Checkpoints hold the consolidated weights (``model.safetensors``) and,
+    for ZeRO-1/2, each process's optimizer partition as safetensors plus JSON (``deepspeed/``):
+    no pickle is read on resume. DeepSpeed's own checkpoint files are pickles (reading them can
+    run code), so ZeRO-3, which still writes those, resumes only with ``trust_checkpoint``.
 
     Args:
         micro_batch: Sequences per micro-batch on each process (for DeepSpeed's batch check).
         stage: The ZeRO stage.
         cpu_offload: Offload optimizer states (and ZeRO-3 parameters) to CPU memory.
     """
+
+    strategy_name = "deepspeed"
 
     def __init__(
         self,
@@ -81,8 +97,12 @@ class DeepSpeedEngine(Engine):
         if stage == 3:
             logger.warning(
                 "ZeRO-3 is not covered by pretrainkit's tests: on CPU (DeepSpeed 0.19) its first "
-                "backward fails with the tied MLM/LM head; strategy fsdp shards the same way"
+                "backward fails with the tied MLM/LM head; strategy fsdp shards the same way. "
+                "Its checkpoints are DeepSpeed's pickle files: resuming needs --trust-checkpoint"
             )
+        if dist.get_world_size() == 1:
+            # DeepSpeed insists on a launcher's LOCAL_RANK even in a process group of one.
+            os.environ.setdefault("LOCAL_RANK", "0")
 
         self.device = device
         self.model = model.to(device)
@@ -130,30 +150,161 @@ class DeepSpeedEngine(Engine):
         return {k: v.detach().cpu() for k, v in state.items()} if state else None
 
     def optimizer_state(self) -> dict[str, Any] | None:
-        return None  # in DeepSpeed's own shards (save_shards)
+        return None  # each process's partition goes to deepspeed/ (save_shards)
 
     def extra_state(self) -> dict[str, Any]:
         return {"deepspeed_stage": self.stage}
 
     def save_shards(self, directory: Path) -> None:
-        self.ds.save_checkpoint(str(Path(directory) / SHARDS), tag=TAG, save_latest=False)
+        import torch.distributed as dist
+
+        if self.stage == 3:
+            self.ds.save_checkpoint(str(Path(directory) / SHARDS), tag=TAG, save_latest=False)
+            return
+        rank = dist.get_rank()
+        optimizer = self._zero_optimizer()
+        (Path(directory) / SHARDS).mkdir(exist_ok=True)
+        state = self.optimizer.state_dict()  # our AdamW over this process's flat partitions
+        tensors = {
+            f"fp32.{group}": flat.detach().cpu().contiguous()
+            for group, flat in enumerate(optimizer.single_partition_of_fp32_groups)
+        }
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                if not torch.is_tensor(value):
+                    raise CheckpointError(
+                        f"optimizer state {key!r} is {type(value).__name__}, not a tensor; "
+                        "cannot be saved as safetensors"
+                    )
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(Path(directory) / zero_shard_file(rank)))
+        if rank == 0:
+            scaler = optimizer.loss_scaler
+            shared = {
+                "format": ZERO_FORMAT,
+                "stage": self.stage,
+                "world_size": dist.get_world_size(),
+                "param_groups": state["param_groups"],
+                "counters": {name: int(getattr(self.ds, name)) for name in _COUNTERS},
+                "loss_scaler": {
+                    k: v for k, v in vars(scaler).items() if isinstance(v, (bool, int, float))
+                },
+            }
+            try:
+                text = json.dumps(shared, indent=1)
+            except TypeError as error:
+                raise CheckpointError(f"optimizer settings are not JSON: {error}") from None
+            (Path(directory) / SHARDS / ZERO_STATE).write_text(text, encoding="utf-8")
 
     def load(self, directory: Path, state: dict[str, Any]) -> None:
-        if not (Path(directory) / SHARDS / TAG).is_dir():
-            raise CheckpointError(
-                f"{directory}: no DeepSpeed optimizer shards ({SHARDS}/{TAG}); this checkpoint "
-                "was not written with strategy deepspeed. Its weights load with "
-                "pretrainkit.load, but resuming needs the strategy that wrote it"
-            )
+        directory = Path(directory)
         if state.get("deepspeed_stage") != self.stage:
             raise CheckpointError(
                 f"{directory}: written with ZeRO stage {state.get('deepspeed_stage')}, resumed "
                 f"with stage {self.stage}; use --zero-stage {state.get('deepspeed_stage')}"
             )
-        # DeepSpeed reads its shards with pickle (torch.load weights_only=False): only resume
-        # checkpoints this run wrote, as for any DeepSpeed checkpoint.
+        if (directory / SHARDS / ZERO_STATE).is_file():
+            self._load_own(directory)
+        elif (directory / SHARDS / TAG).is_dir():
+            self._load_deepspeed_pickles(directory)
+        else:
+            raise CheckpointError(
+                f"{directory}: no DeepSpeed optimizer shards ({SHARDS}/); this checkpoint was "
+                "not written with strategy deepspeed. Its weights load with pretrainkit.load, "
+                "but resuming needs the strategy that wrote it"
+            )
+
+    def _zero_optimizer(self) -> Any:
+        optimizer = self.ds.optimizer
+        if not hasattr(optimizer, "single_partition_of_fp32_groups"):
+            raise CheckpointError(
+                f"DeepSpeed's ZeRO-{self.stage} optimizer ({type(optimizer).__name__}) has no "
+                "fp32 partitions where pretrainkit expects them; this DeepSpeed version is not "
+                "supported for checkpoints"
+            )
+        return optimizer
+
+    def _load_own(self, directory: Path) -> None:
+        """Resume from our safetensors + JSON copy: weights, fp32 masters, moments, counters."""
+        import torch.distributed as dist
+
+        path = directory / SHARDS / ZERO_STATE
+        try:
+            shared = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{path}: unreadable: {error}") from None
+        if not isinstance(shared, dict) or shared.get("format") != ZERO_FORMAT:
+            raise CheckpointError(f"{path}: not a pretrainkit ZeRO state")
+        if shared.get("world_size") != dist.get_world_size():
+            raise CheckpointError(
+                f"{path}: written by {shared.get('world_size')} process(es), resumed with "
+                f"{dist.get_world_size()}; each process owns its part of the optimizer state"
+            )
+        optimizer = self._zero_optimizer()
+        self.load_weights(directory)  # ZeRO-1/2: every process holds all the weights
+        shard = directory / zero_shard_file(dist.get_rank())
+        tensors = read_safetensors(shard)
+        flats = optimizer.single_partition_of_fp32_groups
+        try:
+            optimizer_state = _optimizer_state(tensors, shared["param_groups"], len(flats))
+            counters = {k: int(v) for k, v in shared["counters"].items() if k in _COUNTERS}
+            scaling = {
+                k: v
+                for k, v in shared["loss_scaler"].items()
+                if isinstance(v, (bool, int, float)) and hasattr(optimizer.loss_scaler, k)
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"{path} / {shard.name}: malformed: {error!r}") from None
+        with torch.no_grad():
+            for group, flat in enumerate(flats):
+                saved = tensors.get(f"fp32.{group}")
+                if saved is None or saved.shape != flat.shape:
+                    found = "none" if saved is None else tuple(saved.shape)
+                    raise CheckpointError(
+                        f"{shard}: fp32 partition {group} is {found}, this model's is "
+                        f"{tuple(flat.shape)}; resume the same model on the same processes"
+                    )
+                flat.copy_(saved)
+        for current, saved in zip(self.optimizer.param_groups, optimizer_state["param_groups"]):
+            for key, value in saved.items():  # JSON turned tuples (betas) into lists
+                if isinstance(current.get(key), tuple) and isinstance(value, list):
+                    saved[key] = tuple(value)
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{shard}: optimizer state does not fit: {error}") from None
+        for name, count in counters.items():
+            setattr(self.ds, name, count)
+        for name, value in scaling.items():
+            setattr(optimizer.loss_scaler, name, value)
+
+    def _load_deepspeed_pickles(self, directory: Path) -> None:
+        if not self.trust_checkpoint:
+            raise CheckpointError(
+                f"{directory}: holds only DeepSpeed's own optimizer files ({SHARDS}/{TAG}), "
+                "which DeepSpeed reads with pickle: a run folder from someone else could run "
+                "code that way. If you wrote this run yourself, resume with --trust-checkpoint"
+            )
+        logger.warning("%s: loading DeepSpeed's pickle files (--trust-checkpoint)", directory)
         path, _ = self.ds.load_checkpoint(
-            str(Path(directory) / SHARDS), tag=TAG, load_lr_scheduler_states=False
+            str(directory / SHARDS), tag=TAG, load_lr_scheduler_states=False
         )
         if path is None:
             raise CheckpointError(f"{directory}: DeepSpeed could not load {SHARDS}/{TAG}")
+
+
+def _optimizer_state(
+    tensors: dict[str, Tensor], param_groups: list[dict[str, Any]], groups: int
+) -> dict[str, Any]:
+    """A torch optimizer ``state_dict`` from our tensors (``state.<index>.<key>``) and groups."""
+    if not isinstance(param_groups, list) or len(param_groups) != groups:
+        raise ValueError(f"{groups} parameter groups expected")
+    if not all(isinstance(group, dict) for group in param_groups):
+        raise TypeError("a parameter group is not a JSON object")
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition(".")
+        if kind == "state":
+            index, _, key = rest.partition(".")
+            state.setdefault(int(index), {})[key] = tensor
+    return {"state": state, "param_groups": param_groups}

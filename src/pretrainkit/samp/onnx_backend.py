@@ -19,11 +19,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrainkit.errors import ConfigError
+from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.fileio import inside
 from pretrainkit.model import Model
 from pretrainkit.samp.plan import Plan, check_plan_fits, encoder_layers, int8_gemms, layer_gemms
 
 ONNX_FILE = "encoder.onnx"
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose tensors name external data files outside its folder: a
+    quantized folder may come from someone else, and a path in it must not make us read
+    elsewhere (DESIGN.md §7)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as error:  # protobuf DecodeError and friends
+        raise CheckpointError(f"{path}: not a readable ONNX model: {error}") from None
+    for tensor in graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                inside(path.parent, entry.value, path)
 
 
 class OrtEncoder(nn.Module):
@@ -38,6 +55,7 @@ class OrtEncoder(nn.Module):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
+        check_external_data(self.path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, **unused):

@@ -1,8 +1,9 @@
-"""Downstream classification data: TSV files with a header, streams and batches over them."""
+"""Downstream classification data: TSV files (with a header, or columns named by the caller),
+streams and batches over them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import torch
 from pretrainkit.data.batching import collate
 from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
 from pretrainkit.errors import ConfigError, DataError, closest
+from pretrainkit.fileio import read_input
 from pretrainkit.tokenization import Tokenizer
 
 COLUMNS = ("label", "text_a", "text_b")
 _EXPECTED = "label<TAB>text_a or label<TAB>text_a<TAB>text_b"
+_HEADERLESS = "a file without a header needs its columns named (columns=label,text_a)"
 
 
 @dataclass
@@ -27,49 +30,72 @@ class ClassificationData:
         texts_a: the first text of each row.
         texts_b: the second text of each row (sentence pairs), or None.
         labels: the label of each row as written, or None for a file without labels.
+        first_line: the line of the file that holds row 0 (2 after a header, 1 without).
     """
 
     path: Path
     texts_a: list[str]
     texts_b: list[str] | None
     labels: list[str] | None
+    first_line: int = 2
 
     def __len__(self) -> int:
         return len(self.texts_a)
 
 
 def read_classification_tsv(
-    path: str | Path, label_set: list[str] | None = None, require_labels: bool = True
+    path: str | Path,
+    label_set: list[str] | None = None,
+    require_labels: bool = True,
+    columns: Sequence[str] | str | None = None,
 ) -> ClassificationData:
-    """Read a TSV file whose header is `label\\ttext_a` or `label\\ttext_a\\ttext_b`.
+    """Read a TSV file whose header is `label\\ttext_a` or `label\\ttext_a\\ttext_b`, or a file
+    without a header whose columns are named by `columns`.
 
     Columns may come in any order. Without `require_labels` the label column may be absent
-    (files to predict on). Every row is kept, so row i is line i + 2 of the file.
+    (files to predict on). Every row is kept, so row i is line `first_line + i` of the file.
 
     Args:
         path: the TSV file (UTF-8).
         label_set: when given, every label must be one of these.
         require_labels: the file must have a label column.
+        columns: for a file without a header (SST-2's `label<TAB>sentence` rows): the name of
+            each field, in order, from `label`, `text_a`, `text_b` (a sequence, or one string
+            `"label,text_a"`); the first line is then a row. `text_a` is required, and `label`
+            unless `require_labels` is false.
 
     Raises:
-        DataError: naming the file and line: a bad header, a row with the wrong number of
-            fields, a label outside `label_set`, bytes that are not UTF-8, or an empty file.
+        DataError: naming the file and line: a bad header or bad `columns`, a row with the
+            wrong number of fields, a label outside `label_set`, bytes that are not UTF-8, a
+            file that cannot be read, or an empty file.
     """
     path = Path(path)
-    try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
+    names = check_columns(columns, path, require_labels) if columns is not None else None
+    raw_lines = _read_lines(path)
     if raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last row
     if not raw_lines:
-        raise DataError(f"file is empty; expected a header {_EXPECTED}", path)
-    lines = (_decode(raw, path, number) for number, raw in enumerate(raw_lines, start=1))
-    header = next(lines).lstrip("\ufeff").split("\t")  # a BOM would hide the first name
-    _check_header(header, path, require_labels)
-    columns: dict[str, list[str]] = {name: [] for name in header}
+        what = f"rows {'<TAB>'.join(names)}" if names else f"a header {_EXPECTED}"
+        raise DataError(f"file is empty; expected {what}", path)
+    lines: Iterator[str] = (
+        _decode(raw, path, number) for number, raw in enumerate(raw_lines, start=1)
+    )
+    first = next(lines).lstrip("\ufeff")  # a BOM would hide the first name
+    if names is None:
+        header, first_line = first.split("\t"), 2
+        _check_header(header, path, require_labels)
+    else:
+        header, first_line = list(names), 1
+        if first.split("\t") == header:
+            raise DataError(
+                f"line 1 is a header ({', '.join(header)}); columns are for files without one",
+                path,
+                1,
+            )
+        lines = _chain(first, lines)
+    values: dict[str, list[str]] = {name: [] for name in header}
     allowed = set(label_set) if label_set is not None else None
-    for number, line in enumerate(lines, start=2):
+    for number, line in enumerate(lines, start=first_line):
         fields = line.split("\t")
         if len(fields) != len(header):
             raise DataError(
@@ -79,9 +105,9 @@ def read_classification_tsv(
                 number,
             )
         for name, value in zip(header, fields):
-            columns[name].append(value)
-        if "label" in columns:
-            label = columns["label"][-1]
+            values[name].append(value)
+        if "label" in values:
+            label = values["label"][-1]
             if allowed is not None and label not in allowed:
                 raise DataError(
                     f"label {label!r} is not one of the labels: {', '.join(label_set or [])}",
@@ -90,14 +116,47 @@ def read_classification_tsv(
                 )
             if label == "":
                 raise DataError("the label is empty", path, number)
-    if not columns["text_a"]:
+    if not values["text_a"]:
         raise DataError("the file has a header but no rows", path, 2)
     return ClassificationData(
         path=path,
-        texts_a=columns["text_a"],
-        texts_b=columns.get("text_b"),
-        labels=columns.get("label"),
+        texts_a=values["text_a"],
+        texts_b=values.get("text_b"),
+        labels=values.get("label"),
+        first_line=first_line,
     )
+
+
+def check_columns(
+    columns: Sequence[str] | str, path: str | Path | None = None, require_labels: bool = True
+) -> tuple[str, ...]:
+    """Validate the column names of a file without a header; returns them as a tuple.
+
+    Raises:
+        DataError: (naming `path` when given) an unknown or repeated name, or a missing
+            `text_a` (or `label`, with `require_labels`).
+    """
+    if isinstance(columns, str):
+        names = tuple(name.strip() for name in columns.split(","))
+    else:
+        names = tuple(columns)
+    allowed = ", ".join(COLUMNS)
+    for name in names:
+        if not isinstance(name, str) or name not in COLUMNS:
+            suggestion = closest(str(name), COLUMNS)
+            raise DataError(
+                f"columns: unknown column name {name!r}{suggestion}; allowed names: {allowed}",
+                path,
+            )
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise DataError(f"columns: {duplicated[0]!r} is named twice in {list(names)}", path)
+    for needed in ("text_a", "label") if require_labels else ("text_a",):
+        if needed not in names:
+            raise DataError(
+                f"columns: {list(names)} lacks {needed!r}; allowed names: {allowed}", path
+            )
+    return names
 
 
 def label_set_of(data: ClassificationData) -> list[str]:
@@ -222,10 +281,20 @@ def _label_ids(data: ClassificationData, label_set: list[str]) -> list[int]:
             raise DataError(
                 f"label {label!r} is not one of the labels: {', '.join(label_set)}",
                 data.path,
-                row + 2,  # rows start on line 2, after the header
+                row + data.first_line,
             )
         ids.append(index[label])
     return ids
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """The file's lines as bytes (split on newlines only); OS errors as one DataError."""
+    return read_input(path).split(b"\n")
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
 
 
 def _decode(raw: bytes, path: Path, number: int) -> str:
@@ -239,7 +308,8 @@ def _check_header(header: list[str], path: Path, require_labels: bool) -> None:
     for name in header:
         if name not in COLUMNS:
             raise DataError(
-                f"unknown column {name!r}{closest(name, COLUMNS)}; expected a header {_EXPECTED}",
+                f"unknown column {name!r}{closest(name, COLUMNS)}; expected a header "
+                f"{_EXPECTED}; {_HEADERLESS}",
                 path,
                 1,
             )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,60 +18,98 @@ from pretrainkit.fileio import read_utf8
 from pretrainkit.tasks.classification import (
     ClassificationData,
     ClassificationStream,
+    check_columns,
     classification_batches,
     read_classification_tsv,
 )
 from pretrainkit.tokenization import Tokenizer
 
+# STS-B's CSV rows: sentence1,sentence2,score.
+CSV_COLUMNS = ("text_a", "text_b", "label")
 
-def read_regression_file(path: str | Path, require_labels: bool = True) -> ClassificationData:
+
+def read_regression_file(
+    path: str | Path,
+    require_labels: bool = True,
+    columns: Sequence[str] | str | None = None,
+) -> ClassificationData:
     """Read sentence pairs (or single texts) with a numeric score.
 
-    ``.csv``: STS-B rows ``sentence1,sentence2,score`` (quoted as CSV, no header). Any other
-    suffix: a task TSV as ``read_classification_tsv`` reads it, whose labels must be numbers.
+    ``.csv``: rows without a header, quoted as CSV; by default STS-B's
+    ``sentence1,sentence2,score`` (``columns`` ``text_a,text_b,label``). Any other suffix: a task
+    TSV as ``read_classification_tsv`` reads it (with a header, or headerless with
+    ``columns``), whose labels must be numbers.
+
+    Args:
+        path: the file (UTF-8).
+        require_labels: the file must have a score (``label``) column; without it a file may
+            lack one (files to predict on).
+        columns: the name of each field of a file without a header, in order, from ``label``
+            (the score), ``text_a``, ``text_b``; see ``read_classification_tsv``.
 
     Raises:
-        DataError: naming the file and line: a row without three fields, a score that is not a
-            number, an empty file.
+        DataError: naming the file and line: a row with the wrong number of fields, a score
+            that is not a finite number, bad ``columns``, an empty file.
     """
     path = Path(path)
     if path.suffix != ".csv":
-        data = read_classification_tsv(path, require_labels=require_labels)
-        scores_of(data)  # every label must be a number
+        data = read_classification_tsv(path, require_labels=require_labels, columns=columns)
+        if data.labels is not None:
+            scores_of(data)  # every label must be a number
         return data
+    names = check_columns(columns if columns is not None else CSV_COLUMNS, path, require_labels)
     text = read_utf8(path)
-    texts_a, texts_b, labels = [], [], []
-    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
-        if len(row) != 3:
+    values: dict[str, list[str]] = {name: [] for name in names}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    line = 1  # where the current row starts (a quoted field may span lines)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise DataError(f"not valid CSV ({error})", path, reader.line_num) from None
+        if len(row) != len(names):
             raise DataError(
-                f"expected 3 comma-separated fields (sentence1,sentence2,score), got {len(row)}",
+                f"expected {len(names)} comma-separated fields ({','.join(names)}), got {len(row)}",
                 path,
-                number,
+                line,
             )
-        texts_a.append(row[0])
-        texts_b.append(row[1])
-        labels.append(row[2])
-    if not texts_a:
-        raise DataError("file is empty; expected rows sentence1,sentence2,score", path)
-    data = ClassificationData(path, texts_a, texts_b, labels)
-    scores_of(data)
-    return data
+        for name, value in zip(names, row):
+            values[name].append(value)
+        if "label" in values:
+            _score(values["label"][-1], path, line)
+        line = reader.line_num + 1
+    if not values["text_a"]:
+        raise DataError(f"file is empty; expected rows {','.join(names)}", path)
+    return ClassificationData(
+        path, values["text_a"], values.get("text_b"), values.get("label"), first_line=1
+    )
 
 
 def scores_of(data: ClassificationData) -> np.ndarray:
-    """The labels as float32 scores; a DataError naming the line of the first non-number."""
+    """The labels as float32 scores; a DataError naming the line of the first non-number.
+
+    Lines are counted from ``data.first_line`` (exact unless a quoted CSV field spans lines;
+    ``read_regression_file`` checks CSV scores with their exact lines as it reads).
+    """
     if data.labels is None:
         raise DataError("has no labels; regression needs a score column", data.path)
-    offset = 1 if data.path.suffix == ".csv" else 2  # TSV rows start after the header
     scores = np.empty(len(data.labels), dtype=np.float32)
     for row, label in enumerate(data.labels):
-        try:
-            scores[row] = float(label)
-        except ValueError:
-            raise DataError(f"score {label!r} is not a number", data.path, row + offset) from None
-        if not np.isfinite(scores[row]):
-            raise DataError(f"score {label!r} is not finite", data.path, row + offset)
+        scores[row] = _score(label, data.path, row + data.first_line)
     return scores
+
+
+def _score(label: str, path: Path, line: int) -> float:
+    try:
+        value = float(label)
+    except ValueError:
+        raise DataError(f"score {label!r} is not a number", path, line) from None
+    # Beyond float32's range the score would become inf in the batches.
+    if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
+        raise DataError(f"score {label!r} is not a finite float32 number", path, line)
+    return value
 
 
 class RegressionStream(ClassificationStream):

@@ -13,9 +13,9 @@ from tokenizers import models, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from pretrainkit.errors import ConfigError, DataError, closest
+from pretrainkit.fileio import atomic_directory
 from pretrainkit.tokenization import hf
-from pretrainkit.tokenization.base import CONFIG_FILE, Tokenizer
-from pretrainkit.tokenization.files import atomic_dir
+from pretrainkit.tokenization.base import Tokenizer
 from pretrainkit.tokenization.spm import SentencePieceTokenizer
 
 KINDS = ("wordpiece", "bpe", "unigram")
@@ -29,6 +29,7 @@ def train_tokenizer(
     vocab_size: int,
     out_dir: str | Path,
     lowercase: bool = True,
+    overwrite: bool = False,
 ) -> Tokenizer:
     """Train a vocabulary on corpus files and save the tokenizer into `out_dir`.
 
@@ -39,7 +40,8 @@ def train_tokenizer(
             (SentencePiece, specials <pad> <unk> <s> </s> <mask>).
         vocab_size: the size to reach, special tokens included; a corpus too small for it yields
             a smaller vocabulary.
-        out_dir: written as a whole (through a temporary folder beside it) or not at all.
+        out_dir: written as a whole (through a temporary folder beside it) or not at all; an
+            existing non-empty folder is replaced only with ``overwrite``.
         lowercase: lower-case text before learning and applying the vocabulary.
 
     Returns:
@@ -70,7 +72,7 @@ def train_tokenizer(
             "corpus holds no text to learn a vocabulary from", ", ".join(map(str, paths))
         )
     texts = itertools.chain([first], batches)
-    with atomic_dir(out_dir, CONFIG_FILE) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         if kind == "unigram":
             tokenizer: Tokenizer = _train_unigram(texts, vocab_size, lowercase)
         else:

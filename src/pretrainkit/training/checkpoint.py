@@ -1,8 +1,17 @@
-"""Checkpoint folders: written atomically, rotated, found again and read without pickle code."""
+"""Checkpoint folders: written atomically, verified before use, rotated, found again and read
+without pickle code.
+
+Every checkpoint folder ends with ``manifest.json``, written last (after every process has
+written its files, before the folder gets its name): each file's path, size and SHA-256. Resume
+trusts a folder only when its files match it; a damaged one is skipped, kept under the name
+``step-XXXXXXXX.damaged`` and reported, and the newest intact one is used instead.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -16,11 +25,16 @@ from torch import nn
 
 from pretrainkit.distributed.collective import barrier, shared_atomic_directory
 from pretrainkit.errors import CheckpointError
-from pretrainkit.fileio import atomic_directory
+from pretrainkit.fileio import atomic_directory, inside, remove_stale_temporaries
 
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state.json"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "pretrainkit-checkpoint-manifest"
+DAMAGED_SUFFIX = ".damaged"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_TEMPORARY = re.compile(r"^\.(tmp|old)-(?P<name>.+)-(?P<pid>\d+)$")
+_CHUNK = 1 << 20
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -29,10 +43,11 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run as ``(step, folder)``, oldest first.
+    """The checkpoint folders of a run as ``(step, folder)``, oldest first.
 
     A folder only gets its ``step-*`` name by an atomic rename after everything in it is
-    written, so a name that matches is complete; the file check guards against hand edits.
+    written; whether its files are still intact is ``verify_checkpoint``'s question, so that a
+    damaged one is reported rather than silently passed over.
     """
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
@@ -40,23 +55,152 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in root.iterdir():
         match = _STEP_DIR.match(child.name)
-        if match and (child / TRAINER_STATE).is_file() and (child / DATA_STATE).is_file():
+        if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return sorted(found)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recent complete checkpoint folder, or None when there is none."""
+    """The most recent checkpoint folder (not verified), or None when there is none."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
 
 
 def remove_leftovers(directory: Path) -> None:
-    """Delete temporary folders a killed process left behind in ``directory``."""
-    if Path(directory).is_dir():
-        for child in Path(directory).iterdir():
-            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(child, ignore_errors=True)
+    """Delete the temporaries (``.tmp-*``, ``.old-*``) that killed processes left in ``directory``.
+
+    Those of a process that still runs (another job writing into the same run folder) stay.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    names = {m["name"] for m in map(_TEMPORARY.match, os.listdir(directory)) if m is not None}
+    for name in sorted(names):
+        remove_stale_temporaries(directory / name)
+
+
+# -- the manifest -------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks (checkpoints can be larger than memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, step: int) -> Path:
+    """Write ``manifest.json`` listing every other file of ``folder`` with its size and SHA-256.
+
+    Called last, once every process has written its files, so that it covers all of them.
+    """
+    folder = Path(folder)
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if relative == MANIFEST or not path.is_file():
+            continue
+        files[relative] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "step": step, "files": files}
+    target = folder / MANIFEST
+    target.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """Check a checkpoint folder against its manifest; None when intact, else what is wrong.
+
+    Every listed file must be there with the listed size and SHA-256, and the trainer state
+    and data position must be listed. Files the manifest does not list are ignored (and never
+    read). A folder without a manifest cannot be verified, which counts as damaged.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        return (
+            f"no {MANIFEST}, so its files cannot be verified (damaged, or written by an older "
+            "pretrainkit; --trust-checkpoint resumes from it unverified)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{MANIFEST} is unreadable: {error}"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return f"{MANIFEST} is not a pretrainkit checkpoint manifest"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return f"{MANIFEST} lists no files"
+    problems = [
+        f"{name} is not listed in {MANIFEST}"
+        for name in (TRAINER_STATE, DATA_STATE)
+        if name not in files
+    ]
+    for relative, entry in sorted(files.items()):
+        problem = _check_file(folder, relative, entry, path)
+        if problem:
+            problems.append(problem)
+    return "; ".join(problems) if problems else None
+
+
+def _check_file(folder: Path, relative: str, entry: Any, manifest: Path) -> str | None:
+    try:
+        file = inside(folder, relative, manifest)
+    except CheckpointError:
+        return f"{relative!r} in {MANIFEST} points outside the checkpoint"
+    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
+        return f"{relative}: its {MANIFEST} entry has no size and SHA-256"
+    if not file.is_file():
+        return f"{relative} is missing"
+    size = file.stat().st_size
+    if size != entry["size"]:
+        return f"{relative} has {size} bytes, {MANIFEST} says {entry['size']}"
+    try:
+        digest = file_digest(file)
+    except OSError as error:
+        return f"{relative} is unreadable: {error.strerror or error}"
+    if digest != entry.get("sha256"):
+        return f"{relative} has other contents than {MANIFEST} lists (SHA-256 differs)"
+    return None
+
+
+def find_resumable(
+    run_dir: Path, trust_unverified: bool = False
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint of a run, and the newer ones skipped with the reason.
+
+    Args:
+        run_dir: The run folder.
+        trust_unverified: Also accept a checkpoint without a manifest (one written by an older
+            pretrainkit); one whose files differ from its manifest is never accepted.
+
+    Returns:
+        ``(folder or None, [(skipped folder, why), ...])``, newest first.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for _, folder in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(folder)
+        if problem is None or (trust_unverified and not (folder / MANIFEST).exists()):
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint ``step-X`` to ``step-X.damaged`` (``.damaged-2``, ...).
+
+    The name takes it out of resuming and rotation for good, and frees its step for the new
+    checkpoint of the resumed run; its files are kept for the user to inspect.
+    """
+    folder = Path(folder)
+    target = folder.with_name(folder.name + DAMAGED_SUFFIX)
+    number = 2
+    while os.path.lexists(target):
+        target = folder.with_name(f"{folder.name}{DAMAGED_SUFFIX}-{number}")
+        number += 1
+    os.rename(folder, target)
+    return target
 
 
 def rng_state() -> dict[str, Any]:
@@ -114,7 +258,8 @@ def save_checkpoint(
     """Write ``checkpoints/step-XXXXXXXX/`` atomically, then delete all but the last ``keep_last``.
 
     Called on every process together: each may add per-process files (``write_shards``), the
-    main process (the one given ``trainer_state``) writes the rest and publishes the folder.
+    main process (the one given ``trainer_state``) writes the rest, then the manifest, and
+    publishes the folder. Rotation only deletes checkpoints of earlier steps than ``step``.
 
     Args:
         run_dir: The run folder.
@@ -147,8 +292,14 @@ def save_checkpoint(
         if main:
             torch.save(trainer_state, tmp / TRAINER_STATE)
             (tmp / DATA_STATE).write_text(data_json, encoding="utf-8")
+        barrier()  # the manifest must cover every process's files
+        if main:
+            write_manifest(tmp, step)
     if main:
-        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+        # Checkpoints past ``step`` are none of this run's business: they were set aside when
+        # resuming, or belong to a run this one must not destroy.
+        done = [folder for number, folder in list_checkpoints(run_dir) if number <= step]
+        for old in done[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -206,12 +357,16 @@ def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dic
 
 
 def save_model(
-    model: nn.Module, directory: Path, weights: dict[str, torch.Tensor] | None = None
+    model: nn.Module,
+    directory: Path,
+    weights: dict[str, torch.Tensor] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """``model.save`` into ``directory``, atomically (readers never see a half-written model).
 
     ``weights``: the gathered full weights when the model itself holds only a shard.
+    ``overwrite``: replace an existing model (a resumed run replaces its own final model).
     """
-    with atomic_directory(Path(directory), fsync=True) as tmp:
+    with atomic_directory(Path(directory), fsync=True, overwrite=overwrite) as tmp:
         save_weights(model, tmp, weights)
     return Path(directory)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrainkit.errors import PretrainkitError
+from pretrainkit.fileio import atomic_file
 from pretrainkit.training.runlog import METRICS_FILE, read_metrics
 
 # (key in metrics.jsonl, file name, y-axis label); dev/* metrics are added per run.
@@ -69,6 +70,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         if not steps:
             continue
         target = plots_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png")
-        _save_plot(target, steps, values, label, run_dir.name)
+        # The plots folder is this command's own output: a rerun replaces its PNGs.
+        with atomic_file(target, overwrite=True) as tmp:
+            _save_plot(tmp, steps, values, label, run_dir.name)
         written.append(target)
     return written

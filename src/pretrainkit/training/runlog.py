@@ -7,20 +7,45 @@ import math
 from pathlib import Path
 from typing import Any, TextIO
 
+from pretrainkit.errors import DataError
+from pretrainkit.fileio import atomic_file
+
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` file; a line cut short by a killed process is skipped."""
+    """Records of a ``metrics.jsonl`` file.
+
+    The last line may be cut short by a killed process and is then skipped; any other line
+    that is not a JSON record with an integer ``step`` is a DataError naming the file and line.
+    """
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as error:
+        raise DataError(f"cannot read: {error.strerror or error}", path) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            if number == len(lines):  # cut short while being written
+                continue
+            cause = "not UTF-8" if isinstance(error, UnicodeDecodeError) else "not JSON"
+            raise DataError(
+                f"{cause}; expected one JSON metrics record a line", path, number
+            ) from None
+        if not isinstance(record, dict) or not _is_step(record.get("step")):
+            raise DataError('expected a JSON object with an integer "step"', path, number)
+        records.append(record)
     return records
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _clean(value: Any) -> Any:
@@ -60,9 +85,8 @@ class RunLog:
         if keep_until is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
         # Rewrite then rename, so a crash here cannot lose the records being kept.
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        with atomic_file(self.path, overwrite=True) as tmp:  # the run's own log
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import; only when used

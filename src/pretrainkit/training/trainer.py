@@ -17,13 +17,14 @@ from torch import Tensor, nn
 from pretrainkit.distributed import (
     ParallelConfig,
     all_reduce_sum,
+    broadcast_object,
     gather_objects,
     is_main_process,
     parallelize,
     rank,
     world_size,
 )
-from pretrainkit.errors import ConfigError, PretrainkitError
+from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.training import checkpoint as ckpt
 from pretrainkit.training.config import TrainConfig
 from pretrainkit.training.optim import build_scheduler
@@ -55,8 +56,10 @@ class Trainer:
         evaluate: Called as ``evaluate(model)`` in eval mode without gradients, every
             ``eval_every`` steps and at the end; returns ``{name: number}``, logged as
             ``dev/<name>``. It runs on every process; only the main process logs.
-        resume: Continue from the latest complete checkpoint in ``out_dir``. When there is
-            none, a warning is logged and a fresh run starts (so a preempted job can always be
+        resume: Continue from the latest checkpoint in ``out_dir`` whose files match its
+            manifest. Newer damaged ones are renamed ``step-XXXXXXXX.damaged`` (kept, never
+            deleted) with a warning saying what is wrong. When there is no checkpoint at all, a
+            warning is logged and a fresh run starts (so a preempted job can always be
             relaunched with the same command).
         strategy: Distribution strategy (a name or a ``ParallelConfig``) handed to
             ``pretrainkit.distributed.parallelize``. Under several processes each one passes
@@ -65,6 +68,8 @@ class Trainer:
     Raises:
         ConfigError: Bad precision for the device, unknown strategy, or (``resume=False``)
             ``out_dir`` already holds checkpoints of another run.
+        CheckpointError: (from ``fit``) ``resume`` with checkpoints none of which is intact;
+            the message lists each one and what is wrong with it.
     """
 
     def __init__(
@@ -102,21 +107,22 @@ class Trainer:
         self._elapsed_before = 0.0
         self._saved_step = -1
         self._eval_step = -1
+        self._resumed_from: Path | None = None
 
     # -- setup -------------------------------------------------------------------------
 
     def _start(self) -> int | None:
         """Resume or start fresh; returns the checkpoint step resumed from, or None."""
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        found = ckpt.list_checkpoints(self.run_dir)
         if self.is_main:
             ckpt.remove_leftovers(self.run_dir / "checkpoints")
             ckpt.remove_leftovers(self.run_dir)
-        if latest is not None and not self.resume:
+        if found and not self.resume:
             raise ConfigError(
-                f"{self.run_dir} already holds checkpoints (latest {latest.name}); pass "
+                f"{self.run_dir} already holds checkpoints (latest {found[-1][1].name}); pass "
                 "resume=True to continue that run, or choose another out_dir"
             )
-        if latest is None:
+        if not found:
             if self.resume:
                 logger.warning(
                     "resume requested but %s has no checkpoint: starting fresh", self.run_dir
@@ -126,9 +132,43 @@ class Trainer:
             random.seed(seed)
             np.random.seed(seed)
             return None
-        self._load(latest)
-        logger.info("resumed from %s (step %d)", latest, self.step)
+        self._load(self._intact_checkpoint())
+        logger.info("resumed from %s (step %d)", self._resumed_from, self.step)
         return self.step
+
+    def _intact_checkpoint(self) -> Path:
+        """The newest checkpoint that matches its manifest; newer damaged ones are set aside.
+
+        The main process checks (hashing every file once) and tells the others its choice.
+        """
+        trust = self.engine.trust_checkpoint
+        found = ckpt.find_resumable(self.run_dir, trust) if self.is_main else None
+        chosen, skipped = broadcast_object(found)
+        if chosen is None:
+            listed = "; ".join(f"{folder.name}: {why}" for folder, why in skipped)
+            raise CheckpointError(
+                f"{self.run_dir}: no intact checkpoint to resume from ({listed}). Nothing was "
+                "changed; start a new run in another folder, or restore a checkpoint"
+            )
+        if self.is_main:
+            for folder, why in skipped:
+                aside = ckpt.set_aside(folder)
+                logger.warning(
+                    "checkpoint %s is damaged (%s); resuming from %s instead. The damaged one "
+                    "is kept as %s",
+                    folder,
+                    why,
+                    chosen.name,
+                    aside.name,
+                )
+            if not (chosen / ckpt.MANIFEST).exists():  # accepted unverified: trust_checkpoint
+                logger.warning(
+                    "resuming from %s without verifying it (no %s; --trust-checkpoint)",
+                    chosen,
+                    ckpt.MANIFEST,
+                )
+        self._resumed_from = chosen
+        return chosen
 
     def _load(self, directory: Path) -> None:
         state = ckpt.load_trainer_state(directory)
@@ -172,7 +212,7 @@ class Trainer:
             "%d process(es), strategy %s; effective batch per optimizer step: %d × accumulate "
             "%d × %d process(es) = %d sequences",
             self.world_size,
-            type(self.engine).__name__,
+            self.engine.strategy_name,
             getattr(self.train_data, "batch_size", 0),
             cfg.accumulate,
             self.world_size,
@@ -205,7 +245,8 @@ class Trainer:
             model_dir = self.run_dir / "model"
             weights = self.engine.full_state_dict()  # every process: may gather shards
             if self.is_main:
-                ckpt.save_model(self.model, model_dir, weights)
+                # A resumed run replaces its own final model (written when it ended before).
+                ckpt.save_model(self.model, model_dir, weights, overwrite=self.resume)
         finally:
             bar.close()
             log.close()

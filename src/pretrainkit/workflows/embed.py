@@ -11,7 +11,6 @@ Pooling choices:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ import torch
 
 from pretrainkit.config.typed import check_choice
 from pretrainkit.errors import CheckpointError, ConfigError, DataError
-from pretrainkit.fileio import read_utf8
+from pretrainkit.fileio import atomic_file, check_output, read_utf8
 from pretrainkit.targets.classification import pool
 
 if TYPE_CHECKING:
@@ -133,23 +132,19 @@ def embed(
     normalize: bool | None = None,
     batch_size: int = 32,
     max_length: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Embed every text of ``data_file`` and write a ``[rows, hidden]`` float32 ``.npy``.
 
-    The output appears whole or not at all (written beside, then renamed).
+    The output appears whole or not at all (written beside, then renamed); an existing
+    ``out_file`` is replaced only with ``overwrite``.
     """
     from pretrainkit.model import load
 
+    check_output(out_file, overwrite, folder=False)  # before the work, not after it
     model = load(model_dir)
     texts = read_texts(data_file)
     vectors = encode(model, texts, batch_size, pooling, normalize, max_length)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:  # a file object: np.save would otherwise append ".npy"
-            np.save(f, vectors)
-        tmp.replace(out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out_file, overwrite) as tmp, tmp.open("wb") as f:
+        np.save(f, vectors)  # to a file object: np.save would otherwise append ".npy"
     return {"out": str(out_file), "rows": len(texts), "dim": int(vectors.shape[1])}

@@ -21,9 +21,11 @@ from pretrainkit.distributed import (
     world_size,
 )
 from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.fileio import check_output, write_text_file
 from pretrainkit.model import Model, build_model, load
 from pretrainkit.targets.classification import ClassificationTarget
 from pretrainkit.tasks.metrics import classification_metrics
+from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +139,18 @@ def finetune(
     strategy: str | ParallelConfig = "single",
     resume: bool = False,
     global_batch_size: int | None = None,
+    columns: tuple[str, ...] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Fine-tune the model folder ``model`` on a classification TSV or a regression file
     (STS-B CSV, or a TSV with numeric labels).
 
-    ``epochs`` (when given) sets ``train.steps`` from the training-set size and the global
-    batch. Under torchrun every process reads its own part of the rows; ``batch_size`` is per
-    process (default 32), ``global_batch_size`` per optimizer step.
+    ``train`` is a TrainConfig, or with ``epochs`` also a mapping of its options without
+    ``steps``: ``epochs`` sets the steps from the training-set size and the global batch, and
+    the options that depend on the steps (warmup) are validated against that number. Under
+    torchrun every process reads its own part of the rows; ``batch_size`` is per process
+    (default 32), ``global_batch_size`` per optimizer step. ``columns`` names the columns of
+    header-less files; ``out`` follows ``workflows.run_folder`` (``resume``, ``overwrite``).
     """
     from pretrainkit.tasks.classification import (
         ClassificationStream,
@@ -154,6 +161,15 @@ def finetune(
 
     if task not in TASKS:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
+    from pretrainkit.config.typed import from_dict
+    from pretrainkit.training import TrainConfig
+
+    options = dict(train) if isinstance(train, dict) else None
+    if options is not None:
+        if epochs is None:
+            raise ConfigError("finetune: train options without steps need epochs")
+        # Checked now with a placeholder length; warmup is checked once the steps are known.
+        train = from_dict(TrainConfig, {**options, "steps": 1, "warmup": 0}, "training")
     # Before anything is written.
     parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size)
     plan = batch_plan(parallel, batch_size, train.accumulate)
@@ -163,20 +179,27 @@ def finetune(
     if task == "regression":
         from pretrainkit.tasks.regression import read_regression_file
 
-        train_data = read_regression_file(train_file)
+        train_data = read_regression_file(train_file, columns=columns)
         labels = None
-        dev_data = read_regression_file(dev_file) if dev_file else None
+        dev_data = read_regression_file(dev_file, columns=columns) if dev_file else None
     else:
-        train_data = read_classification_tsv(train_file)
+        train_data = read_classification_tsv(train_file, columns=columns)
         labels = label_set_of(train_data)
-        dev_data = read_classification_tsv(dev_file, label_set=labels) if dev_file else None
+        dev_data = (
+            read_classification_tsv(dev_file, label_set=labels, columns=columns)
+            if dev_file
+            else None
+        )
     if epochs is not None:
         rows = epochs * len(train_data.texts_a)
-        train.steps = max(1, math.ceil(rows / plan["global_batch_size"]))
+        steps = max(1, math.ceil(rows / plan["global_batch_size"]))
+        if options is not None:
+            train = from_dict(TrainConfig, {**options, "steps": steps}, "training")
+        else:
+            train.steps = steps
+            train.__post_init__()  # the options that depend on steps, against the real number
     torch.manual_seed(train.seed)
     net = task_model(base, labels, pooling, dropout, task)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = {
         "command": "finetune",
         "task": task,
@@ -188,8 +211,6 @@ def finetune(
         "seq_length": seq_length,
         **plan,
     }
-    if is_main_process():
-        (out / "run.json").write_text(json.dumps(run, indent=2))
     stream: ClassificationStream
     if task == "regression":
         from pretrainkit.tasks.regression import RegressionStream
@@ -209,16 +230,19 @@ def finetune(
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return evaluate_model(m, dev_data, seq_length)  # type: ignore[arg-type]
 
-    trainer = Trainer(
-        net,
-        batches,
-        train,
-        out,
-        evaluate=evaluate if dev_data else None,
-        resume=resume,
-        strategy=parallel,
-    )
-    return trainer.fit()
+    with run_folder(out, resume, overwrite) as folder:
+        if is_main_process():
+            (folder / "run.json").write_text(json.dumps(run, indent=2))
+        trainer = Trainer(
+            net,
+            batches,
+            train,
+            folder,
+            evaluate=evaluate if dev_data else None,
+            resume=resume,
+            strategy=parallel,
+        )
+        return trainer.fit()
 
 
 def predict(
@@ -227,29 +251,30 @@ def predict(
     out_file: str | Path,
     seq_length: int = 128,
     batch_size: int = 64,
+    columns: tuple[str, ...] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``label<TAB>probability`` (classification) or ``score`` (regression) for every
-    row of ``data_file`` (labels optional)."""
+    row of ``data_file`` (labels optional; ``columns`` for a file without a header). An
+    existing ``out_file`` is replaced only with ``overwrite``."""
     from pretrainkit.tasks.classification import read_classification_tsv
 
+    check_output(out_file, overwrite, folder=False)  # before the work, not after it
     net = load(model)
     if regressor_of(net, str(model)) is not None:
         from pretrainkit.tasks.regression import read_regression_file
 
-        data = read_regression_file(data_file, require_labels=False)
+        data = read_regression_file(data_file, require_labels=False, columns=columns)
         scores = predict_scores(net, data, seq_length, batch_size)
         lines = ["score"] + [f"{value:.6f}" for value in scores]
     else:
         target = classifier_of(net, str(model))
-        data = read_classification_tsv(data_file, label_set=target.labels, require_labels=False)
+        data = read_classification_tsv(
+            data_file, label_set=target.labels, require_labels=False, columns=columns
+        )
         logits = predict_logits(net, data, seq_length, batch_size)
         probs = torch.from_numpy(logits).softmax(-1).numpy()
         lines = ["label\tprobability"] + [
             f"{target.labels[int(row.argmax())]}\t{row.max():.6f}" for row in probs
         ]
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(out_file)
-    return out_file
+    return write_text_file(out_file, "".join(line + "\n" for line in lines), overwrite)

@@ -22,6 +22,7 @@ from pretrainkit.distributed import (
 )
 from pretrainkit.errors import ConfigError
 from pretrainkit.model import build_model
+from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def pretrain(
     dev: str | Path | None = None,
     eval_batches: int = 20,
     global_batch_size: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Pre-train ``model`` (preset, YAML or folder config) on the shards in ``data``.
 
@@ -103,6 +105,8 @@ def pretrain(
     text, same tokenizer and objective) is scored every ``train.eval_every`` steps and at the
     end, on ``eval_batches`` fixed batches. Under torchrun every process reads its own part of
     the shards; ``batch_size`` is per process, ``global_batch_size`` per optimizer step.
+    ``out`` is a new run folder, or an existing one with ``resume`` or ``overwrite`` (see
+    ``workflows.run_folder``).
     """
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.training import Trainer
@@ -141,8 +145,6 @@ def pretrain(
     with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
         net = build_model(config)
     net.tokenizer = tokenizer
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = {
         "command": "pretrain",
         "model": str(model),
@@ -154,9 +156,12 @@ def pretrain(
         "parameters": sum(p.numel() for p in net.parameters()),
         **batch_plan(parallel, batch_size, train.accumulate),
     }
-    if is_main_process():
-        (out / "run.json").write_text(json.dumps(run, indent=2))
     stream = pretraining_stream(shards, seed=train.seed, rank=rank(), world_size=world_size())
     batches = BatchIterator(stream, batch_size, tokenizer.pad_id)
-    trainer = Trainer(net, batches, train, out, evaluate=evaluate, resume=resume, strategy=parallel)
-    return trainer.fit()
+    with run_folder(out, resume, overwrite) as folder:
+        if is_main_process():
+            (folder / "run.json").write_text(json.dumps(run, indent=2))
+        trainer = Trainer(
+            net, batches, train, folder, evaluate=evaluate, resume=resume, strategy=parallel
+        )
+        return trainer.fit()
