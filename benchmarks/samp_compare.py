@@ -34,7 +34,7 @@ from pretrainkit.samp import fused
 from pretrainkit.samp.backends import build, resolve_kernel
 from pretrainkit.samp.data import TaskSet, load_task_set, outputs, score
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs, latency_model, measure_latency
+from pretrainkit.samp.search import latency_inputs, latency_model, measure_latency, median_interval
 
 
 def subset(data: TaskSet, chosen: list[int], name: str, pad_id: int) -> TaskSet:
@@ -137,6 +137,7 @@ def main() -> None:
             plans[name] = plan
             result.setdefault("samp", {})[name] = {
                 "reason": plan.report["reason"],
+                "decided_by": plan.report["decided_by"],
                 "search_seconds": time.perf_counter() - started,
                 "frontier": plan.report["frontier"],
                 "candidates": plan.report["candidates"],
@@ -155,14 +156,20 @@ def main() -> None:
         inputs = latency_inputs(model, args.batch, args.seq)
         times = measure_latency(built, inputs, rounds=args.rounds, repeats=args.repeats)
     result["latency_ms"] = {k: statistics.median(v) for k, v in times.items()}
+    # The spread the SAMP search uses: 95 % bootstrap interval of each median over the rounds.
+    result["latency_ci_ms"] = {k: median_interval(v) for k, v in times.items()}
     result["latency_rounds_ms"] = times
     ort = result["latency_ms"].get("onnxruntime-int8-full")
     fp32 = result["latency_ms"]["pytorch-fp32"]
-    print(f"{'variant':48s} {'ms':>8s} {'vs fp32':>8s} {'vs ORT int8':>11s}  quality")
+    print(
+        f"{'variant':48s} {'ms':>8s} {'95 % CI':>13s} {'vs fp32':>8s} {'vs ORT int8':>11s}  quality"
+    )
     for name, ms in result["latency_ms"].items():
         quality = result.get("quality", {}).get(name, {})
+        ci = result["latency_ci_ms"][name]
+        spread = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
         print(
-            f"{name:48s} {ms:8.2f} {fp32 / ms:7.2f}x "
+            f"{name:48s} {ms:8.2f} {spread:>13s} {fp32 / ms:7.2f}x "
             f"{(ms / ort if ort else float('nan')):10.2f}x  "
             + " ".join(f"{k} {v:.2f}" for k, v in quality.items())
         )

@@ -26,7 +26,12 @@ import torch
 import pretrainkit
 from pretrainkit.samp.backends import build
 from pretrainkit.samp.plan import Plan
-from pretrainkit.samp.search import latency_inputs, measure_latency, with_latency_head
+from pretrainkit.samp.search import (
+    latency_inputs,
+    measure_latency,
+    median_interval,
+    with_latency_head,
+)
 
 
 def compiled(model):
@@ -106,12 +111,15 @@ def main() -> None:
     fp32 = statistics.median(times["fp32 eager"])
     ort = statistics.median(times["ONNX Runtime INT8"])
     print(
-        f"\n| variant ({args.threads} thread(s), 1 x {args.seq}) | median ms | vs fp32 | vs ORT INT8 |"
+        f"\n| variant ({args.threads} thread(s), 1 x {args.seq}) | median ms | 95 % CI ms "
+        "| vs fp32 | vs ORT INT8 |"
     )
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|")
     for name, values in times.items():
         ms = statistics.median(values)
-        print(f"| {name} | {ms:.2f} | {fp32 / ms:.2f}x | {ms / ort:.2f}x |")
+        ci = median_interval(values)  # the spread the SAMP search decides with
+        spread = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
+        print(f"| {name} | {ms:.2f} | {spread} | {fp32 / ms:.2f}x | {ms / ort:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""A tiny trained classifier and its task files, shared by the SAMP tests."""
+"""A tiny trained classifier and its task files, shared by the SAMP tests; and what a test
+that needs an optional part does when it is missing: skip, or fail in CI."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import ModuleType
 
 import torch
-from helpers import NEGATIVE, PAIRS, POSITIVE, VERBS, write_classification
+from helpers import NEGATIVE, PAIRS, POSITIVE, VERBS, unavailable, write_classification
 
 import pretrainkit
 from pretrainkit.model import Model
@@ -51,3 +53,14 @@ def tiny_classifier(root: Path, steps: int = 60, seed: int = 0) -> tuple[Model, 
         loss.backward()
         optimizer.step()
     return model.eval(), files
+
+
+def require_fused_kernels() -> ModuleType:
+    """SAMP's compiled kernels, or skip the test when they did not build (a failure under
+    ``strict()``, with the build's reason). Library code keeps its fallback (``--kernel auto``
+    warns and uses fbgemm); only the tests that need the kernels are strict."""
+    from pretrainkit.samp import fused
+
+    if not fused.available():
+        unavailable(f"SAMP's fused kernels did not build: {fused.reason()}")
+    return fused.kernels()

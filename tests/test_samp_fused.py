@@ -1,13 +1,14 @@
 """SAMP's fused C++ kernels: the INT8 linear against the exact integer arithmetic it claims, the
 softmax against PyTorch's, whole quantized models against the eager per-token path, and the
-fallback when no compiler can build them."""
+fallback when no compiler can build them. Tests that need the kernels skip where they did not
+build, and fail instead under PRETRAINKIT_STRICT_TESTS=1 (``require_fused_kernels``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from samp_helpers import tiny_classifier
+from samp_helpers import require_fused_kernels, tiny_classifier
 
 from pretrainkit.errors import ConfigError
 from pretrainkit.samp import backends, fused
@@ -15,9 +16,11 @@ from pretrainkit.samp.data import load_task_set, outputs
 from pretrainkit.samp.linear import Int8Linear
 from pretrainkit.samp.plan import Plan
 
-needs_kernels = pytest.mark.skipif(
-    not fused.available(), reason=f"SAMP's fused kernels did not build: {fused.reason()}"
-)
+
+@pytest.fixture
+def kernels():
+    """The compiled module; skip without it, or fail under PRETRAINKIT_STRICT_TESTS=1."""
+    return require_fused_kernels()
 
 
 def exact_int8(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
@@ -29,9 +32,8 @@ def exact_int8(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
     return y + layer.bias.double()
 
 
-@needs_kernels
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-def test_fused_int8_linear_is_the_per_token_int8_gemm(in_dtype):
+def test_fused_int8_linear_is_the_per_token_int8_gemm(in_dtype, kernels):
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 40)
     layer = Int8Linear.from_linear(linear, torch.float32, "fused")
@@ -65,13 +67,11 @@ def test_fused_int8_linear_is_the_per_token_int8_gemm(in_dtype):
         assert torch.allclose(eager(x, residual=residual, norm=norm), fused_norm, atol=1e-2)
 
 
-@needs_kernels
-def test_fused_softmax_matches_torch_and_zeroes_masked_keys():
+def test_fused_softmax_matches_torch_and_zeroes_masked_keys(kernels):
     torch.manual_seed(0)
     scores = (torch.randn(2, 3, 5, 37) * 4).bfloat16()
     keep = torch.ones(2, 37, dtype=torch.bool)
     keep[1, 30:] = False
-    kernels = fused.kernels()
     for mask in (None, keep):
         got = kernels.softmax_bf16(scores, mask)
         masked = scores.float()
@@ -83,11 +83,9 @@ def test_fused_softmax_matches_torch_and_zeroes_masked_keys():
     assert torch.all(kernels.softmax_bf16(scores, keep)[1, ..., 30:] == 0)
 
 
-@needs_kernels
-def test_fused_kernels_split_rows_across_threads_exactly():
+def test_fused_kernels_split_rows_across_threads_exactly(kernels):
     """Enough rows for at::parallel_for to hand out several chunks (which also cross batch
     rows in the softmax): the result equals the same call on one thread."""
-    kernels = fused.kernels()
     torch.manual_seed(0)
     x = torch.randn(4, 300, 64)  # 1,200 tokens, grain 256 rows
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48), torch.float32, "fused")
@@ -107,9 +105,7 @@ def test_fused_kernels_split_rows_across_threads_exactly():
     assert (two[1].float() - want).abs().max() < 2**-8
 
 
-@needs_kernels
-def test_fused_kernels_check_their_arguments():
-    kernels = fused.kernels()
+def test_fused_kernels_check_their_arguments(kernels):
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="wt must be a contiguous int8"):
         kernels.int8_linear(x, torch.zeros(8, 3), torch.ones(3))
@@ -158,8 +154,8 @@ def int8_block(pre_norm: bool, kernel: str, dtype: torch.dtype):
 def test_inference_block_computes_what_the_module_path_computes(pre_norm, kernel):
     from pretrainkit.layers.block import TransformerBlock
 
-    if kernel == "fused" and not fused.available():
-        pytest.skip(f"SAMP's fused kernels did not build: {fused.reason()}")
+    if kernel == "fused":
+        require_fused_kernels()
     x = torch.randn(2, 9, 64)
     mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
     mask[1, ..., 6:] = False
@@ -177,8 +173,7 @@ def tiny(tmp_path_factory):
     return tiny_classifier(tmp_path_factory.mktemp("fused"), steps=40)
 
 
-@needs_kernels
-def test_fused_plans_match_the_eager_per_token_path(tiny):
+def test_fused_plans_match_the_eager_per_token_path(tiny, kernels):
     model, files = tiny
     data = load_task_set(model, files["select"])
     reference = outputs(model, data)
@@ -208,14 +203,25 @@ def test_without_a_compiler_auto_falls_back_and_fused_is_a_clear_error(monkeypat
     try:
         assert not fused.available()
         assert "no C++ compiler found" in fused.reason()
-        fallback = r"SAMP uses the (fbgemm|int_mm) kernel: no C\+\+ compiler"
+        # fbgemm where PyTorch has that engine (x86), else int_mm; the warning names the reason.
+        engines = torch.backends.quantized.supported_engines
+        expected = "fbgemm" if "fbgemm" in engines else "int_mm"
+        fallback = rf"SAMP uses the {expected} kernel: no C\+\+ compiler found"
         with pytest.warns(UserWarning, match=fallback):
-            assert backends.resolve_kernel("auto") in ("fbgemm", "int_mm")
+            assert backends.resolve_kernel("auto") == expected
         with pytest.raises(ConfigError, match="fused kernels are not available.*--kernel fbgemm"):
             backends.resolve_kernel("fused")
         # A saved plan that names the fused kernel says so when loaded here (not at a forward).
         with pytest.raises(ConfigError, match=r"no C\+\+ compiler found"):
             backends.build(model, Plan(["full", "full"], float_dtype="bf16", kernel="fused"))
+        # The tests that need the kernels skip here, and fail under PRETRAINKIT_STRICT_TESTS=1
+        # (CI), naming the reason, so a broken build cannot turn into a run of skips.
+        monkeypatch.delenv("PRETRAINKIT_STRICT_TESTS", raising=False)
+        with pytest.raises(pytest.skip.Exception, match=r"did not build: no C\+\+ compiler"):
+            require_fused_kernels()
+        monkeypatch.setenv("PRETRAINKIT_STRICT_TESTS", "1")
+        with pytest.raises(pytest.fail.Exception, match=r"no C\+\+ compiler.*STRICT_TESTS=1"):
+            require_fused_kernels()
     finally:
         monkeypatch.undo()
         fused._load.cache_clear()

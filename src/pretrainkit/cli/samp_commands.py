@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pretrainkit.cli.commands import command
+from pretrainkit.cli.commands import add_overwrite, command
 from pretrainkit.errors import ConfigError
 
 
@@ -13,7 +13,10 @@ def _add_quantize(p):
     p.add_argument("--calib", required=True, help="labelled file: per-layer sensitivity")
     p.add_argument("--select", required=True, help="labelled file: plan selection")
     p.add_argument("--report", help="labelled file disjoint from both: the final metric")
-    p.add_argument("--out", required=True, help="quantized model folder (replaced atomically)")
+    p.add_argument(
+        "--out", required=True, help="quantized model folder, written whole or not at all"
+    )
+    add_overwrite(p)
     p.add_argument("--metric", choices=["accuracy", "f1", "spearman", "pearson"])
     p.add_argument(
         "--tolerance", type=float, help="allowed metric drop in points (0.5 = half a point)"
@@ -30,13 +33,20 @@ def _add_quantize(p):
     )
     p.add_argument("--seq-length", type=int, default=128, help="longest input of the splits")
     p.add_argument("--latency-shape", default=None, help="BATCHxTOKENS timed (default 1x128)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per plan")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="interleaved timing rounds per plan; their spread decides which latency "
+        "differences count (plans within it are ranked by the kernel estimate)",
+    )
 
 
 @command("quantize", "SAMP: choose INT8 / float per layer for a tolerance or latency budget")(
     _add_quantize
 )
 def quantize(args):
+    from pretrainkit.fileio import check_output
     from pretrainkit.model import load
     from pretrainkit.samp import quantize as run
     from pretrainkit.samp import save_quantized
@@ -50,6 +60,7 @@ def quantize(args):
         shape = (int(parts[0]), int(parts[1]))
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+    check_output(args.out, args.overwrite, folder=True)  # before the search, not after it
     model = load(args.model)
     if getattr(model, "samp_plan", None) is not None:
         raise ConfigError(f"--model {args.model} is already quantized; give the float model")
@@ -68,7 +79,7 @@ def quantize(args):
         latency_shape=shape,
         rounds=args.rounds,
     )
-    out = save_quantized(q, args.out)
+    out = save_quantized(q, args.out, overwrite=args.overwrite)
     print(markdown(q.samp_plan))
     report = q.samp_plan.report
     keys = ("float_metric_select", "chosen_metric_select", "chosen_drop_select")
@@ -80,6 +91,7 @@ def quantize(args):
         "backend": q.samp_plan.backend,
         "float_dtype": q.samp_plan.float_dtype,
         "reason": report["reason"],
+        "decided_by": report["decided_by"],
         **{k: round(report[k], 4) for k in keys if k in report},
         "float_latency_ms": round(report["float_latency_ms"], 3),
         "chosen_latency_ms": round(report["chosen_latency_ms"], 3),
@@ -97,6 +109,8 @@ def _add_bench(p):
 
 @command("bench", "latency p50/p90/p99, throughput, memory and size of model folders")(_add_bench)
 def bench(args):
+    import torch
+
     from pretrainkit.samp.bench import bench as run
     from pretrainkit.samp.bench import bench_table, parse_sizes
 
@@ -110,4 +124,6 @@ def bench(args):
         repeats=args.repeats,
     )
     print(bench_table(rows))
-    return {"rows": rows}
+    # Threads are whatever the process has (the global --threads, else torch's default): bench
+    # does not set them itself, so the number is reported next to the timings.
+    return {"rows": rows, "threads": torch.get_num_threads()}

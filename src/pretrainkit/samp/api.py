@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.model import Model
 from pretrainkit.samp import search
@@ -30,6 +32,10 @@ from pretrainkit.samp.data import (
 )
 from pretrainkit.samp.plan import Plan, encoder_layers
 
+# The untouched float model is timed with the candidates, for the speed-up in the report.
+FLOAT_REFERENCE = "float-fp32"
+REPEATS = 3  # calls per model in each timing round; one value per round is their mean
+
 
 def _task_set(model: Model, data: str | os.PathLike | TaskSet, seq_length: int) -> TaskSet:
     return data if isinstance(data, TaskSet) else load_task_set(model, Path(data), seq_length)
@@ -48,7 +54,7 @@ def quantize(
     kernel: str = "auto",
     seq_length: int = 128,
     latency_shape: tuple[int, int] | None = None,
-    rounds: int = 5,
+    rounds: int = 7,
     inplace: bool = False,
 ) -> Model:
     """Choose a precision per encoder layer and return the model running that plan.
@@ -57,7 +63,10 @@ def quantize(
     candidate plans are scored on ``select`` and timed (measured, interleaved); the choice is
     the fastest plan whose metric drop from the float model stays within ``tolerance`` points,
     the most accurate one under ``latency_budget`` ms, or — with neither — the knee of the
-    accuracy/latency frontier. ``report``, a split disjoint from both, gets the final numbers.
+    accuracy/latency frontier. Latencies that differ by less than their measured spread (95 %
+    bootstrap intervals of the median over the rounds) never decide: such plans are ranked by
+    the kernel estimate instead (``search.kernel_estimate``), and the report says so.
+    ``report``, a split disjoint from both, gets the final numbers.
 
     Args:
         model: a fine-tuned model with a classification or regression head and a tokenizer.
@@ -73,7 +82,8 @@ def quantize(
         seq_length: longest input when reading the splits.
         latency_shape: (batch, tokens) of the timed batch; default 1 × 128 (or the model's
             position capacity when shorter).
-        rounds: interleaved timing rounds per plan.
+        rounds: interleaved timing rounds per plan (their spread bounds the noise; with one
+            round the measurement cannot rank plans and the kernel estimate does).
         inplace: change ``model`` itself instead of a copy.
 
     Returns:
@@ -121,24 +131,30 @@ def quantize(
                 candidate_model, num_layers, base, calib_set, reference, metric
             )
             float_select = score(metric, outputs(model, select_set), select_set.gold)
-            candidates, models = [], {"float-fp32": model}
+            macs = search.gemm_macs(model)
+            candidates, models = [], {FLOAT_REFERENCE: model}
             for plan in search.candidate_plans(num_layers, rows, base):
                 built = candidate_model(plan)
                 value = score(metric, outputs(built, select_set), select_set.gold)
-                candidates.append(search.Candidate(plan, value, float_select - value))
+                estimate = search.kernel_estimate(plan, macs)
+                candidates.append(
+                    search.Candidate(plan, value, float_select - value, estimate=estimate)
+                )
                 models[plan.name] = built
             inputs = search.latency_inputs(model, *latency_shape)
-            times = search.measure_latency(models, inputs, rounds=rounds)
+            times = search.measure_latency(models, inputs, rounds=rounds, repeats=REPEATS)
             for c in candidates:
-                c.latencies_ms = times[c.plan.name]
-                c.latency_ms = search.median(c.latencies_ms)
+                c.timed(times[c.plan.name])
             del models
             gc.collect()
-            chosen, reason = search.choose(candidates, tolerance, latency_budget)
+            decision = search.decide(candidates, tolerance, latency_budget)
+            chosen = decision.chosen
             quantized = build(model, chosen.plan, Path(tmp), inplace=inplace)
             if backend == "onnxruntime":
                 _keep_onnx_file(quantized)
-        float_ms = search.median(times["float-fp32"])
+        float_ms = search.median(times[FLOAT_REFERENCE])
+        float_ci = search.median_interval(times[FLOAT_REFERENCE])
+        ratio, source = search.int8_ratio(base)
         summary: dict[str, Any] = {
             "metric_name": metric,
             "task": kind,
@@ -149,10 +165,26 @@ def quantize(
             "latency_shape": list(latency_shape),
             "float_latency_ms": float_ms,
             "chosen_latency_ms": chosen.latency_ms,
+            "float_latency_ci_ms": None if float_ci is None else list(float_ci),
+            "chosen_latency_ci_ms": None
+            if chosen.interval_ms is None
+            else list(chosen.interval_ms),
             "speedup_vs_float": float_ms / chosen.latency_ms,
             "tolerance": tolerance,
             "latency_budget_ms": latency_budget,
-            "reason": reason,
+            "reason": decision.reason,
+            "decided_by": decision.by,
+            "tied": [c.plan.name for c in decision.tied],
+            "timing": {
+                "rounds": rounds,
+                "calls_per_round": REPEATS,
+                "threads": torch.get_num_threads(),
+                "statistic": (
+                    "median over rounds of each round's mean call time; spread: 95 % bootstrap "
+                    f"percentile interval of that median ({search.RESAMPLES} resamples, seeded)"
+                ),
+            },
+            "kernel_estimate": {"int8_ratio": ratio, "source": source},
             "sensitivity": rows,
             "candidates": [c.summary() for c in candidates],
             "frontier": [c.plan.name for c in search.frontier(candidates)],
@@ -228,8 +260,9 @@ def write_plan_files(model: Model, directory: Path) -> None:
         save_onnx_encoder(model, directory)
 
 
-def save_quantized(model: Model, directory: str | os.PathLike) -> Path:
+def save_quantized(model: Model, directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a quantized model folder (``Model.save`` plus the plan files); ``pretrainkit.load``
-    reads it back without calibrating again."""
+    reads it back without calibrating again. An existing folder is replaced only with
+    ``overwrite``."""
     plan_of(model)  # a clear error for a float model
-    return model.save(directory)
+    return model.save(directory, overwrite=overwrite)

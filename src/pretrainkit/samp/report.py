@@ -34,11 +34,28 @@ def markdown(plan: Plan) -> str:
             f"{r['chosen_metric_report']:.2f} | {r['chosen_drop_report']:.2f} |"
         )
     batch, tokens = r["latency_shape"]
+    timing = r.get("timing", {})  # absent from reports written before the spread was measured
+    how = "median of interleaved rounds"
+    if timing:
+        how = (
+            f"{timing['threads']} thread(s), median of {timing['rounds']} interleaved rounds of "
+            f"{timing['calls_per_round']} calls, 95 % bootstrap interval of the median"
+        )
     lines += [
         "",
-        f"Latency at batch {batch} x {tokens} tokens (median of interleaved rounds): float fp32 "
-        f"{r['float_latency_ms']:.2f} ms, SAMP {r['chosen_latency_ms']:.2f} ms "
+        f"Latency at batch {batch} x {tokens} tokens ({how}): float fp32 "
+        f"{r['float_latency_ms']:.2f} ms{_interval(r.get('float_latency_ci_ms'))}, SAMP "
+        f"{r['chosen_latency_ms']:.2f} ms{_interval(r.get('chosen_latency_ci_ms'))} "
         f"({r['speedup_vs_float']:.2f}x).",
+    ]
+    if "kernel_estimate" in r:
+        lines += [
+            "",
+            "Plans whose latency intervals overlap are not ranked by their medians: the kernel "
+            f"estimate ranks them instead ({r['kernel_estimate']['source']}). Decided by: "
+            f"{r['decided_by']}.",
+        ]
+    lines += [
         "",
         f"### Sensitivity on the calibration split ({metric} drop in points; divergence from "
         "float: logit KL, or squared error for scores)",
@@ -59,22 +76,40 @@ def markdown(plan: Plan) -> str:
         "",
         "### Candidate plans on the accuracy/latency frontier (selection split)",
         "",
-        f"| plan | {metric} | drop | latency ms |",
-        "|---|---:|---:|---:|",
+        "With the chosen plan and the plans it was weighed against within the noise (tied); "
+        "estimate: time relative to the all-float plan by the kernel estimate.",
+        "",
+        f"| plan | {metric} | drop | latency ms | 95 % interval ms | estimate |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    by_name = {c["plan"]: c for c in r["candidates"]}
-    for name in r["frontier"]:
-        c = by_name[name]
-        mark = " **(chosen)**" if name == plan.name else ""
+    tied = set(r.get("tied", []))
+    shown = set(r["frontier"]) | tied | {plan.name}
+    for c in sorted(
+        (c for c in r["candidates"] if c["plan"] in shown), key=lambda c: c["latency_ms"]
+    ):
+        name = c["plan"]
+        marks = [m for m, on in (("chosen", name == plan.name), ("tied", name in tied)) if on]
+        if name not in r["frontier"]:
+            marks.append("off the frontier")
+        mark = f" **({', '.join(marks)})**" if marks else ""
+        interval = c.get("latency_ci_ms")
+        spread = f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-"
+        estimate = f"{c['estimate']:.2f}x" if "estimate" in c else "-"
         lines.append(
-            f"| `{name}`{mark} | {c['metric']:.2f} | {c['drop']:.2f} | {c['latency_ms']:.2f} |"
+            f"| `{name}`{mark} | {c['metric']:.2f} | {c['drop']:.2f} | {c['latency_ms']:.2f} "
+            f"| {spread} | {estimate} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "" if not interval else f" [{interval[0]:.2f}-{interval[1]:.2f}]"
+
+
 def plot(plan: Plan, path: Path) -> Path:
     """Left: sensitivity per layer (FFN-only and full); right: every candidate's metric
-    against its measured latency, the frontier joined, the chosen plan circled."""
+    against its measured latency (with its 95 % interval), the frontier joined, the chosen
+    plan circled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,6 +126,19 @@ def plot(plan: Plan, path: Path) -> Path:
     left.legend()
     cands = r["candidates"]
     right.scatter([c["latency_ms"] for c in cands], [c["metric"] for c in cands], s=12)
+    spread = [c for c in cands if c.get("latency_ci_ms")]
+    if spread:  # each plan's 95 % interval of the median latency
+        right.errorbar(
+            [c["latency_ms"] for c in spread],
+            [c["metric"] for c in spread],
+            xerr=[  # latency_ms is rounded: a bound can sit a rounding step inside it
+                [max(0.0, c["latency_ms"] - c["latency_ci_ms"][0]) for c in spread],
+                [max(0.0, c["latency_ci_ms"][1] - c["latency_ms"]) for c in spread],
+            ],
+            fmt="none",
+            ecolor="gray",
+            lw=0.8,
+        )
     front = [c for name in r["frontier"] for c in cands if c["plan"] == name]
     right.plot([c["latency_ms"] for c in front], [c["metric"] for c in front], "-o", ms=4)
     chosen = next(c for c in cands if c["plan"] == plan.name)

@@ -1,9 +1,16 @@
 """Sensitivity per layer and mode, candidate plans, measured latency, the accuracy/latency
-frontier and the choice: within a tolerance, under a latency budget, or the frontier's knee."""
+frontier and the choice: within a tolerance, under a latency budget, or the frontier's knee.
+
+Latency is measured in interleaved rounds; each plan gets the median over rounds and a 95 %
+bootstrap interval of that median. Where the choice rests on latency, two plans whose
+intervals overlap are not told apart by the measurement: a quiet-machine kernel estimate
+(``kernel_estimate``: the INT8 share of the GEMM work and a benchmarked INT8/float ratio)
+ranks them, and the reason says so — a loaded machine must not turn noise into a float plan."""
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -15,18 +22,64 @@ import torch
 from pretrainkit.errors import ConfigError
 from pretrainkit.model import Model
 from pretrainkit.samp.data import TaskSet, divergence, outputs, score
-from pretrainkit.samp.plan import Plan
+from pretrainkit.samp.plan import Plan, encoder_layers, layer_gemms
+
+# What the kernel estimate rests on: whole-model latency with every encoder GEMM in INT8 and with
+# every GEMM in the float partner, per (backend, float partner, INT8 kernel), in ms. bert-base
+# shape, batch 1 x 128, one thread, on the project's CPU (2-core AMD EPYC with avx512_bf16 and
+# VNNI): runs 1 and 2 of BENCHMARKS.md "12-layer latency" (benchmarks/samp_compare.py
+# --latency-only --preset bert-base --threads 1 --rounds 8). The same table checks the linear
+# interpolation ``kernel_estimate`` makes: its half full-INT8 / half FFN-only plan (83 % of the
+# GEMM multiply-adds in INT8) is predicted at 43.8 and 42.5 ms and measured 44.4 and 42.6 ms
+# (tests/test_samp.py replays this).
+BENCHMARKED_MS: dict[tuple[str, str, str], tuple[tuple[float, float], tuple[float, float]]] = {
+    # key: ((all-INT8 run 1, run 2), (all-float run 1, run 2))
+    ("torch", "bf16", "fused"): ((39.02, 37.27), (69.01, 66.95)),
+    ("torch", "bf16", "fbgemm"): ((46.71, 42.26), (69.01, 66.95)),
+    ("torch", "bf16", "int_mm"): ((53.18, 50.06), (69.01, 66.95)),
+    ("torch", "fp32", "fbgemm"): ((50.39, 45.34), (255.83, 247.87)),
+    ("onnxruntime", "fp32", "*"): ((45.25, 44.68), (119.17, 117.88)),
+}
+# Combinations not benchmarked borrow the nearest measured one (same backend and float partner).
+# The ranking only needs the ratio's side of 1: below it, the estimate orders plans by their INT8
+# share of the GEMM work whatever the ratio's size.
+NEAREST = {("torch", "fp32", "fused"): "fbgemm", ("torch", "fp32", "int_mm"): "fbgemm"}
+CONFIDENCE = 0.95  # of the interval of each plan's median latency
+RESAMPLES = 2000  # bootstrap resamples of the timing rounds
 
 
 @dataclass
 class Candidate:
-    """A plan with what was measured for it (metric in points on the selection split)."""
+    """A plan with what was measured for it (metric in points on the selection split).
+
+    Attributes:
+        latency_ms: median over the timing rounds of the per-round time of one forward pass.
+        latencies_ms: one value per round (the mean of that round's calls).
+        interval_ms: 95 % bootstrap interval of that median; None where no spread was measured
+            (a single round, or numbers given without their rounds): such a plan's latency
+            cannot be told apart from any other's.
+        estimate: the kernel estimate: its time relative to the all-float plan, from the INT8
+            share of its GEMM work and the benchmarked INT8/float ratio (``kernel_estimate``).
+    """
 
     plan: Plan
     metric: float = float("nan")
     drop: float = float("nan")
     latency_ms: float = float("nan")
     latencies_ms: list[float] = field(default_factory=list)
+    interval_ms: tuple[float, float] | None = None
+    estimate: float = float("nan")
+
+    def __post_init__(self):
+        if math.isnan(self.estimate):
+            self.estimate = kernel_estimate(self.plan)
+
+    def timed(self, latencies_ms: list[float]) -> Candidate:
+        """Set the rounds, their median and its interval."""
+        self.latencies_ms = list(latencies_ms)
+        self.latency_ms = median(self.latencies_ms)
+        self.interval_ms = median_interval(self.latencies_ms)
+        return self
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -35,7 +88,96 @@ class Candidate:
             "metric": round(self.metric, 4),
             "drop": round(self.drop, 4),
             "latency_ms": round(self.latency_ms, 3),
+            # Unrounded: the choice compares these bounds, and the report must replay it.
+            "latency_ci_ms": None if self.interval_ms is None else list(self.interval_ms),
+            "latencies_ms": list(self.latencies_ms),
+            "estimate": round(self.estimate, 4),
         }
+
+
+def median_interval(
+    values: list[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES
+) -> tuple[float, float] | None:
+    """The bootstrap percentile interval of the median of ``values`` (None for fewer than two).
+
+    Seeded, so a report is reproducible from its rounds. With 5 rounds it spans about the
+    smallest to the largest round; with 7 or more one slow round (a load spike) no longer
+    widens it.
+    """
+    if len(values) < 2:
+        return None
+    data = np.asarray(values, dtype=np.float64)
+    picks = np.random.default_rng(0).integers(0, len(data), size=(resamples, len(data)))
+    medians = np.median(data[picks], axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(medians, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def overlap(a: Candidate, b: Candidate) -> bool:
+    """Whether the latencies of ``a`` and ``b`` differ by less than the measured spread: their
+    intervals overlap, or one of them has none."""
+    if a.interval_ms is None or b.interval_ms is None:
+        return True
+    return a.interval_ms[0] <= b.interval_ms[1] and b.interval_ms[0] <= a.interval_ms[1]
+
+
+def int8_ratio(plan: Plan) -> tuple[float, str]:
+    """All-INT8 over all-float whole-model time for the plan's backend, float partner and
+    kernel (mean of the benchmarked runs), and where it comes from."""
+    kernel = "*" if plan.backend == "onnxruntime" else plan.kernel
+    key = (
+        plan.backend,
+        plan.float_dtype,
+        NEAREST.get((plan.backend, plan.float_dtype, kernel), kernel),
+    )
+    if key not in BENCHMARKED_MS:  # not a combination SAMP builds; rank as the fused default
+        key = ("torch", "bf16", "fused")
+    int8, floats = BENCHMARKED_MS[key]
+    ratio = sum(i / f for i, f in zip(int8, floats)) / len(int8)
+    where = "ONNX Runtime" if key[0] == "onnxruntime" else f"torch {key[2]} kernel"
+    borrowed = "" if key[2] in (kernel, "*") else f" (the {kernel} kernel was not benchmarked)"
+    source = (
+        f"all-INT8 bert-base at {ratio:.2f}x the all-{key[1]} time ({where}{borrowed}; "
+        "BENCHMARKS.md, 12-layer latency, 1 x 128, one thread, AMD EPYC with avx512_bf16 and "
+        "VNNI), interpolated by each plan's INT8 share of the encoder's GEMM multiply-adds"
+    )
+    return ratio, source
+
+
+def gemm_macs(model: Model) -> list[dict[str, int]]:
+    """Per encoder layer, the multiply-adds per token of its attention and FFN GEMMs."""
+    macs = []
+    for block in encoder_layers(model):
+        per_kind = {"attention": 0, "ffn": 0}
+        for name, kind in layer_gemms(block).items():
+            linear = block.get_submodule(name)
+            assert isinstance(linear, torch.nn.Linear)  # what layer_gemms lists
+            per_kind[kind] += linear.in_features * linear.out_features
+        macs.append(per_kind)
+    return macs
+
+
+def kernel_estimate(plan: Plan, macs: list[dict[str, int]] | None = None) -> float:
+    """The plan's time relative to the all-float plan as a quiet machine would run it:
+    ``1 - s * (1 - r)``, ``s`` the INT8 share of the encoder's GEMM multiply-adds and ``r``
+    the benchmarked all-INT8 / all-float ratio (``int8_ratio``).
+
+    Args:
+        macs: per layer, attention and FFN multiply-adds (``gemm_macs``); default BERT-shaped
+            layers (FFN 4x the hidden size: FFN GEMMs twice the attention projections').
+    """
+    if macs is None:
+        macs = [{"attention": 4, "ffn": 8}] * len(plan.modes)
+    total = sum(m["attention"] + m["ffn"] for m in macs) or 1
+    int8 = 0
+    for mode, m in zip(plan.modes, macs):
+        if mode == "full":
+            int8 += m["attention"] + m["ffn"]
+        elif mode == "ffn":
+            int8 += m["ffn"]
+    ratio, _ = int8_ratio(plan)
+    return 1.0 - int8 / total * (1.0 - ratio)
 
 
 def latency_inputs(model: Model, batch_size: int, seq_length: int) -> dict[str, torch.Tensor]:
@@ -90,15 +232,20 @@ def measure_latency(
     """Milliseconds per forward pass of every model, measured in interleaved rounds.
 
     Each round times ``repeats`` calls of each model in turn, so background load hits every
-    model alike; one value per round.
+    model alike; one value per round (the rounds give the spread, ``median_interval``). Each
+    round starts one model further on, so that no model always runs first in a round or right
+    after the same neighbour.
     """
     times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
         model.eval()
         for _ in range(warmup):
             model(**inputs)
-    for _ in range(rounds):
-        for name, model in models.items():
+    names = list(models)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = models[name]
             start = time.perf_counter()
             for _ in range(repeats):
                 model(**inputs)
@@ -208,26 +355,91 @@ def knee(points: list[Candidate]) -> Candidate:
     return max(points, key=lift)
 
 
-def choose(
-    candidates: list[Candidate], tolerance: float | None, budget_ms: float | None
-) -> tuple[Candidate, str]:
-    """The plan to ship and why."""
-    if tolerance is None and budget_ms is None:
-        points = frontier(candidates)
-        chosen = knee(points)
-        fastest = points[0]
-        if len(points) == 1:
-            return chosen, (
-                f"no tolerance or budget given: {chosen.plan.name} is both the fastest measured "
-                f"plan ({chosen.latency_ms:.1f} ms) and the most accurate on the selection split "
-                f"(drop {chosen.drop:.2f} points), so it is the whole frontier"
-            )
-        return chosen, (
-            f"no tolerance or budget given: recommending the knee of the accuracy/latency frontier "
-            f"({len(points)} plans): {chosen.plan.name} at {chosen.latency_ms:.1f} ms with a drop of "
-            f"{chosen.drop:.2f} points; the fastest plan {fastest.plan.name} "
-            f"({fastest.latency_ms:.1f} ms) drops {fastest.drop:.2f} points"
+@dataclass
+class Decision:
+    """The chosen plan, why, and what decided it.
+
+    Attributes:
+        by: ``measurement`` (a latency difference beyond the measured spread, or none needed),
+            ``kernel estimate`` (latencies within the spread) or ``accuracy``.
+        tied: the plans whose latencies the measurement could not tell apart from the
+            contender's (the chosen one included); empty when the measurement decided.
+    """
+
+    chosen: Candidate
+    reason: str
+    by: str
+    tied: list[Candidate] = field(default_factory=list)
+
+
+def _ci(c: Candidate) -> str:
+    if c.interval_ms is None:
+        return f"{c.latency_ms:.2f} ms"
+    return f"{c.latency_ms:.2f} ms, 95 % interval {c.interval_ms[0]:.2f}-{c.interval_ms[1]:.2f}"
+
+
+def _by_estimate(measured: Candidate, tied: list[Candidate], key) -> tuple[Candidate, str]:
+    """Among ``tied`` (latencies within the spread of ``measured``, which the measurement
+    alone would pick), the one ``key`` ranks first (kernel estimate, then accuracy), and the
+    sentence that says so."""
+    chosen = min(tied, key=key)
+    # Name the plan the measurement would have taken instead, else the closest rival.
+    rival = measured
+    if chosen is measured:
+        rival = min((c for c in tied if c is not chosen), key=lambda c: c.latency_ms)
+    if chosen.interval_ms is None or rival.interval_ms is None:
+        spread = "one timing round: no spread was measured, so the measurement cannot rank them"
+    else:
+        spread = "their 95 % intervals overlap"
+    if len(tied) > 2:
+        spread += f"; {len(tied)} plans are within it"
+    agrees = ", which agrees with the measurement" if chosen is measured else ""
+    return chosen, (
+        f"latencies of plans {chosen.plan.name} ({_ci(chosen)}) and {rival.plan.name} "
+        f"({_ci(rival)}) differ by less than the measured spread ({spread}); chose by kernel "
+        f"estimate{agrees}: {chosen.plan.name} is estimated at {chosen.estimate:.2f}x the "
+        f"all-float time, {rival.plan.name} at {rival.estimate:.2f}x"
+    )
+
+
+def _fastest(pool: list[Candidate]) -> tuple[Candidate, str, list[Candidate]]:
+    """The plan of ``pool`` to take on speed, why, and the plans tied with it.
+
+    The measured fastest wins only when its interval clears every other plan's; otherwise the
+    plans whose latencies overlap it are ranked by the kernel estimate (then accuracy, then the
+    measured median), never by a difference inside the noise.
+    """
+    measured = min(pool, key=lambda c: (c.latency_ms, c.drop))
+    tied = [c for c in pool if c is measured or overlap(c, measured)]
+    if len(tied) == 1:
+        others = sorted((c for c in pool if c is not measured), key=lambda c: c.latency_ms)
+        if not others:
+            return measured, f"{measured.plan.name} ({_ci(measured)}) is the only such plan", []
+        return (
+            measured,
+            (
+                f"{measured.plan.name} ({_ci(measured)}) is measured faster than every other such "
+                f"plan by more than the measured spread (next: {others[0].plan.name}, "
+                f"{_ci(others[0])})"
+            ),
+            [],
         )
+    chosen, why = _by_estimate(measured, tied, lambda c: (c.estimate, c.drop, c.latency_ms))
+    return chosen, why, tied
+
+
+def decide(
+    candidates: list[Candidate], tolerance: float | None, budget_ms: float | None
+) -> Decision:
+    """The plan to ship and why.
+
+    Within ``tolerance``: the fastest plan whose drop stays within it. Under ``budget_ms``: the
+    most accurate plan whose median latency is within it (the fastest of equally accurate
+    ones). With neither: the knee of the accuracy/latency frontier. Wherever the choice rests
+    on latency, a difference inside the measured spread does not decide it (``_fastest``).
+    """
+    if tolerance is None and budget_ms is None:
+        return _knee_decision(candidates)
     feasible = [
         c
         for c in candidates
@@ -247,14 +459,69 @@ def choose(
             f"{min(c.latency_ms for c in candidates):.1f} ms"
         )
     if tolerance is not None:
-        chosen = min(feasible, key=lambda c: (c.latency_ms, c.drop))
-        why = f"the fastest measured plan whose drop ({chosen.drop:.2f}) is within {tolerance}"
+        chosen, speed, tied = _fastest(feasible)
+        why = f"the fastest plan whose drop ({chosen.drop:.2f}) is within {tolerance}: {speed}"
+        # A single feasible plan was decided by the tolerance alone.
+        by = "kernel estimate" if tied else "measurement" if len(feasible) > 1 else "accuracy"
     else:
-        chosen = min(feasible, key=lambda c: (c.drop, c.latency_ms))
-        why = "the most accurate plan"
+        least = min(c.drop for c in feasible)
+        equal = [c for c in feasible if c.drop == least]
+        chosen, speed, tied = _fastest(equal)
+        why = f"the most accurate plan (drop {chosen.drop:.2f})"
+        if len(equal) > 1:  # speed decided among equally accurate plans
+            why += f"; among the {len(equal)} equally accurate plans, {speed}"
+        by = "kernel estimate" if tied else "measurement" if len(equal) > 1 else "accuracy"
     if budget_ms is not None:
-        why += f" under the budget of {budget_ms} ms ({chosen.latency_ms:.1f} ms)"
-    return chosen, why
+        why += f"; under the budget of {budget_ms} ms ({chosen.latency_ms:.1f} ms median"
+        if chosen.interval_ms is not None and chosen.interval_ms[1] > budget_ms:
+            why += f", though its 95 % interval reaches {chosen.interval_ms[1]:.1f} ms"
+        why += ")"
+    return Decision(chosen, why, by, tied)
+
+
+def _knee_decision(candidates: list[Candidate]) -> Decision:
+    points = frontier(candidates)
+    knee_point = knee(points)
+    fastest = points[0]
+    if len(points) == 1:
+        why = (
+            f"no tolerance or budget given: {knee_point.plan.name} is both the fastest measured "
+            f"plan ({knee_point.latency_ms:.1f} ms) and the most accurate on the selection split "
+            f"(drop {knee_point.drop:.2f} points), so it is the whole frontier"
+        )
+    else:
+        why = (
+            f"no tolerance or budget given: the knee of the accuracy/latency frontier "
+            f"({len(points)} plans) is {knee_point.plan.name} at {knee_point.latency_ms:.1f} ms "
+            f"with a drop of {knee_point.drop:.2f} points; the fastest plan "
+            f"{fastest.plan.name} ({fastest.latency_ms:.1f} ms) drops {fastest.drop:.2f} points"
+        )
+    # The frontier ranks plans by median latency: a plan at least as accurate as the knee whose
+    # latency is within the knee's spread lost to it only on noise, so the estimate decides.
+    tied = [
+        c
+        for c in candidates
+        if c is knee_point or (c.metric >= knee_point.metric and overlap(c, knee_point))
+    ]
+    if len(tied) == 1:
+        return Decision(knee_point, why, "measurement")
+    chosen, speed = _by_estimate(knee_point, tied, lambda c: (c.estimate, -c.metric, c.latency_ms))
+    if chosen is knee_point:
+        return Decision(chosen, f"{why}; {speed}", "kernel estimate", tied)
+    return Decision(
+        chosen,
+        f"{why}; {chosen.plan.name} is at least as accurate (drop {chosen.drop:.2f}) and {speed}",
+        "kernel estimate",
+        tied,
+    )
+
+
+def choose(
+    candidates: list[Candidate], tolerance: float | None, budget_ms: float | None
+) -> tuple[Candidate, str]:
+    """The plan to ship and why (``decide`` without the details)."""
+    decision = decide(candidates, tolerance, budget_ms)
+    return decision.chosen, decision.reason
 
 
 def median(values: list[float]) -> float:
