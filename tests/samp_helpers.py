@@ -12,7 +12,7 @@ from helpers import NEGATIVE, PAIRS, POSITIVE, VERBS, unavailable, write_classif
 
 import pretrainkit
 from pretrainkit.model import Model
-from pretrainkit.tasks.classification import classification_batches, read_classification_tsv
+from pretrainkit.tasks.tsv import classification_batches, read_classification_tsv
 from pretrainkit.tokenization import load_tokenizer
 
 WORDS = sorted({w for pair in PAIRS for w in pair} | set(VERBS) | set(POSITIVE + NEGATIVE))

@@ -704,7 +704,7 @@ CASES = [
         "evaluate-without-classifier",
         ["evaluate", "--model", "{model}", "--data", "{train}"],
         2,
-        r"no classification target",
+        r"run/model: not a fine-tuned model \(no task\.json; targets: \['mlm'\]\)",
     ),
     Case(
         "config-file-unknown-key",

@@ -213,7 +213,8 @@ def test_finetune_evaluate_predict(pretrained: Path, tmp_path: Path, capsys, pai
     assert result["steps"] == 100  # 8 epochs of 200 rows in batches of 16
     assert result["last_eval"]["accuracy"] >= 0.9
     labels = ["neg", "pos"] if pairs else ["0", "1"]
-    assert json.loads((run / "run.json").read_text())["labels"] == labels
+    assert json.loads((run / "run.json").read_text())["task"]["labels"] == labels
+    assert json.loads((run / "model" / "task.json").read_text())["labels"] == labels
     dev_records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in dev_records if "dev/accuracy" in r] == [25, 50, 75, 100]
     losses = [r["loss"] for r in read_metrics(run)]
@@ -276,5 +277,5 @@ def test_finetune_starts_from_the_pretrained_encoder(pretrained: Path, tmp_path:
     assert after["targets.classification.classifier.weight"].shape == (2, 64)  # labels 0, 1
     config = yaml.safe_load((run / "model" / "config.yaml").read_text())
     assert config["targets"] == [
-        {"name": "classification", "labels": ["0", "1"], "pooling": "first", "dropout": 0.1}
+        {"name": "classification", "labels": ["0", "1"], "pooling": "mean", "dropout": 0.1}
     ]

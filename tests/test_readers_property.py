@@ -23,8 +23,8 @@ from pretrainkit.cli.options import read_config_file
 from pretrainkit.config import ModelConfig, load_model_config
 from pretrainkit.data.corpus import read_documents
 from pretrainkit.errors import ConfigError, DataError, PretrainkitError
-from pretrainkit.tasks.classification import COLUMNS, ClassificationData, read_classification_tsv
 from pretrainkit.tasks.regression import read_regression_file
+from pretrainkit.tasks.tsv import COLUMNS, ClassificationData, read_classification_tsv
 
 FUZZ = settings(
     max_examples=int(os.environ.get("PRETRAINKIT_FUZZ_EXAMPLES", "150")),

@@ -133,7 +133,7 @@ def test_search_respects_tolerance_and_leaves_the_float_model_alone(tiny, quanti
     assert {r["mode"] for r in report["sensitivity"]} == {"ffn", "full"}
     data = load_task_set(q, files["report"])
     assert report["chosen_metric_report"] == pytest.approx(
-        score("accuracy", outputs(q, data), data.gold)
+        score("accuracy", outputs(q, data), data)
     )
 
 
@@ -392,7 +392,7 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"other.tsv:2: label 'positive' is not one of"):
         samp.quantize(model, other, select)
     headless = pretrainkit.build_model("bert-tiny", {"hidden_size": 64, "encoder.num_heads": 2})
-    with pytest.raises(ConfigError, match="needs a model with a task head"):
+    with pytest.raises(ConfigError, match="not a fine-tuned model"):
         samp.quantize(headless, calib, select)
     with pytest.raises(ConfigError, match="does not apply to a classification model"):
         samp.quantize(model, calib, select, metric="spearman")

@@ -11,14 +11,14 @@ from helpers import data_dir
 
 from pretrainkit.data import BatchIterator
 from pretrainkit.errors import DataError
-from pretrainkit.tasks.classification import (
+from pretrainkit.tasks.regression import read_regression_file, scores_of
+from pretrainkit.tasks.tsv import (
     ClassificationData,
     ClassificationStream,
     classification_batches,
     label_set_of,
     read_classification_tsv,
 )
-from pretrainkit.tasks.regression import read_regression_file, scores_of
 from pretrainkit.tokenization import Tokenizer, load_tokenizer
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "."]

@@ -15,7 +15,7 @@ _EXPORTS = {
     "Model": "pretrainkit.model",
     "ModelOutput": "pretrainkit.model",
     "build_model": "pretrainkit.model",
-    "load": "pretrainkit.model",
+    "load": "pretrainkit.folders",
     "ModelConfig": "pretrainkit.config",
     "list_presets": "pretrainkit.config",
     "load_model_config": "pretrainkit.config",
@@ -23,7 +23,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from pretrainkit.config import ModelConfig, list_presets, load_model_config
-    from pretrainkit.model import Model, ModelOutput, build_model, load
+    from pretrainkit.folders import load
+    from pretrainkit.model import Model, ModelOutput, build_model
 
 __all__ = [
     "Model",

@@ -6,7 +6,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +36,8 @@ ENCODE_DEFAULTS = "encode.json"
 PASSTHROUGH = "hf_passthrough.safetensors"
 # A mixed-precision plan (pretrainkit.samp): the folder holds a quantized model.
 SAMP_PLAN = "samp_plan.json"
+# The downstream task of a fine-tuned model (pretrainkit.tasks reads it).
+TASK = "task.json"
 
 
 @dataclass
@@ -96,6 +98,9 @@ class Model(nn.Module):
         self.encode_defaults: dict[str, Any] = {}
         # Converted models: HF tensors pretrainkit does not use, saved along (PASSTHROUGH).
         self.hf_passthrough: dict[str, torch.Tensor] = {}
+        # The downstream task a fine-tuned model solves (name, options, label set), as
+        # pretrainkit.tasks records it; saved as task.json and read back by every command.
+        self.task_record: dict[str, Any] | None = None
 
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
@@ -250,7 +255,7 @@ class Model(nn.Module):
             normalize: scale every embedding to unit L2 norm.
             max_length: longest input in tokens, special tokens included; longer texts are cut.
         """
-        from pretrainkit.workflows.embed import encode
+        from pretrainkit.encoding import encode
 
         return encode(self, texts, batch_size, pooling, normalize, max_length)
 
@@ -285,13 +290,14 @@ class Model(nn.Module):
                 self.tokenizer.save(tmp / TOKENIZER)
             if self.encode_defaults:
                 (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
+            if self.task_record is not None:
+                (tmp / TASK).write_text(json.dumps(self.task_record, indent=2) + "\n")
             if self.hf_passthrough:
                 passthrough = {k: v.contiguous() for k, v in self.hf_passthrough.items()}
                 save_file(passthrough, str(tmp / PASSTHROUGH), metadata={"format": "pt"})
-            if getattr(self, "samp_plan", None) is not None:  # quantized: how to rebuild it
-                from pretrainkit.samp.api import write_plan_files
-
-                write_plan_files(self, tmp)
+            plan = getattr(self, "samp_plan", None)
+            if plan is not None:  # quantized: the plan writes how to rebuild it
+                plan.write_files(self, tmp)
         return directory
 
     def load_weights(self, directory: str | os.PathLike) -> None:
@@ -436,8 +442,9 @@ def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
     )
 
 
-def load(directory: str | os.PathLike) -> Model:
-    """Load a model folder written by ``Model.save`` (config, weights and tokenizer)."""
+def model_folder(directory: str | os.PathLike) -> Path:
+    """The model folder ``directory`` names: itself, or ``RUN/model`` for a training run
+    folder (said in the log); a CheckpointError when it is neither."""
     directory = Path(directory)
     if not (directory / CONFIG).is_file() and (directory / "model" / CONFIG).is_file():
         # A training run folder: its final model is in model/.
@@ -450,11 +457,27 @@ def load(directory: str | os.PathLike) -> Model:
             f"{directory}: not a model folder (no {CONFIG}); give a folder written by "
             "pretrain/finetune (RUN/model), convert --from-hf or Model.save"
         )
-    model = build_model(ModelConfig.load(directory / CONFIG))
-    if (directory / SAMP_PLAN).is_file():  # quantized by `pretrainkit quantize`
-        from pretrainkit.samp.backends import prepare_quantized
+    return directory
 
-        model = prepare_quantized(model, directory)
+
+def load(
+    directory: str | os.PathLike,
+    prepare: Callable[[Model, Path], Model] | None = None,
+) -> Model:
+    """Load a model folder written by ``Model.save`` (config, weights and tokenizer).
+
+    ``prepare`` turns the model built from the config into the one the weights belong to
+    before they are loaded (a quantized folder's layers); ``pretrainkit.load`` passes it for
+    the folders that need it, so this module knows nothing of them.
+    """
+    directory = model_folder(directory)
+    model = build_model(ModelConfig.load(directory / CONFIG))
+    if prepare is not None:
+        model = prepare(model, directory)
+    elif (directory / SAMP_PLAN).is_file():
+        raise CheckpointError(
+            f"{directory}: a quantized folder ({SAMP_PLAN}); load it with pretrainkit.load"
+        )
     model.load_weights(directory)
     if (directory / TOKENIZER).exists():
         from pretrainkit.tokenization import load_tokenizer
@@ -462,9 +485,21 @@ def load(directory: str | os.PathLike) -> Model:
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
     if (directory / PASSTHROUGH).is_file():
         model.hf_passthrough = read_safetensors(directory / PASSTHROUGH)
+    if (directory / TASK).is_file():
+        model.task_record = _read_json_object(directory / TASK)
     if (directory / ENCODE_DEFAULTS).is_file():
         try:
             model.encode_defaults = dict(json.loads((directory / ENCODE_DEFAULTS).read_text()))
         except (ValueError, TypeError) as error:
             raise CheckpointError(f"{directory / ENCODE_DEFAULTS}: {error}") from None
     return model
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

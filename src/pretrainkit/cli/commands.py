@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -214,22 +215,100 @@ def pretrain(args, extra):
 pretrain.accepts_model_overrides = True  # type: ignore[attr-defined]
 
 
+def _task_names() -> list[str]:
+    from pretrainkit.tasks import TASKS
+
+    return TASKS.names()
+
+
+TASK_PREFIX = "task__"
+
+
+def _add_task_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of any task's options; a flag the chosen task does not have is an
+    error naming the tasks that do (never silently ignored)."""
+    import typing
+
+    from pretrainkit.cli.options import field_docs, option_type
+    from pretrainkit.tasks import TASKS
+
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, tuple[Any, Any, str, Any]] = {}
+    for name in TASKS.names():
+        cls = TASKS.get(name).options_class
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(name)
+            fields.setdefault(f.name, (hints[f.name], f.default, docs.get(f.name, ""), cls))
+    group = parser.add_argument_group("task options (--task NAME; defaults per task)")
+    for field, (hint, default, doc, _) in fields.items():
+        flag = "--" + field.replace("_", "-")
+        where = ", ".join(owners[field])
+        text = f"{doc} [{where}; default: {default}]".replace("%", "%%")
+        if hint is bool:
+            group.add_argument(
+                flag,
+                dest=TASK_PREFIX + field,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=TASK_PREFIX + field,
+                type=option_type(hint),
+                default=argparse.SUPPRESS,
+                metavar=field.upper(),
+                help=text,
+            )
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The task options given on the command line (or in --config), checked against the
+    chosen task's options."""
+    from pretrainkit.tasks import TASKS
+
+    given = {k[len(TASK_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(TASK_PREFIX)}
+    own = {f.name for f in dataclasses.fields(TASKS.get(args.task).options_class)}
+    stray = sorted(set(given) - own)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        raise ConfigError(
+            f"{flags} does not apply to task {args.task!r} (its options: "
+            f"{', '.join('--' + k.replace('_', '-') for k in sorted(own))})"
+        )
+    return given
+
+
+FINETUNE_EPILOG = """defaults: without --steps, 3 epochs. The learning rate and warmup follow the
+task and the model's width unless given: lr 3e-4 for hidden size <= 256, 1e-4 up to 512, 3e-5
+above; warmup 10%% of the steps (classification, regression)."""
+
+
 def _add_finetune(p):
-    p.add_argument("--task", default="classification", choices=["classification", "regression"])
-    p.add_argument("--model", required=True, help="pre-trained model folder")
+    p.add_argument("--task", default="classification", choices=_task_names())
+    p.add_argument("--model", required=True, help="pre-trained model folder (or a run folder)")
     p.add_argument(
         "--train",
         required=True,
-        help="TSV with header label<TAB>text_a[<TAB>text_b]; regression: also STS-B .csv",
+        help="the task's file, e.g. a TSV with header label<TAB>text_a[<TAB>text_b] "
+        "(classification, regression) or STS-B .csv (regression)",
     )
-    p.add_argument("--dev", help="TSV with the same header, evaluated during training")
+    p.add_argument("--dev", help="a file of the same format, evaluated during training")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=float, default=None, help="sets --steps from the data size")
-    p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--pooling", default="first", choices=["first", "mean", "max", "last"])
-    p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="K-fold cross-validation on --train (no --dev): one run per fold in OUT/fold-N, "
+        "the metrics' mean and standard deviation in OUT/folds.json",
+    )
     add_columns(p)
+    _add_task_options(p)
     _train_options(p)
+    p.epilog = FINETUNE_EPILOG
 
 
 @command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
@@ -241,12 +320,10 @@ def finetune(args):
     if args.epochs is not None and has_steps:
         raise ConfigError("finetune: give --steps or --epochs, not both")
     epochs = args.epochs if args.epochs is not None or has_steps else 3.0
-    train: Any = _train_config(args, {"steps": 1, "warmup": 0} if epochs is not None else None)
-    if epochs is not None:
-        # Steps come from the training-set size once the data is read; the options that depend
-        # on steps (warmup) are validated then, by the workflow. Everything else was checked.
-        names = TrainConfig.field_names()
-        train = {k: v for k, v in vars(args).items() if k in names and k != "steps"}
+    names = TrainConfig.field_names()
+    # Only the options the user set: the task fills in its defaults (lr, warmup) for the
+    # model's width, and the options that depend on the steps are checked once they are known.
+    train = {k: v for k, v in vars(args).items() if k in names}
     return run(
         args.task,
         args.model,
@@ -255,53 +332,45 @@ def finetune(args):
         args.out,
         train,
         batch_size=args.batch_size,
-        seq_length=args.seq_length,
         epochs=epochs,
-        pooling=args.pooling,
-        dropout=args.dropout,
+        task_options=_task_options(args),
         strategy=_parallel_config(args),
         resume=args.resume,
         global_batch_size=args.global_batch_size,
         columns=args.columns,
         overwrite=args.overwrite,
+        folds=args.folds,
     )
 
 
+SEQ_HELP = "tokens per input (default: the length the model was fine-tuned with)"
+
+
 def _add_evaluate(p):
-    p.add_argument("--model", required=True, help="fine-tuned model folder")
-    p.add_argument("--data", required=True, help="TSV with labels")
-    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--model", required=True, help="fine-tuned model folder (records its task)")
+    p.add_argument("--data", required=True, help="a labelled file in the task's format")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-length", type=int, help=SEQ_HELP)
     add_columns(p)
 
 
 @command("evaluate", "score a fine-tuned model on a labelled file")(_add_evaluate)
 def evaluate(args):
-    from pretrainkit.model import load
-    from pretrainkit.tasks.classification import read_classification_tsv
-    from pretrainkit.workflows.finetune import classifier_of, evaluate_model, regressor_of
+    from pretrainkit.workflows.finetune import evaluate as run
 
-    model = load(args.model)
-    if regressor_of(model, args.model) is not None:
-        from pretrainkit.tasks.regression import read_regression_file
-
-        data = read_regression_file(args.data, columns=args.columns)
-    else:
-        labels = classifier_of(model, args.model).labels
-        data = read_classification_tsv(args.data, label_set=labels, columns=args.columns)
-    return {
-        "data": args.data,
-        "rows": len(data.texts_a),
-        **evaluate_model(model, data, args.seq_length, args.batch_size),
-    }
+    return run(
+        args.model, args.data, args.batch_size, columns=args.columns, seq_length=args.seq_length
+    )
 
 
 def _add_predict(p):
-    p.add_argument("--model", required=True, help="fine-tuned model folder")
-    p.add_argument("--data", required=True, help="TSV; the label column is optional")
-    p.add_argument("--out", required=True, help="output TSV: label<TAB>probability")
-    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--model", required=True, help="fine-tuned model folder (records its task)")
+    p.add_argument("--data", required=True, help="a file in the task's format; labels optional")
+    p.add_argument(
+        "--out", required=True, help="output file, e.g. label<TAB>probability (classification)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-length", type=int, help=SEQ_HELP)
     add_columns(p)
     add_overwrite(p)
 
@@ -314,10 +383,10 @@ def predict(args):
         args.model,
         args.data,
         args.out,
-        args.seq_length,
         args.batch_size,
         columns=args.columns,
         overwrite=args.overwrite,
+        seq_length=args.seq_length,
     )
     return {"out": str(out)}
 
@@ -476,9 +545,9 @@ def _add_generate(p):
 )(_add_generate)
 def generate(args):
     from pretrainkit.fileio import check_output, read_utf8, write_text_file
+    from pretrainkit.folders import load
     from pretrainkit.generation import check_generative
     from pretrainkit.generation import generate as run
-    from pretrainkit.model import load
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -17,11 +17,11 @@ from pretrainkit.config.typed import from_dict, load_yaml, read_yaml_file
 from pretrainkit.errors import ConfigError
 
 
-def _parser_for(tp: Any):
+def option_type(tp: Any):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        base = _parser_for(inner)
+        base = option_type(inner)
 
         def optional(text: str):
             return None if text.lower() in ("none", "null") else base(text)
@@ -75,7 +75,7 @@ def add_dataclass_options(
             group.add_argument(
                 flag,
                 dest=f.name,
-                type=_parser_for(hints[f.name]),
+                type=option_type(hints[f.name]),
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
                 help=f"{help_text} (default: {default})",

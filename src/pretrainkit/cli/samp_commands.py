@@ -17,7 +17,11 @@ def _add_quantize(p):
         "--out", required=True, help="quantized model folder, written whole or not at all"
     )
     add_overwrite(p)
-    p.add_argument("--metric", choices=["accuracy", "f1", "spearman", "pearson"])
+    p.add_argument(
+        "--metric",
+        help="the task metric to hold within the tolerance (default: the task's first, e.g. "
+        "accuracy for classification, spearman for regression)",
+    )
     p.add_argument(
         "--tolerance", type=float, help="allowed metric drop in points (0.5 = half a point)"
     )
@@ -31,7 +35,9 @@ def _add_quantize(p):
         help="torch INT8 kernel: fused (SAMP's C++ kernels, built once; the default where a "
         "compiler is found), fbgemm (per-call activation scale) or int_mm (eager per-token)",
     )
-    p.add_argument("--seq-length", type=int, default=128, help="longest input of the splits")
+    p.add_argument(
+        "--seq-length", type=int, help="longest input of the splits (default: the fine-tuned one)"
+    )
     p.add_argument("--latency-shape", default=None, help="BATCHxTOKENS timed (default 1x128)")
     p.add_argument(
         "--rounds",
@@ -47,7 +53,7 @@ def _add_quantize(p):
 )
 def quantize(args):
     from pretrainkit.fileio import check_output
-    from pretrainkit.model import load
+    from pretrainkit.folders import load
     from pretrainkit.samp import quantize as run
     from pretrainkit.samp import save_quantized
     from pretrainkit.samp.report import markdown

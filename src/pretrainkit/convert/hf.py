@@ -21,7 +21,8 @@ from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand, need
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory
-from pretrainkit.model import PASSTHROUGH, Model, build_model, load, load_state_strict
+from pretrainkit.folders import load
+from pretrainkit.model import PASSTHROUGH, Model, build_model, load_state_strict
 from pretrainkit.workflows.embed import capacity
 
 log = logging.getLogger(__name__)

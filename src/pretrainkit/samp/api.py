@@ -26,9 +26,9 @@ from pretrainkit.samp.data import (
     check_metric,
     default_metric,
     load_task_set,
+    model_task,
     outputs,
     score,
-    task_kind,
 )
 from pretrainkit.samp.plan import Plan, encoder_layers
 
@@ -37,7 +37,7 @@ FLOAT_REFERENCE = "float-fp32"
 REPEATS = 3  # calls per model in each timing round; one value per round is their mean
 
 
-def _task_set(model: Model, data: str | os.PathLike | TaskSet, seq_length: int) -> TaskSet:
+def _task_set(model: Model, data: str | os.PathLike | TaskSet, seq_length: int | None) -> TaskSet:
     return data if isinstance(data, TaskSet) else load_task_set(model, Path(data), seq_length)
 
 
@@ -52,7 +52,7 @@ def quantize(
     report: str | os.PathLike | TaskSet | None = None,
     float_dtype: str | None = None,
     kernel: str = "auto",
-    seq_length: int = 128,
+    seq_length: int | None = None,
     latency_shape: tuple[int, int] | None = None,
     rounds: int = 7,
     inplace: bool = False,
@@ -79,7 +79,8 @@ def quantize(
         kernel: the torch backend's INT8 kernel: auto (fused where it builds, else fbgemm on
             x86), fused (SAMP's C++ kernels: per-token scales, fused epilogues and softmax),
             fbgemm (activation scale per call) or int_mm (per-token, eager PyTorch ops).
-        seq_length: longest input when reading the splits.
+        seq_length: longest input when reading the splits (default: the length the model
+            was fine-tuned with).
         latency_shape: (batch, tokens) of the timed batch; default 1 × 128 (or the model's
             position capacity when shorter).
         rounds: interleaved timing rounds per plan (their spread bounds the noise; with one
@@ -103,8 +104,8 @@ def quantize(
             f"SAMP quantizes CPU models; the model is on {device}. Move it to the CPU "
             "(model.cpu()) — GPU plans are not implemented yet"
         )
-    kind = task_kind(model)
-    metric = check_metric(metric or default_metric(kind), kind)
+    task = model_task(model)
+    metric = check_metric(metric or default_metric(task), task)
     backend = resolve_backend(backend)
     kernel = resolve_kernel(kernel)
     if float_dtype is None:
@@ -130,12 +131,12 @@ def quantize(
             rows = search.sensitivity(
                 candidate_model, num_layers, base, calib_set, reference, metric
             )
-            float_select = score(metric, outputs(model, select_set), select_set.gold)
+            float_select = score(metric, outputs(model, select_set), select_set)
             macs = search.gemm_macs(model)
             candidates, models = [], {FLOAT_REFERENCE: model}
             for plan in search.candidate_plans(num_layers, rows, base):
                 built = candidate_model(plan)
-                value = score(metric, outputs(built, select_set), select_set.gold)
+                value = score(metric, outputs(built, select_set), select_set)
                 estimate = search.kernel_estimate(plan, macs)
                 candidates.append(
                     search.Candidate(plan, value, float_select - value, estimate=estimate)
@@ -157,7 +158,7 @@ def quantize(
         ratio, source = search.int8_ratio(base)
         summary: dict[str, Any] = {
             "metric_name": metric,
-            "task": kind,
+            "task": task.name,
             "splits": {"calib": calib_set.path, "select": select_set.path},
             "float_metric_select": float_select,
             "chosen_metric_select": chosen.metric,
@@ -193,11 +194,9 @@ def quantize(
         }
         if report_set is not None:
             summary["splits"]["report"] = report_set.path
-            summary["float_metric_report"] = score(
-                metric, outputs(model, report_set), report_set.gold
-            )
+            summary["float_metric_report"] = score(metric, outputs(model, report_set), report_set)
             summary["chosen_metric_report"] = score(
-                metric, outputs(quantized, report_set), report_set.gold
+                metric, outputs(quantized, report_set), report_set
             )
             summary["chosen_drop_report"] = (
                 summary["float_metric_report"] - summary["chosen_metric_report"]

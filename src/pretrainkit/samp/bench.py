@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from pretrainkit.errors import ConfigError
-from pretrainkit.model import Model, load
+from pretrainkit.folders import load
+from pretrainkit.model import Model
 from pretrainkit.samp.search import latency_inputs
 
 

@@ -61,6 +61,13 @@ class Plan:
     def is_float(self) -> bool:
         return all(m == "float" for m in self.modes)
 
+    def write_files(self, model: Any, directory: Path) -> None:
+        """Write what rebuilds the quantized ``model`` into the folder ``Model.save`` fills
+        (the plan, its report and, for ONNX Runtime, the encoder graph)."""
+        from pretrainkit.samp.api import write_plan_files
+
+        write_plan_files(model, directory)
+
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
 

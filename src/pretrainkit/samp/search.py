@@ -212,7 +212,8 @@ def latency_model(folder: str | None = None, preset: str | None = None) -> Model
     with random weights and a two-label classification head."""
     if (folder is None) == (preset is None):
         raise ConfigError("give a model folder or a preset, not both or neither")
-    from pretrainkit.model import build_model, load
+    from pretrainkit.folders import load
+    from pretrainkit.model import build_model
 
     if folder is not None:
         return with_latency_head(load(folder).eval())
@@ -269,7 +270,7 @@ def _like(base: Plan, modes: list[str]) -> Plan:
 
 
 def sensitivity(
-    build, num_layers: int, base: Plan, calib: TaskSet, reference: np.ndarray, metric: str
+    build, num_layers: int, base: Plan, calib: TaskSet, reference: list, metric: str
 ) -> list[dict[str, Any]]:
     """Quantize one layer at a time (FFN-only, then full) and score it on ``calib``.
 
@@ -281,18 +282,18 @@ def sensitivity(
         One row per (layer, mode): the metric, its drop from float and the divergence (logit
         KL for classification, squared error for regression) from the float outputs.
     """
-    float_metric = score(metric, reference, calib.gold)
+    float_metric = score(metric, reference, calib)
     rows = []
     for layer, mode, plan in single_layer_plans(num_layers, base):
         out = outputs(build(plan), calib)
-        value = score(metric, out, calib.gold)
+        value = score(metric, out, calib)
         rows.append(
             {
                 "layer": layer,
                 "mode": mode,
                 "metric": value,
                 "drop": float_metric - value,
-                "divergence": divergence(reference, out),
+                "divergence": divergence(reference, out, calib),
             }
         )
         gc.collect()

@@ -9,13 +9,18 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from pretrainkit.config import TargetConfig
 from pretrainkit.errors import DataError
 from pretrainkit.fileio import read_utf8
-from pretrainkit.tasks.classification import (
+from pretrainkit.tasks.base import TASKS, Task
+from pretrainkit.tasks.classification import ClassificationOptions, width_defaults
+from pretrainkit.tasks.metrics import regression_metrics
+from pretrainkit.tasks.tsv import (
     ClassificationData,
     ClassificationStream,
     check_columns,
@@ -149,3 +154,52 @@ def regression_batches(
             batch["labels"] = torch.from_numpy(scores[start : start + size].copy())
         start += size
         yield batch
+
+
+@TASKS.register("regression")
+class Regression(Task):
+    """A score per text or text pair (STS-B): a linear head on the pooled encoder output, mean
+    squared error; Spearman and Pearson; the prediction file holds ``score``."""
+
+    name = "regression"
+    options_class = ClassificationOptions
+    metric_names = ("spearman", "pearson")
+
+    def read(
+        self, path: str | Path, require_labels: bool = True, columns: Sequence[str] | None = None
+    ) -> ClassificationData:
+        return read_regression_file(path, require_labels=require_labels, columns=columns)
+
+    def stream(
+        self, data: ClassificationData, tokenizer: Tokenizer, seed: int, rank: int, world_size: int
+    ) -> RegressionStream:
+        seq_length = self.options.seq_length
+        return RegressionStream(data, tokenizer, seq_length, seed, rank, world_size)
+
+    def batches(
+        self, data: ClassificationData, tokenizer: Tokenizer, batch_size: int
+    ) -> Iterator[dict]:
+        unlabelled = replace(data, labels=None)
+        yield from regression_batches(unlabelled, tokenizer, self.options.seq_length, batch_size)
+
+    def target(self) -> TargetConfig:
+        options = {"pooling": self.options.pooling, "dropout": self.options.dropout}
+        return TargetConfig("regression", options)
+
+    def row_outputs(self, logits: torch.Tensor, batch: dict) -> list[float]:
+        return [float(x) for x in logits.double().cpu().reshape(-1)]
+
+    def gold(self, data: ClassificationData) -> list[float]:
+        return [float(x) for x in scores_of(data)]
+
+    def metrics(self, outputs: list[float], gold: list[float]) -> dict[str, float]:
+        return regression_metrics(np.array(outputs), np.array(gold))
+
+    def prediction_lines(self, outputs: list[float]) -> list[str]:
+        return ["score"] + [f"{value:.6f}" for value in outputs]
+
+    def divergence(self, reference: list[float], outputs: list[float]) -> float:
+        return float(np.mean((np.array(reference) - np.array(outputs)) ** 2))
+
+    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
+        return width_defaults(hidden_size, steps)

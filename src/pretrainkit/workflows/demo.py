@@ -94,12 +94,10 @@ def run_demo(
 ) -> dict:
     """Run the quickstart into ``out`` and return its summary (also printed)."""
     from pretrainkit.data import preprocess
-    from pretrainkit.model import load
-    from pretrainkit.tasks.classification import read_classification_tsv
     from pretrainkit.tokenization import load_tokenizer, train_tokenizer
     from pretrainkit.training import TrainConfig
     from pretrainkit.training.plot import plot_run
-    from pretrainkit.workflows.finetune import classifier_of, evaluate_model, finetune
+    from pretrainkit.workflows.finetune import evaluate, finetune
     from pretrainkit.workflows.pretrain import pretrain
 
     demo = settings or DemoSettings()
@@ -167,16 +165,10 @@ def run_demo(
         out / "finetune",
         finetune_config,
         batch_size=demo.finetune_batch,
-        seq_length=demo.finetune_seq_length,
         epochs=epochs,
-        pooling=demo.finetune_pooling,
+        task_options={"seq_length": demo.finetune_seq_length, "pooling": demo.finetune_pooling},
     )
-    model = load(out / "finetune" / "model")
-    dev = evaluate_model(
-        model,
-        read_classification_tsv(work / "dev.tsv", classifier_of(model, str(out)).labels),
-        demo.finetune_seq_length,
-    )
+    dev = evaluate(out / "finetune" / "model", work / "dev.tsv")
     plots = plot_run(out / "pretrain") + plot_run(out / "finetune")
     summary = {
         "sst2_dev_accuracy": round(dev["accuracy"], 4),

@@ -1,7 +1,13 @@
-"""Fine-tuning, evaluation and prediction for sequence classification and regression."""
+"""Fine-tuning, evaluation and prediction for every registered task, one code path each.
+
+Nothing here knows a task by name: the task (``pretrainkit.tasks``) reads its files, makes the
+batches, names the head, turns outputs into metrics and prediction lines. A fine-tuned model
+folder records its task (``task.json``), so ``evaluate`` and ``predict`` rebuild it from there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -11,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrainkit.config import TargetConfig
+from pretrainkit.config.typed import from_dict
+from pretrainkit.data import BatchIterator
 from pretrainkit.distributed import (
     ParallelConfig,
     batch_plan,
@@ -20,215 +27,220 @@ from pretrainkit.distributed import (
     rank,
     world_size,
 )
-from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.errors import CheckpointError, ConfigError, DataError
 from pretrainkit.fileio import check_output, write_text_file
-from pretrainkit.model import Model, build_model, load
-from pretrainkit.targets.classification import ClassificationTarget
-from pretrainkit.tasks.metrics import classification_metrics
+from pretrainkit.folders import load
+from pretrainkit.model import Model, build_model
+from pretrainkit.tasks import Task, build_task, task_of
 from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "regression")
+# The slots a task model takes over from the pre-trained one; the targets are the task's own.
+_BODY = ("embedding", "encoder", "tgt_embedding", "decoder")
 
 
-def classifier_of(model: Model, where: str) -> ClassificationTarget:
-    """The model's classification target; a clear error when it has none or no tokenizer."""
-    target = model.target_modules().get("classification")
-    if not isinstance(target, ClassificationTarget):
-        raise ConfigError(
-            f"{where}: the model has no classification target (targets: "
-            f"{list(model.targets)}); fine-tune it first"
-        )
-    if model.tokenizer is None:
-        raise CheckpointError(f"{where}: the model folder has no tokenizer")
-    return target
-
-
-def task_model(
-    base: Model,
-    labels: list[str] | None,
-    pooling: str,
-    dropout: float,
-    task: str = "classification",
-) -> Model:
-    """The same embedding and encoder with a fresh classification (or regression) target."""
-    options: dict[str, Any] = {"pooling": pooling, "dropout": dropout}
-    if task == "classification":
-        options["labels"] = labels
-    model = build_model(base.config.with_targets([TargetConfig(task, options)]))
-    # Copied strictly: the embedding and encoder must match key for key.
-    model.embedding.load_state_dict(base.embedding.state_dict())
-    model.encoder.load_state_dict(base.encoder.state_dict())
+def task_model(base: Model, task: Task) -> Model:
+    """``base``'s body (embedding, encoder and any decoder) with the task's head."""
+    model = build_model(base.config.with_targets([task.target()]))
+    for slot in _BODY:
+        source = getattr(base, slot)
+        if source is not None:  # copied strictly: the bodies must match key for key
+            getattr(model, slot).load_state_dict(source.state_dict())
     model.tokenizer = base.tokenizer
+    model.task_record = task.record()
     return model
 
 
-def regressor_of(model: Model, where: str) -> Any:
-    """The model's regression target, or None; an error when it has no tokenizer."""
-    target = model.target_modules().get("regression")
-    if target is not None and model.tokenizer is None:
-        raise CheckpointError(f"{where}: the model folder has no tokenizer")
-    return target
-
-
 @torch.no_grad()
-def predict_scores(model: Model, data, seq_length: int, batch_size: int) -> np.ndarray:
-    """Regression: the model's score for every row, in file order."""
-    from pretrainkit.tasks.regression import regression_batches
-
+def model_outputs(model: Model, task: Task, data: Any, batch_size: int = 64) -> list[Any]:
+    """The head's output for every row of ``data``, in file order."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    chunks = []
-    for batch in regression_batches(data, model.tokenizer, seq_length, batch_size):
-        batch = {k: v for k, v in batch.items() if k != "labels"}
-        chunks.append(model(**batch).logits.float().cpu().numpy().reshape(-1))
-    model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros(0)
+    device = next(model.parameters()).device
+    outputs: list[Any] = []
+    try:
+        for batch in task.batches(data, model.tokenizer, batch_size):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            outputs += task.row_outputs(model(**batch).logits, batch)
+    finally:
+        model.train(was_training)
+    return outputs
 
 
-def evaluate_regression(
-    model: Model, data, seq_length: int = 128, batch_size: int = 64
-) -> dict[str, float]:
-    from pretrainkit.tasks.metrics import regression_metrics
-    from pretrainkit.tasks.regression import scores_of
-
-    return regression_metrics(predict_scores(model, data, seq_length, batch_size), scores_of(data))
+def evaluate_task(model: Model, task: Task, data: Any, batch_size: int = 64) -> dict[str, float]:
+    """The task's metrics of ``model`` on the labelled ``data``."""
+    if len(data) == 0:
+        raise DataError("no rows to evaluate", getattr(data, "path", None))
+    return task.metrics(model_outputs(model, task, data, batch_size), task.gold(data))
 
 
-@torch.no_grad()
-def predict_logits(model: Model, data, seq_length: int, batch_size: int) -> np.ndarray:
-    from pretrainkit.tasks.classification import classification_batches
+def _train_config(task: Task, train: Any, hidden_size: int, steps: int | None) -> Any:
+    """A TrainConfig as given, or one from the options the user set (a mapping) over the
+    task's defaults for this model width and number of steps."""
+    from pretrainkit.training import TrainConfig
 
-    target = classifier_of(model, "model")
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for batch in classification_batches(
-        data, model.tokenizer, target.labels, seq_length, batch_size
-    ):
-        batch = {k: v for k, v in batch.items() if k != "labels"}
-        chunks.append(model(**batch).logits.float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(target.labels)))
+    if not isinstance(train, dict):
+        if steps is not None:
+            train.steps = steps
+            train.__post_init__()  # options that depend on steps, against the real number
+        return train
+    if steps is None:
+        if "steps" not in train:
+            raise ConfigError("finetune: give the number of steps or epochs")
+        steps = train["steps"]
+    defaults = task.train_defaults(hidden_size, int(steps)) if isinstance(steps, int) else {}
+    chosen = {k: v for k, v in defaults.items() if k not in train}
+    if chosen:
+        log.info("%s defaults for this model: %s", task.name, chosen)
+    return from_dict(TrainConfig, {**chosen, **train, "steps": steps}, "training")
 
 
-def evaluate_model(
-    model: Model, data, seq_length: int = 128, batch_size: int = 64
-) -> dict[str, float]:
-    if regressor_of(model, "model") is not None:
-        return evaluate_regression(model, data, seq_length, batch_size)
-    target = classifier_of(model, "model")
-    logits = predict_logits(model, data, seq_length, batch_size)
-    gold = np.array([target.labels.index(label) for label in data.labels])
-    return classification_metrics(logits.argmax(-1), gold, len(target.labels))
+def _recorded_task(net: Model, where: Any, seq_length: int | None) -> Task:
+    task = task_of(net, str(where))
+    if seq_length is not None:
+        task.options = dataclasses.replace(task.options, seq_length=seq_length)  # validated
+    return task
+
+
+def _loaded(model: str | Path | Model) -> Model:
+    net = model if isinstance(model, Model) else load(model)
+    if net.tokenizer is None:
+        raise CheckpointError(f"{model}: the model folder has no tokenizer")
+    return net
 
 
 def finetune(
-    task: str,
-    model: str | Path,
+    task: str | Task,
+    model: str | Path | Model,
     train_file: str | Path,
     dev_file: str | Path | None,
     out: str | Path,
     train: Any,
     batch_size: int | None = None,
-    seq_length: int = 128,
     epochs: float | None = None,
-    pooling: str = "first",
-    dropout: float = 0.1,
+    task_options: dict[str, Any] | None = None,
     strategy: str | ParallelConfig = "single",
     resume: bool = False,
     global_batch_size: int | None = None,
     columns: tuple[str, ...] | None = None,
     overwrite: bool = False,
+    folds: int | None = None,
 ) -> dict:
-    """Fine-tune the model folder ``model`` on a classification TSV or a regression file
-    (STS-B CSV, or a TSV with numeric labels).
+    """Fine-tune ``model`` (a folder or a Model) on ``train_file`` for ``task``.
 
-    ``train`` is a TrainConfig, or with ``epochs`` also a mapping of its options without
-    ``steps``: ``epochs`` sets the steps from the training-set size and the global batch, and
-    the options that depend on the steps (warmup) are validated against that number. Under
-    torchrun every process reads its own part of the rows; ``batch_size`` is per process
-    (default 32), ``global_batch_size`` per optimizer step. ``columns`` names the columns of
-    header-less files; ``out`` follows ``workflows.run_folder`` (``resume``, ``overwrite``).
+    Args:
+        task: a registered task name (options from ``task_options``) or a Task.
+        train: a TrainConfig, or a mapping of the TrainConfig options the user set: the task's
+            defaults for the model's width fill the rest (``Task.train_defaults``).
+        epochs: sets the steps from the training-set size and the global batch; the options
+            that depend on the steps (warmup) are checked against that number.
+        columns: the columns of header-less files, for formats that have columns.
+        out: a new run folder, or an existing one with ``resume`` or ``overwrite``.
+        folds: K-fold cross-validation on ``train_file`` instead (no ``dev_file``): one run
+            per fold in ``out/fold-N``, each scored on its held-out fold; returns every fold's
+            metrics with their mean and standard deviation.
+
+    Under torchrun every process reads its own part of the rows; ``batch_size`` is per process
+    (default 32), ``global_batch_size`` per optimizer step.
     """
-    from pretrainkit.tasks.classification import (
-        ClassificationStream,
-        label_set_of,
-        read_classification_tsv,
-    )
-    from pretrainkit.training import Trainer
+    spec = task if isinstance(task, Task) else build_task(task, task_options)
+    # Checked before anything is read or written.
+    parallel, batch_size = check_run(strategy, _probe(train), batch_size, global_batch_size)
+    base = _loaded(model)
+    train_data = spec.read(train_file, columns=columns)
+    spec.fit_labels(train_data)
+    common = {
+        "train": train,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "parallel": parallel,
+        "resume": resume,
+        "source": {"model": str(model), "train": str(train_file)},
+    }
+    if folds is None:
+        dev_data = spec.read(dev_file, columns=columns) if dev_file else None
+        return fit(spec, base, train_data, dev_data, out, overwrite=overwrite, **common)
+    if dev_file is not None:
+        raise ConfigError("--folds scores every fold on its held-out rows; drop --dev")
+    if not isinstance(folds, int) or not 2 <= folds <= len(train_data):
+        raise ConfigError(f"folds must be an integer from 2 to the {len(train_data)} rows")
+    with run_folder(out, resume, overwrite) as folder:
+        order = np.random.default_rng(_probe(train).seed).permutation(len(train_data))
+        results = []
+        for k, held_out in enumerate(np.array_split(order, folds)):
+            rest = np.setdiff1d(order, held_out)
+            result = fit(
+                spec,
+                base,
+                spec.subset(train_data, rest.tolist()),
+                spec.subset(train_data, sorted(held_out.tolist())),
+                folder / f"fold-{k + 1}",
+                overwrite=False,
+                **common,
+            )
+            results.append(result["last_eval"])
+            log.info("fold %d/%d: %s", k + 1, folds, result["last_eval"])
+        report = {
+            "task": spec.name,
+            "folds": results,
+            **{name: summary([r[name] for r in results]) for name in spec.metric_names},
+        }
+        if is_main_process():
+            (folder / "folds.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
-    if task not in TASKS:
-        raise ConfigError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
-    from pretrainkit.config.typed import from_dict
+
+def _probe(train: Any) -> Any:
+    """``train`` as a TrainConfig for the checks made before the steps are known."""
     from pretrainkit.training import TrainConfig
 
-    options = dict(train) if isinstance(train, dict) else None
-    if options is not None:
-        if epochs is None:
-            raise ConfigError("finetune: train options without steps need epochs")
-        # Checked now with a placeholder length; warmup is checked once the steps are known.
-        train = from_dict(TrainConfig, {**options, "steps": 1, "warmup": 0}, "training")
-    # Before anything is written.
-    parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size)
-    plan = batch_plan(parallel, batch_size, train.accumulate)
-    base = load(model)
-    if base.tokenizer is None:
-        raise CheckpointError(f"{model}: the model folder has no tokenizer")
-    if task == "regression":
-        from pretrainkit.tasks.regression import read_regression_file
+    if not isinstance(train, dict):
+        return train
+    return from_dict(TrainConfig, {**train, "steps": 1, "warmup": 0}, "training")
 
-        train_data = read_regression_file(train_file, columns=columns)
-        labels = None
-        dev_data = read_regression_file(dev_file, columns=columns) if dev_file else None
-    else:
-        train_data = read_classification_tsv(train_file, columns=columns)
-        labels = label_set_of(train_data)
-        dev_data = (
-            read_classification_tsv(dev_file, label_set=labels, columns=columns)
-            if dev_file
-            else None
-        )
+
+def fit(
+    spec: Task,
+    base: Model,
+    train_data: Any,
+    dev_data: Any | None,
+    out: str | Path,
+    train: Any,
+    batch_size: int,
+    epochs: float | None,
+    parallel: ParallelConfig,
+    resume: bool,
+    overwrite: bool,
+    source: dict[str, str],
+) -> dict:
+    """Fine-tune ``base`` on rows already read (``finetune`` and each fold of ``--folds``)."""
+    from pretrainkit.training import Trainer
+
+    plan = batch_plan(parallel, batch_size, _probe(train).accumulate)
+    steps = None
     if epochs is not None:
-        rows = epochs * len(train_data.texts_a)
-        steps = max(1, math.ceil(rows / plan["global_batch_size"]))
-        if options is not None:
-            train = from_dict(TrainConfig, {**options, "steps": steps}, "training")
-        else:
-            train.steps = steps
-            train.__post_init__()  # the options that depend on steps, against the real number
-    torch.manual_seed(train.seed)
-    net = task_model(base, labels, pooling, dropout, task)
+        steps = max(1, math.ceil(epochs * len(train_data) / plan["global_batch_size"]))
+    config = _train_config(spec, train, base.config.hidden_size, steps)
+    torch.manual_seed(config.seed)
+    net = task_model(base, spec)
     run = {
         "command": "finetune",
-        "task": task,
-        "model": str(model),
-        "train": str(train_file),
-        "dev": str(dev_file) if dev_file else None,
-        "labels": labels,
-        "steps": train.steps,
-        "seq_length": seq_length,
+        "task": spec.record(),
+        **source,
+        "rows": len(train_data),
+        "steps": config.steps,
+        "lr": config.lr,
+        "warmup": config.warmup,
         **plan,
     }
-    stream: ClassificationStream
-    if task == "regression":
-        from pretrainkit.tasks.regression import RegressionStream
-
-        stream = RegressionStream(
-            train_data, base.tokenizer, seq_length, train.seed, rank(), world_size()
-        )
-    else:
-        assert labels is not None
-        stream = ClassificationStream(
-            train_data, base.tokenizer, labels, seq_length, train.seed, rank(), world_size()
-        )
-    from pretrainkit.data import BatchIterator
-
+    stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
     batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return evaluate_model(m, dev_data, seq_length)  # type: ignore[arg-type]
+        return evaluate_task(m, spec, dev_data)  # type: ignore[arg-type]
 
     with run_folder(out, resume, overwrite) as folder:
         if is_main_process():
@@ -236,45 +248,57 @@ def finetune(
         trainer = Trainer(
             net,
             batches,
-            train,
+            config,
             folder,
-            evaluate=evaluate if dev_data else None,
+            evaluate=evaluate if dev_data is not None else None,
             resume=resume,
             strategy=parallel,
         )
         return trainer.fit()
 
 
+def evaluate(
+    model: str | Path | Model,
+    data_file: str | Path,
+    batch_size: int = 64,
+    columns: tuple[str, ...] | None = None,
+    seq_length: int | None = None,
+) -> dict[str, Any]:
+    """The metrics of a fine-tuned model (its folder records the task) on a labelled file;
+    ``seq_length`` overrides the length the model was fine-tuned with."""
+    net = _loaded(model)
+    task = _recorded_task(net, model, seq_length)
+    data = task.read(data_file, columns=columns)
+    return {
+        "data": str(data_file),
+        "task": task.name,
+        "rows": len(data),
+        **evaluate_task(net, task, data, batch_size),
+    }
+
+
 def predict(
-    model: str | Path,
+    model: str | Path | Model,
     data_file: str | Path,
     out_file: str | Path,
-    seq_length: int = 128,
     batch_size: int = 64,
     columns: tuple[str, ...] | None = None,
     overwrite: bool = False,
+    seq_length: int | None = None,
 ) -> Path:
-    """Write ``label<TAB>probability`` (classification) or ``score`` (regression) for every
-    row of ``data_file`` (labels optional; ``columns`` for a file without a header). An
-    existing ``out_file`` is replaced only with ``overwrite``."""
-    from pretrainkit.tasks.classification import read_classification_tsv
-
+    """Write the task's predictions for every row of ``data_file`` (labels optional), e.g.
+    ``label<TAB>probability`` for classification. An existing ``out_file`` is replaced only
+    with ``overwrite``."""
     check_output(out_file, overwrite, folder=False)  # before the work, not after it
-    net = load(model)
-    if regressor_of(net, str(model)) is not None:
-        from pretrainkit.tasks.regression import read_regression_file
-
-        data = read_regression_file(data_file, require_labels=False, columns=columns)
-        scores = predict_scores(net, data, seq_length, batch_size)
-        lines = ["score"] + [f"{value:.6f}" for value in scores]
-    else:
-        target = classifier_of(net, str(model))
-        data = read_classification_tsv(
-            data_file, label_set=target.labels, require_labels=False, columns=columns
-        )
-        logits = predict_logits(net, data, seq_length, batch_size)
-        probs = torch.from_numpy(logits).softmax(-1).numpy()
-        lines = ["label\tprobability"] + [
-            f"{target.labels[int(row.argmax())]}\t{row.max():.6f}" for row in probs
-        ]
+    net = _loaded(model)
+    task = _recorded_task(net, model, seq_length)
+    data = task.read(data_file, require_labels=False, columns=columns)
+    lines = task.prediction_lines(model_outputs(net, task, data, batch_size))
     return write_text_file(out_file, "".join(line + "\n" for line in lines), overwrite)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation of per-fold values."""
+    array = np.array(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std}

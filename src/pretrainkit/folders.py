@@ -1,0 +1,21 @@
+"""``pretrainkit.load``: any model folder the toolkit writes, including the kinds that need a
+package above the model to rebuild (a SAMP-quantized folder), so ``model.py`` stays below them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pretrainkit.model import SAMP_PLAN, Model, model_folder
+from pretrainkit.model import load as load_plain
+
+
+def load(directory: str | os.PathLike) -> Model:
+    """Load a model folder: written by ``Model.save``, ``finetune`` / ``pretrain`` (a run
+    folder loads its ``model/``), ``convert --from-hf`` or ``quantize``."""
+    folder = model_folder(directory)
+    if (folder / SAMP_PLAN).is_file():  # quantized by `pretrainkit quantize`
+        from pretrainkit.samp.backends import prepare_quantized
+
+        return load_plain(folder, prepare=prepare_quantized)
+    return load_plain(folder)

@@ -1,0 +1,188 @@
+"""The downstream-task seam: one ``Task`` per file, found by name in ``TASKS``.
+
+A task owns everything that differs between downstream problems — its file format, the head
+it puts on the encoder, how rows become batches, how the head's outputs become predictions,
+its metrics and how predictions are written — so that fine-tuning, evaluation, prediction and
+SAMP are one branch-free code path each (``workflows/finetune.py``, ``samp/data.py``).
+
+The model folder records its task in ``task.json`` (name, options, label set): every command
+that reads a fine-tuned folder rebuilds the task from it (``task_of``) instead of probing the
+model's targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from pretrainkit.config import TargetConfig
+from pretrainkit.config.typed import from_dict
+from pretrainkit.data.instances import InstanceStream
+from pretrainkit.errors import CheckpointError, ConfigError
+from pretrainkit.registry import Registry
+from pretrainkit.tokenization import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TASK_FILE = "task.json"
+
+
+@dataclass
+class TaskOptions:
+    """Options every task has; a task's own options subclass this (CLI flags come from the
+    fields, help from the docstrings)."""
+
+    seq_length: int = 128
+    """Tokens per input, special tokens included; longer inputs are cut."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq_length, int) or self.seq_length < 2:
+            raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
+
+
+class Task(ABC):
+    """One downstream problem. Subclasses set the class attributes and the abstract methods.
+
+    Args:
+        options: the task's options (an instance of ``options_class``).
+        labels: the label set, when the task has one and it is already known (a fine-tuned
+            folder); ``None`` until ``fit_labels`` sees the training data.
+    """
+
+    name: ClassVar[str]
+    options_class: ClassVar[type[TaskOptions]] = TaskOptions
+    metric_names: ClassVar[tuple[str, ...]]
+    """The metrics ``metrics`` returns; the first is the one to select on (SAMP, folds)."""
+
+    def __init__(self, options: TaskOptions | None = None, labels: list[str] | None = None):
+        self.options: Any = options if options is not None else self.options_class()
+        self.labels = labels
+
+    # -- data ------------------------------------------------------------------------------
+    @abstractmethod
+    def read(
+        self, path: str | Path, require_labels: bool = True, columns: Sequence[str] | None = None
+    ) -> Any:
+        """The rows of a task file (``len()`` gives their number); a DataError naming the
+        file and line for anything malformed. ``columns`` names the fields of a file without a
+        header, where the format has columns."""
+
+    def fit_labels(self, train: Any) -> None:  # noqa: B027 - tasks without a label set
+        """Take the label set from the training rows (tasks with one override this)."""
+
+    def subset(self, data: Any, rows: list[int]) -> Any:
+        """The rows ``rows`` of ``data`` (cross-validation folds). The default handles a
+        dataclass whose list fields hold one value per row."""
+        if not dataclasses.is_dataclass(data) or isinstance(data, type):
+            raise ConfigError(f"task {self.name}: its data cannot be split into folds")
+        size = len(data)  # type: ignore[arg-type]
+        changes = {
+            f.name: [value[i] for i in rows]
+            for f in dataclasses.fields(data)
+            if isinstance(value := getattr(data, f.name), list) and len(value) == size
+        }
+        return dataclasses.replace(data, **changes)  # type: ignore[type-var]
+
+    @abstractmethod
+    def stream(
+        self, data: Any, tokenizer: Tokenizer, seed: int, rank: int, world_size: int
+    ) -> InstanceStream:
+        """The endless, resumable stream of training instances."""
+
+    @abstractmethod
+    def batches(self, data: Any, tokenizer: Tokenizer, batch_size: int) -> Iterator[dict]:
+        """Model inputs in file order (for evaluation and prediction); no ``labels`` key."""
+
+    # -- the head and its outputs -----------------------------------------------------------
+    @abstractmethod
+    def target(self) -> TargetConfig:
+        """The head to put on the encoder."""
+
+    @abstractmethod
+    def row_outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]:
+        """The head's output for each row of a batch, as numpy (float64)."""
+
+    @abstractmethod
+    def gold(self, data: Any) -> list[Any]:
+        """The reference answer of every row, in the form ``metrics`` compares against."""
+
+    @abstractmethod
+    def metrics(self, outputs: list[Any], gold: list[Any]) -> dict[str, float]:
+        """Every name of ``metric_names`` → its value (fractions, not points)."""
+
+    @abstractmethod
+    def prediction_lines(self, outputs: list[Any]) -> list[str]:
+        """The prediction file: a header line, then one line per row."""
+
+    def divergence(self, reference: list[Any], outputs: list[Any]) -> float:
+        """How far ``outputs`` are from ``reference`` (SAMP's sensitivity): mean KL of the
+        softmax over the last axis; tasks with other outputs override it."""
+        p = torch.from_numpy(np.concatenate([np.atleast_2d(r) for r in reference])).log_softmax(-1)
+        q = torch.from_numpy(np.concatenate([np.atleast_2d(o) for o in outputs])).log_softmax(-1)
+        return float((p.exp() * (p - q)).sum(-1).mean())
+
+    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
+        """Training options (``TrainConfig`` fields) that work for this task at this model
+        width and number of steps, applied where the user set none (see ``finetune --help``)."""
+        return {}
+
+    # -- the record in the model folder -------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """What ``task.json`` holds: enough to rebuild this task."""
+        return {
+            "name": self.name,
+            "options": dataclasses.asdict(self.options),
+            "labels": self.labels,
+        }
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def build_task(
+    name: str, options: dict[str, Any] | None = None, labels: list[str] | None = None
+) -> Task:
+    """The task ``name`` with ``options`` (unknown keys are errors naming the task)."""
+    cls = TASKS.get(name)
+    return cls(from_dict(cls.options_class, dict(options or {}), f"task {name}"), labels)
+
+
+def task_from_record(record: Any, where: str) -> Task:
+    """The task a model folder recorded in ``task.json``."""
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise CheckpointError(f"{where}: {TASK_FILE} must hold an object with a task name")
+    labels = record.get("labels")
+    if labels is not None and not (
+        isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+    ):
+        raise CheckpointError(f"{where}: {TASK_FILE} labels must be a list of strings")
+    return build_task(record["name"], record.get("options") or {}, labels)
+
+
+def task_of(model: Any, where: str = "model") -> Task:
+    """The task a fine-tuned model solves, from its folder's ``task.json``.
+
+    Folders fine-tuned before ``task.json`` existed hold a classification or regression head
+    without a record; they are read as that task (with its default options) and said so.
+    """
+    record = getattr(model, "task_record", None)
+    if record is not None:
+        return task_from_record(record, where)
+    targets = model.target_modules()
+    for name in ("classification", "regression"):  # the two tasks that predate task.json
+        if name in targets:
+            log.info("%s has no %s; reading it as a %s model", where, TASK_FILE, name)
+            labels = getattr(targets[name], "labels", None)
+            return build_task(name, {}, list(labels) if labels else None)
+    raise ConfigError(
+        f"{where}: not a fine-tuned model (no {TASK_FILE}; targets: {list(targets) or 'none'}); "
+        f"fine-tune it first with `pretrainkit finetune --task ...`"
+    )

@@ -1,0 +1,44 @@
+"""A tiny learnable sample file for every registered task, for the conformance test.
+
+Every task in ``pretrainkit.tasks.TASKS`` must have an entry here (the conformance test fails
+otherwise): a writer ``(path, rows, seed) -> None`` and the value of the task's first metric
+that a tiny model must beat after a few dozen steps (a chance-level model does not).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import NEGATIVE, POSITIVE, sentence, write_classification
+
+
+@dataclass
+class Sample:
+    write: Callable[[Path, int, int], None]
+    threshold: float
+    """The task's first metric on the dev sample must exceed this."""
+    suffix: str = ".tsv"
+
+
+def _classification(path: Path, rows: int, seed: int) -> None:
+    write_classification(path, rows, seed)
+
+
+def _regression(path: Path, rows: int, seed: int) -> None:
+    """A score that counts the positive cue words (0, 2.5 or 5): learnable from the text."""
+    rng = random.Random(seed)
+    lines = ["label\ttext_a\ttext_b"]
+    for _ in range(rows):
+        cues = [rng.choice(POSITIVE + NEGATIVE) for _ in range(2)]
+        score = 2.5 * sum(c in POSITIVE for c in cues)
+        lines.append(f"{score}\t{sentence(rng)[:-2]} and it was {cues[0]} .\tit was {cues[1]} .")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+SAMPLES: dict[str, Sample] = {
+    "classification": Sample(_classification, threshold=0.8),
+    "regression": Sample(_regression, threshold=0.6),
+}
