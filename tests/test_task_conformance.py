@@ -44,9 +44,10 @@ def test_task_end_to_end(name: str, base: Path, tmp_path: Path, capsys) -> None:
     train, dev = tmp_path / f"train{sample.suffix}", tmp_path / f"dev{sample.suffix}"
     sample.write(train, 192, 1)
     sample.write(dev, 48, 2)
-    options = {"steps": 60, "lr": 3e-3, "warmup": 5, "log_every": 10, "progress": False}
-    result = finetune(name, base, train, dev, tmp_path / "run", {**options, "precision": "fp32"},
-                      batch_size=16, task_options={"seq_length": 32})  # fmt: skip
+    options = {"steps": sample.steps, "lr": 3e-3, "warmup": 5, "log_every": 10}
+    result = finetune(name, base, train, dev, tmp_path / "run",
+                      {**options, "precision": "fp32", "progress": False}, batch_size=16,
+                      task_options={"seq_length": 32, **sample.options})  # fmt: skip
     folder = tmp_path / "run" / "model"
     record = json.loads((folder / "task.json").read_text())
     assert record["name"] == name and record["options"]["seq_length"] == 32
@@ -55,13 +56,13 @@ def test_task_end_to_end(name: str, base: Path, tmp_path: Path, capsys) -> None:
     assert result["last_eval"][first] > sample.threshold, result["last_eval"]
     # evaluate rebuilds the task from the folder and gives the trainer's last evaluation.
     scored = evaluate(folder, dev)
-    assert scored["task"] == name and scored["rows"] == 48
+    assert scored["task"] == name and scored["rows"] == sample.rows(dev)
     for metric in task.metric_names:
         assert scored[metric] == pytest.approx(result["last_eval"][metric], abs=1e-6)
     # predict, then the same after a reload and after another save.
     first_file = predict(folder, dev, tmp_path / "p1.txt")
     lines = first_file.read_text().splitlines()
-    assert len(lines) == 49
+    assert len(lines) == 1 + sample.prediction_rows(dev)
     model = pretrainkit.load(folder)
     assert task_of(model).record() == record
     model.save(tmp_path / "copy")
