@@ -14,6 +14,7 @@ import torch
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.model import Model
 from pretrainkit.tasks import Task, task_of
+from pretrainkit.tasks.base import model_inputs
 
 
 @dataclass
@@ -81,7 +82,7 @@ def outputs(model: Model, data: TaskSet) -> Any:
     try:
         rows: list[Any] = []
         for batch in data.batches:
-            rows += data.task.row_outputs(model(**batch).logits, batch)
+            rows += data.task.row_outputs(model(**model_inputs(batch)).logits, batch)
     finally:
         model.train(was_training)
     return _stacked(rows)

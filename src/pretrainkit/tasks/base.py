@@ -99,7 +99,13 @@ class Task(ABC):
 
     @abstractmethod
     def batches(self, data: Any, tokenizer: Tokenizer, batch_size: int) -> Iterator[dict]:
-        """Model inputs in file order (for evaluation and prediction); no ``labels`` key."""
+        """Model inputs in file order (for evaluation and prediction); no ``labels`` key.
+
+        Keys that start with ``_`` are the task's own bookkeeping (e.g. which example a QA
+        window belongs to): they reach ``row_outputs`` but not the model (``model_inputs``).
+        A row of a batch may be part of a row of the data (one window of a long context);
+        ``row_outputs``, ``metrics`` and ``prediction_lines`` then put the parts together.
+        """
 
     # -- the head and its outputs -----------------------------------------------------------
     @abstractmethod
@@ -119,8 +125,8 @@ class Task(ABC):
         """Every name of ``metric_names`` → its value (fractions, not points)."""
 
     @abstractmethod
-    def prediction_lines(self, outputs: list[Any]) -> list[str]:
-        """The prediction file: a header line, then one line per row."""
+    def prediction_lines(self, outputs: list[Any], data: Any) -> list[str]:
+        """The prediction file: a header line, then one line per row of ``data``."""
 
     def divergence(self, reference: list[Any], outputs: list[Any]) -> float:
         """How far ``outputs`` are from ``reference`` (SAMP's sensitivity): mean KL of the
@@ -145,6 +151,11 @@ class Task(ABC):
 
 
 TASKS: Registry[type[Task]] = Registry("task")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a task batch the model takes (``_``-prefixed ones are the task's own)."""
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
 
 
 def build_task(

@@ -118,7 +118,7 @@ class Classification(Task):
             predicted, np.array(gold, dtype=np.int64), len(self._label_set())
         )
 
-    def prediction_lines(self, outputs: list[np.ndarray]) -> list[str]:
+    def prediction_lines(self, outputs: list[np.ndarray], data: Any = None) -> list[str]:
         labels = self._label_set()
         lines = ["label\tprobability"]
         for row in outputs:

@@ -195,7 +195,7 @@ class Regression(Task):
     def metrics(self, outputs: list[float], gold: list[float]) -> dict[str, float]:
         return regression_metrics(np.array(outputs), np.array(gold))
 
-    def prediction_lines(self, outputs: list[float]) -> list[str]:
+    def prediction_lines(self, outputs: list[float], data: Any = None) -> list[str]:
         return ["score"] + [f"{value:.6f}" for value in outputs]
 
     def divergence(self, reference: list[float], outputs: list[float]) -> float:

@@ -32,6 +32,7 @@ from pretrainkit.fileio import check_output, write_text_file
 from pretrainkit.folders import load
 from pretrainkit.model import Model, build_model
 from pretrainkit.tasks import Task, build_task, task_of
+from pretrainkit.tasks.base import model_inputs
 from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ def model_outputs(model: Model, task: Task, data: Any, batch_size: int = 64) -> 
     outputs: list[Any] = []
     try:
         for batch in task.batches(data, model.tokenizer, batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            outputs += task.row_outputs(model(**batch).logits, batch)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            outputs += task.row_outputs(model(**model_inputs(batch)).logits, batch)
     finally:
         model.train(was_training)
     return outputs
@@ -293,7 +294,7 @@ def predict(
     net = _loaded(model)
     task = _recorded_task(net, model, seq_length)
     data = task.read(data_file, require_labels=False, columns=columns)
-    lines = task.prediction_lines(model_outputs(net, task, data, batch_size))
+    lines = task.prediction_lines(model_outputs(net, task, data, batch_size), data)
     return write_text_file(out_file, "".join(line + "\n" for line in lines), overwrite)
 
 
