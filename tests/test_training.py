@@ -71,6 +71,9 @@ class ToyLM(nn.Module):
     def load_weights(self, directory: Path) -> None:
         self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")), strict=True)
 
+    def trainable_parameters(self):
+        return self.parameters()
+
 
 class ToyData:
     """Batches that are a pure function of (seed, position): resume restores the position."""

@@ -6,7 +6,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -299,6 +299,10 @@ class Model(nn.Module):
             if plan is not None:  # quantized: the plan writes how to rebuild it
                 plan.write_files(self, tmp)
         return directory
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters an optimizer updates: those that require gradients."""
+        return (p for p in self.parameters() if p.requires_grad)
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load ``model.safetensors`` strictly; mismatches are listed by key."""

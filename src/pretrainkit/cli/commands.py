@@ -137,6 +137,12 @@ def vocab(args):
     return {"out": args.out, "kind": tok.kind, "vocab_size": tok.vocab_size}
 
 
+def _objective_names() -> list[str]:
+    from pretrainkit.data.objectives import OBJECTIVES
+
+    return OBJECTIVES.names()
+
+
 def _add_preprocess(p):
     p.add_argument("--corpus", nargs="+", required=True, help="text or .jsonl corpus files")
     p.add_argument(
@@ -144,7 +150,7 @@ def _add_preprocess(p):
         required=True,
         help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model",
     )
-    p.add_argument("--objective", required=True, choices=["bert", "albert", "mlm", "lm"])
+    p.add_argument("--objective", required=True, choices=_objective_names())
     p.add_argument("--seq-length", type=int, required=True)
     p.add_argument("--out", required=True, help="output shard folder")
     p.add_argument("--workers", type=int, default=1)

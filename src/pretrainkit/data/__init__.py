@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "preprocess": "pretrainkit.data.preprocessing",
-    "OBJECTIVES": "pretrainkit.data.preprocessing",
+    "OBJECTIVES": "pretrainkit.data.objectives",
     "Shards": "pretrainkit.data.shards",
     "InstanceStream": "pretrainkit.data.streams",
     "pretraining_stream": "pretrainkit.data.streams",
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from pretrainkit.data.batching import BatchIterator, collate
     from pretrainkit.data.corpus import read_documents
     from pretrainkit.data.masking import mask_tokens
-    from pretrainkit.data.preprocessing import OBJECTIVES, preprocess
+    from pretrainkit.data.objectives import OBJECTIVES
+    from pretrainkit.data.preprocessing import preprocess
     from pretrainkit.data.shards import Shards
     from pretrainkit.data.streams import InstanceStream, pretraining_stream
 

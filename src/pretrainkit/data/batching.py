@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,14 +54,21 @@ class BatchIterator:
     `state_dict()` yields the same following batches bit for bit.
     """
 
-    def __init__(self, stream: InstanceStream, batch_size: int, pad_id: int):
+    def __init__(
+        self,
+        stream: InstanceStream,
+        batch_size: int,
+        pad_id: int,
+        collate_fn: Callable[[list[dict[str, np.ndarray]], int], dict] = collate,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.stream, self.batch_size, self.pad_id = stream, batch_size, pad_id
+        self.collate_fn = collate_fn  # the objective's (or task's) own, when it has one
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next `batch_size` instances, collated."""
-        return collate([next(self.stream) for _ in range(self.batch_size)], self.pad_id)
+        return self.collate_fn([next(self.stream) for _ in range(self.batch_size)], self.pad_id)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

@@ -18,37 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from pretrainkit.data.corpus import CorpusFile, read_documents
+from pretrainkit.data.objectives import get_objective
 from pretrainkit.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter
 from pretrainkit.data.workers import Chunk, encode_chunks
-from pretrainkit.errors import ConfigError, DataError, closest
+from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.fileio import atomic_directory
 from pretrainkit.tokenization import Tokenizer, load_tokenizer
 from pretrainkit.tokenization.files import sha256_file
 
-OBJECTIVES = ("mlm", "lm", "bert", "albert")
-# Fewest positions that leave room for the special tokens and at least one real token a side.
-MIN_SEQ_LENGTH = {"mlm": 3, "lm": 2, "bert": 5, "albert": 5}
 # Characters per task: big enough to amortise inter-process traffic, small enough to balance.
 _CHUNK_CHARS = 64 * 1024
 
 
 def check_objective(objective: str, seq_length: int, tokenizer: Tokenizer) -> None:
     """Raise ConfigError when the objective, length or tokenizer cannot work together."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(
-            f"unknown objective {objective!r}{closest(objective, OBJECTIVES)}; "
-            f"valid: {', '.join(OBJECTIVES)}"
-        )
-    if seq_length < MIN_SEQ_LENGTH[objective]:
-        raise ConfigError(
-            f"seq_length {seq_length} is too short for {objective} "
-            f"(at least {MIN_SEQ_LENGTH[objective]})"
-        )
-    if objective != "lm" and tokenizer.mask_id is None:
-        raise ConfigError(
-            f"objective {objective!r} masks tokens, but this {tokenizer.kind} tokenizer has no "
-            "mask token; use objective 'lm' or a vocabulary with a mask token"
-        )
+    get_objective(objective).check(seq_length, tokenizer)
 
 
 def preprocess(

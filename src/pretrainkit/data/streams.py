@@ -8,8 +8,7 @@ import numpy as np
 
 from pretrainkit.data.instances import EpochOrder, InstanceStream, ShardStream, check_state
 from pretrainkit.data.masking import mask_tokens
-from pretrainkit.data.pairs import PairStream
-from pretrainkit.data.preprocessing import check_objective
+from pretrainkit.data.objectives import get_objective
 from pretrainkit.data.shards import Shards
 from pretrainkit.errors import DataError
 
@@ -40,12 +39,10 @@ def pretraining_stream(
         ConfigError: unknown objective, bad length, or masking with a mask-less tokenizer.
         DataError: the corpus is too small for a single instance.
     """
-    objective = objective or shards.manifest["objective"]
+    spec = get_objective(objective or shards.manifest["objective"])
     seq_length = seq_length or int(shards.manifest["seq_length"])
-    check_objective(objective, seq_length, shards.tokenizer)
-    if objective in ("bert", "albert"):
-        return PairStream(shards, objective, seq_length, seed, mask_prob, rank, world_size)
-    return WindowStream(shards, objective, seq_length, seed, mask_prob, rank, world_size)
+    spec.check(seq_length, shards.tokenizer)
+    return spec.stream(shards, seq_length, seed, mask_prob, rank, world_size)
 
 
 class _DocumentEnds:

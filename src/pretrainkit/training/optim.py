@@ -24,7 +24,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for param in model.parameters():
+    # The training contract says which parameters to update (a recipe may train only part of
+    # its modules); an engine's wrapper (DDP, FSDP) exposes the plain parameters instead.
+    chosen = getattr(model, "trainable_parameters", None)
+    params = chosen() if callable(chosen) else model.parameters()
+    for param in params:
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     if not decay and not no_decay:

@@ -27,6 +27,7 @@ from pretrainkit.distributed import (
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError
 from pretrainkit.training import checkpoint as ckpt
 from pretrainkit.training.config import TrainConfig
+from pretrainkit.training.contract import check_trainable
 from pretrainkit.training.optim import build_scheduler
 from pretrainkit.training.precision import autocast, resolve_precision
 from pretrainkit.training.progress import ProgressBar
@@ -84,6 +85,7 @@ class Trainer:
     ):
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+        check_trainable(model)
         self.config = config
         self.run_dir = Path(out_dir)
         device = config.resolved_device()

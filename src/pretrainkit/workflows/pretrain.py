@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pretrainkit.config import load_model_config
+from pretrainkit.data.objectives import get_objective
 from pretrainkit.distributed import (
     ParallelConfig,
     batch_plan,
@@ -26,27 +27,11 @@ from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
 
-# Which targets each shard objective feeds: the labels the loader makes must be the ones the
-# model's targets read, or training would silently ignore a head.
-OBJECTIVE_TARGETS = {
-    "mlm": {"mlm"},
-    "bert": {"mlm", "nsp"},
-    "albert": {"mlm", "sop"},
-    "lm": {"lm"},
-}
-
 
 def check_targets(objective: str, target_names: list[str], where: str) -> None:
-    expected = OBJECTIVE_TARGETS.get(objective)
-    if expected is None:
-        raise ConfigError(f"{where}: unknown objective {objective!r}")
-    if set(target_names) != expected:
-        raise ConfigError(
-            f"{where}: the data was preprocessed for objective {objective!r}, which trains "
-            f"targets {sorted(expected)}, but the model has targets {target_names}. Preprocess "
-            f"with the matching --objective or set the model's targets "
-            f"(e.g. --model.targets '[{{name: mlm}}]')."
-        )
+    """The model must train exactly the targets the objective's instances feed, or training
+    would silently ignore a head (``Objective.check_targets``)."""
+    get_objective(objective).check_targets(target_names, where)
 
 
 def heldout_evaluator(
@@ -157,7 +142,8 @@ def pretrain(
         **batch_plan(parallel, batch_size, train.accumulate),
     }
     stream = pretraining_stream(shards, seed=train.seed, rank=rank(), world_size=world_size())
-    batches = BatchIterator(stream, batch_size, tokenizer.pad_id)
+    collate = get_objective(objective).collate
+    batches = BatchIterator(stream, batch_size, tokenizer.pad_id, collate_fn=collate)
     with run_folder(out, resume, overwrite) as folder:
         if is_main_process():
             (folder / "run.json").write_text(json.dumps(run, indent=2))

@@ -1,0 +1,74 @@
+"""The objective seam: what ``preprocess`` records and ``pretrain`` streams."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pretrainkit.errors import ConfigError
+from pretrainkit.registry import Registry
+
+if TYPE_CHECKING:
+    from pretrainkit.data.instances import InstanceStream
+    from pretrainkit.data.shards import Shards
+    from pretrainkit.tokenization import Tokenizer
+
+
+class Objective:
+    """A pre-training objective. Subclasses set the class attributes and ``stream``."""
+
+    name: ClassVar[str]
+    targets: ClassVar[frozenset[str]]
+    """The model targets that train on its instances (exactly these, or a head is ignored)."""
+    min_seq_length: ClassVar[int]
+    """The fewest positions that leave room for the special tokens and one real token a side."""
+    masks: ClassVar[bool] = False
+    """Whether it masks tokens (the tokenizer then needs a mask token)."""
+
+    def check(self, seq_length: int, tokenizer: Tokenizer) -> None:
+        """Raise ConfigError when the length or the tokenizer cannot work with it."""
+        if seq_length < self.min_seq_length:
+            raise ConfigError(
+                f"seq_length {seq_length} is too short for {self.name} "
+                f"(at least {self.min_seq_length})"
+            )
+        if self.masks and tokenizer.mask_id is None:
+            raise ConfigError(
+                f"objective {self.name!r} masks tokens, but this {tokenizer.kind} tokenizer has "
+                "no mask token; use objective 'lm' or a vocabulary with a mask token"
+            )
+
+    def stream(
+        self,
+        shards: Shards,
+        seq_length: int,
+        seed: int,
+        mask_prob: float,
+        rank: int,
+        world_size: int,
+    ) -> InstanceStream:
+        """The endless, seeded, resumable stream of its instances."""
+        raise NotImplementedError
+
+    def collate(self, instances: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        """Instances → one padded batch of tensors (the shared padding collate by default)."""
+        from pretrainkit.data.batching import collate  # torch: not for preprocessing workers
+
+        return collate(instances, pad_id)
+
+    def check_targets(self, target_names: list[str], where: str) -> None:
+        """Raise ConfigError unless the model trains exactly this objective's targets."""
+        if set(target_names) != self.targets:
+            raise ConfigError(
+                f"{where}: the data was preprocessed for objective {self.name!r}, which trains "
+                f"targets {sorted(self.targets)}, but the model has targets {target_names}. "
+                f"Preprocess with the matching --objective or set the model's targets "
+                f"(e.g. --model.targets '[{{name: mlm}}]')."
+            )
+
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective ``name`` (an error listing the valid names otherwise)."""
+    return OBJECTIVES.get(name)
