@@ -1287,3 +1287,25 @@ def test_a_busy_machine_is_warned_about_once(
     warnings = [r.getMessage() for r in caplog.records if "load average" in r.getMessage()]
     assert warnings == ["load average 9.0 exceeds the 2 CPU cores: timings and throughput will "
                         "be unreliable"]  # fmt: skip
+
+
+def test_a_file_of_another_task_is_refused_with_a_hint(world: dict, tmp_path: Path, capsys) -> None:
+    tagging = tmp_path / "ner.tsv"
+    rows = [
+        f"{' '.join('abcdefgh'[: 3 + i % 4])}\t{' '.join(['O'] * (3 + i % 4))}" for i in range(30)
+    ]
+    # msra_ner's layout: text_a first, one tag per word in the label column.
+    tagging.write_text("text_a\tlabel\n" + "\n".join(rows) + "\n")
+    code, _, err = invoke(
+        capsys, "finetune", "--model", world["model"], "--train", tagging, "--out",
+        tmp_path / "run", "--steps", "1", *QUIET,
+    )  # fmt: skip
+    assert code == 2 and "looks like a tagging file; use --task tagging" in err, err
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("label\ttext_a\n" + "".join(f"{i / 7:.3f}\tthe fox .\n" for i in range(40)))
+    code, _, err = invoke(
+        capsys, "finetune", "--model", world["model"], "--train", scores, "--out",
+        tmp_path / "run", "--steps", "1", *QUIET,
+    )  # fmt: skip
+    assert code == 2 and "40 distinct labels in 40 rows" in err and "--task regression" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ner.tsv", "scores.tsv"]

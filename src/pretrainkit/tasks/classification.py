@@ -52,6 +52,41 @@ class ClassificationOptions(TaskOptions):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
+def refuse_other_tasks(data: ClassificationData) -> None:
+    """A file that fits these columns but plainly belongs to another task is refused with a
+    hint, instead of training a classifier with one class per row (msra_ner's `text_a<TAB>label`
+    rows carry one tag per word)."""
+    if data.labels is None or len(data) < 10:
+        return
+    per_word = sum(
+        len(label.split()) > 1 and len(label.split()) == len(text.split())
+        for label, text in zip(data.labels, data.texts_a)
+    )
+    if per_word > len(data) // 2:
+        raise DataError(
+            f"{per_word} of {len(data)} rows have one label per word of text_a (e.g. "
+            f"{data.labels[0][:40]!r}): this looks like a tagging file; use --task tagging",
+            data.path,
+        )
+    distinct = len(set(data.labels))
+    if distinct > max(20, len(data) // 2):
+        numeric = all(_is_number(label) for label in data.labels[:100])
+        hint = "--task regression for scores" if numeric else "the right column and task"
+        raise DataError(
+            f"{distinct} distinct labels in {len(data)} rows: a classifier needs several rows "
+            f"per class; use {hint}",
+            data.path,
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def width_defaults(hidden_size: int, steps: int) -> dict[str, Any]:
     """Learning rate by model width and a 10 % warmup: small models from a short pre-training
     need a larger step than BERT-base's usual 2e-5-5e-5 (see the Defaults section of README)."""
@@ -76,6 +111,7 @@ class Classification(Task):
         )
 
     def fit_labels(self, train: ClassificationData) -> None:
+        refuse_other_tasks(train)
         self.labels = label_set_of(train)
 
     def _label_set(self) -> list[str]:
