@@ -1,0 +1,141 @@
+"""Fine-tuning throughput: pretrainkit's task heads vs transformers' Bert*For* models with the
+same config and batch, one process, interleaved round by round so machine noise hits both.
+
+Heads: sequence classification (2 labels, pooled), token classification (7 tags), extractive
+QA (start/end). Shape: all-MiniLM-L6-v2's (6 layers, hidden 384, 12 heads, FFN 1536) unless
+--layers/--hidden/--heads/--ffn say otherwise. AdamW step included; fp32 and bf16 autocast.
+
+    python benchmarks/finetune_throughput.py --precisions fp32 bf16 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+import pretrainkit
+
+HEADS = {
+    "classification": ("BertForSequenceClassification", {"labels": ["0", "1"]}),
+    "token_classification": ("BertForTokenClassification", {"labels": [str(i) for i in range(7)]}),
+    "span_extraction": ("BertForQuestionAnswering", {}),
+}
+
+
+def make_batch(head: str, batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30522, (batch, seq), generator=g)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": (torch.arange(seq) >= seq // 2).long().expand(batch, seq).clone(),
+    }
+    if head == "classification":
+        inputs["labels"] = torch.randint(0, 2, (batch,), generator=g)
+    elif head == "token_classification":
+        inputs["labels"] = torch.randint(0, 7, (batch, seq), generator=g)
+    else:
+        inputs["start_positions"] = torch.randint(0, seq, (batch,), generator=g)
+        inputs["end_positions"] = torch.randint(0, seq, (batch,), generator=g)
+    return inputs
+
+
+def models(head: str, args: argparse.Namespace):
+    import transformers as tf
+
+    shape = {
+        "hidden_size": args.hidden,
+        "encoder.num_layers": args.layers,
+        "encoder.num_heads": args.heads,
+        "encoder.ffn_size": args.ffn,
+        "embedding.dropout": 0.1,
+    }
+    hf_class, options = HEADS[head]
+    ours = pretrainkit.build_model(
+        "bert-base", {**shape, "targets": [{"name": head, "options": options}]}
+    )
+    config = tf.BertConfig(
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=args.ffn,
+        num_labels=len(options.get("labels", [])) or 2,
+        attn_implementation="sdpa",
+    )
+    theirs = getattr(tf, hf_class)(config)
+    return ours.train(), theirs.train()
+
+
+def step_fn(model, batch, precision: str):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads-to-run", nargs="+", default=list(HEADS), dest="run")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--ffn", type=int, default=1536)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for head in args.run:
+        batch = make_batch(head, args.batch, args.seq)
+        for precision in args.precisions:
+            torch.manual_seed(0)
+            ours, theirs = models(head, args)
+            steps = {"pretrainkit": step_fn(ours, batch, precision),
+                     "transformers": step_fn(theirs, batch, precision)}  # fmt: skip
+            for step in steps.values():  # warm-up: allocator, autocast caches
+                step()
+                step()
+            per_round: dict[str, list[float]] = {k: [] for k in steps}
+            for _ in range(args.rounds):
+                for name, step in steps.items():
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        step()
+                    per_round[name].append(time.perf_counter() - start)
+            tokens = args.batch * args.seq * args.steps
+            rates = {k: sorted(tokens / t for t in v) for k, v in per_round.items()}
+            ratios = sorted(
+                a / b for a, b in zip(per_round["transformers"], per_round["pretrainkit"])
+            )
+            print(json.dumps({
+                "head": head,
+                "precision": precision,
+                **{f"{k}_tokens_per_s_median": round(v[len(v) // 2], 1) for k, v in rates.items()},
+                "ratio_median": round(ratios[len(ratios) // 2], 3),
+                "ratio_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
+            }), flush=True)  # fmt: skip
+    print(json.dumps({
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
