@@ -97,6 +97,14 @@ class Task(ABC):
     ) -> InstanceStream:
         """The endless, resumable stream of training instances."""
 
+    def collate(self, instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, Any]:
+        """The stream's instances → one training batch (padding to the longest by default). A
+        task whose instance is several sequences (a question and its choices) flattens them
+        here, so ``--batch-size`` and ``--epochs`` count its rows."""
+        from pretrainkit.data.batching import collate
+
+        return collate(instances, pad_id)
+
     @abstractmethod
     def batches(self, data: Any, tokenizer: Tokenizer, batch_size: int) -> Iterator[dict]:
         """Model inputs in file order (for evaluation and prediction); no ``labels`` key.

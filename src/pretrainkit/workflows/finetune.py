@@ -238,7 +238,7 @@ def fit(
         **plan,
     }
     stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
-    batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id)
+    batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id, collate_fn=spec.collate)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return evaluate_task(m, spec, dev_data)  # type: ignore[arg-type]
