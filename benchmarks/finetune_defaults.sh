@@ -20,4 +20,8 @@ pk pretrain --model bert-mini --model.embedding.max_positions 128 --model.target
 pk finetune --model "$work/pretrain" --train "$data/sst2/train.tsv" --columns label,text_a \
   --epochs 2 --out "$work/finetune" --no-progress
 pk evaluate --model "$work/finetune" --data "$data/sst2/dev.tsv" --columns label,text_a
+# The previous defaults, spelt out, on the same pre-trained model.
+pk finetune --model "$work/pretrain" --train "$data/sst2/train.tsv" --columns label,text_a \
+  --epochs 2 --pooling first --lr 1e-4 --warmup 0 --out "$work/finetune-old" --no-progress
+pk evaluate --model "$work/finetune-old" --data "$data/sst2/dev.tsv" --columns label,text_a
 uptime
