@@ -1309,3 +1309,15 @@ def test_a_file_of_another_task_is_refused_with_a_hint(world: dict, tmp_path: Pa
     )  # fmt: skip
     assert code == 2 and "40 distinct labels in 40 rows" in err and "--task regression" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ner.tsv", "scores.tsv"]
+
+
+def test_init_writes_a_random_model_with_the_tokenizer(world: dict, tmp_path: Path, capsys) -> None:
+    base = ["init", "--model", "bert-tiny", *TINY_MODEL[2:], *MLM_ONLY, "--tokenizer",
+            world["tokenizer"]]  # fmt: skip
+    assert invoke(capsys, *base, "--out", tmp_path / "a", "--seed", "3")[0] == 0
+    assert invoke(capsys, *base, "--out", tmp_path / "b", "--seed", "3")[0] == 0
+    a, b = pretrainkit.load(tmp_path / "a"), pretrainkit.load(tmp_path / "b")
+    assert a.config.vocab_size == a.tokenizer.vocab_size == 146
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    code, _, err = invoke(capsys, *base, "--out", tmp_path / "a")
+    assert code == 2 and "a: the output folder exists" in err

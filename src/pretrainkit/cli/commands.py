@@ -238,19 +238,24 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
     from pretrainkit.cli.options import field_docs, option_type
     from pretrainkit.tasks import TASKS
 
-    owners: dict[str, list[str]] = {}
-    fields: dict[str, tuple[Any, Any, str, Any]] = {}
+    defaults: dict[str, dict[str, Any]] = {}  # option -> task -> its default
+    fields: dict[str, tuple[Any, str]] = {}
     for name in TASKS.names():
         cls = TASKS.get(name).options_class
         hints, docs = typing.get_type_hints(cls), field_docs(cls)
         for f in dataclasses.fields(cls):
-            owners.setdefault(f.name, []).append(name)
-            fields.setdefault(f.name, (hints[f.name], f.default, docs.get(f.name, ""), cls))
+            defaults.setdefault(f.name, {})[name] = f.default
+            fields.setdefault(f.name, (hints[f.name], docs.get(f.name, "")))
     group = parser.add_argument_group("task options (--task NAME; defaults per task)")
-    for field, (hint, default, doc, _) in fields.items():
+    for field, (hint, doc) in fields.items():
         flag = "--" + field.replace("_", "-")
-        where = ", ".join(owners[field])
-        text = f"{doc} [{where}; default: {default}]".replace("%", "%%")
+        # One default for every task that has the option, or each task's own.
+        values = defaults[field]
+        if len(set(map(repr, values.values()))) == 1:
+            where = f"{', '.join(values)}; default: {next(iter(values.values()))}"
+        else:
+            where = "; ".join(f"{task}: {value}" for task, value in values.items())
+        text = f"{doc} [{where}]".replace("%", "%%")
         if hint is bool:
             group.add_argument(
                 flag,
@@ -290,6 +295,41 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
 FINETUNE_EPILOG = """defaults: without --steps, 3 epochs. The learning rate and warmup follow the
 task and the model's width unless given: lr 3e-4 for hidden size <= 256, 1e-4 up to 512, 3e-5
 above; warmup 10%% of the steps (classification, regression)."""
+
+
+def _add_init(p):
+    p.add_argument(
+        "--model", required=True, help="preset name or YAML file; --model.KEY VALUE overrides"
+    )
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model; the "
+        "model's vocab_size follows it",
+    )
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    add_overwrite(p)
+
+
+@command("init", "write a randomly initialised model folder (from-scratch baselines)")(_add_init)
+def init(args, extra):
+    import torch
+
+    from pretrainkit.config import load_model_config
+    from pretrainkit.model import build_model
+    from pretrainkit.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    overrides = {**split_model_overrides(extra), "vocab_size": tokenizer.vocab_size}
+    torch.manual_seed(args.seed)
+    model = build_model(load_model_config(args.model, overrides))
+    model.tokenizer = tokenizer
+    out = model.save(args.out, overwrite=args.overwrite)
+    return {"out": str(out), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+init.accepts_model_overrides = True  # type: ignore[attr-defined]
 
 
 def _add_finetune(p):

@@ -31,7 +31,17 @@ def option_type(tp: Any):
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (a string literal right after a field) by field name."""
+    """Attribute docstrings (a string literal right after a field) by field name, those of base
+    classes included (a subclass's own win)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
