@@ -143,6 +143,26 @@ class Task(ABC):
         q = torch.from_numpy(np.concatenate([np.atleast_2d(o) for o in outputs])).log_softmax(-1)
         return float((p.exp() * (p - q)).sum(-1).mean())
 
+    def prepare(self, tokenizer: Tokenizer) -> None:  # noqa: B027 - most heads need no vocabulary
+        """Called by fine-tuning with the pre-trained model's tokenizer before ``target()``: a head
+        that depends on the vocabulary (the prompt task's label-word ids) reads it here."""
+
+    def initial_head(self, base: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Weights for the head of ``target()`` taken from the pre-trained model's heads (``base``:
+        its targets by name), loaded strictly over the fresh head; empty (the default): the head
+        starts fresh."""
+        return {}
+
+    def tunes_on_dev(self) -> bool:
+        """Whether ``tune`` would change options given a dev set (fine-tuning without one says
+        so, instead of silently keeping them)."""
+        return False
+
+    def tune(self, outputs: list[Any], gold: list[Any]) -> bool:
+        """Fit options on a dev evaluation's outputs during fine-tuning (a decision threshold);
+        True when the options changed, so that the saved ``task.json`` records them."""
+        return False
+
     def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
         """Training options (``TrainConfig`` fields) that work for this task at this model
         width and number of steps, applied where the user set none (see ``finetune --help``)."""

@@ -43,11 +43,17 @@ _BODY = ("embedding", "encoder", "tgt_embedding", "decoder")
 
 def task_model(base: Model, task: Task) -> Model:
     """``base``'s body (embedding, encoder and any decoder) with the task's head."""
+    task.prepare(base.tokenizer)  # a head over the vocabulary needs its ids
     model = build_model(base.config.with_targets([task.target()]))
     for slot in _BODY:
         source = getattr(base, slot)
         if source is not None:  # copied strictly: the bodies must match key for key
             getattr(model, slot).load_state_dict(source.state_dict())
+    state = task.initial_head(base.target_modules())
+    if state:  # the task reuses a pre-trained head (prompt: the mlm head)
+        (head,) = model.target_modules().values()
+        head.load_state_dict(state)  # strict
+        model.tie_weights()
     model.tokenizer = base.tokenizer
     model.task_record = task.record()
     return model
@@ -225,6 +231,12 @@ def fit(
     if epochs is not None:
         steps = max(1, math.ceil(epochs * len(train_data) / plan["global_batch_size"]))
     config = _train_config(spec, train, base.config.hidden_size, steps)
+    if dev_data is None and spec.tunes_on_dev():
+        log.warning(
+            "%s tunes options on a dev set; without --dev they stay as given: %s",
+            spec.name,
+            spec.record()["options"],
+        )
     torch.manual_seed(config.seed)
     net = task_model(base, spec)
     run = {
@@ -241,7 +253,13 @@ def fit(
     batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id, collate_fn=spec.collate)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return evaluate_task(m, spec, dev_data)  # type: ignore[arg-type]
+        if len(dev_data) == 0:  # type: ignore[arg-type]
+            raise DataError("no rows to evaluate", getattr(dev_data, "path", None))
+        outputs = model_outputs(m, spec, dev_data)  # type: ignore[arg-type]
+        gold = spec.gold(dev_data)
+        if spec.tune(outputs, gold):  # options fitted on dev (a threshold): task.json keeps them
+            net.task_record = spec.record()  # the model the trainer saves
+        return spec.metrics(outputs, gold)
 
     with run_folder(out, resume, overwrite) as folder:
         if is_main_process():
