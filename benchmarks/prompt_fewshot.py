@@ -8,11 +8,8 @@ train rows (the seed picks the rows and seeds training) is fine-tuned with the s
 batch, learning rate and warmup by each method, and scored on the whole SST-2 dev set:
 
 - ``classification``: the classification task's head (mean pooling, as the demo).
-- ``prompt``: ``--task prompt`` as the workflow runs it today: the cloze head scores the whole
-  vocabulary and only the encoder comes from the pre-trained model (its MLM head starts fresh).
-- ``prompt+seams``: the prompt task with the two proposed seams, emulated here by replacing
-  ``workflows.finetune.task_model`` for the run: the head scores the label words only
-  (``PromptClassification.prepare``) and starts as the pre-trained MLM head
+- ``prompt``: ``--task prompt`` as the workflow runs it: the cloze head scores the label words
+  only (``PromptClassification.prepare``) and starts as the pre-trained MLM head
   (``PromptClassification.initial_head``).
 - ``zero-shot``: the pre-trained MLM's choice between the label words at the mask, no training.
 
@@ -23,7 +20,6 @@ settings; ``--json`` also writes every run's numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import logging
@@ -32,21 +28,18 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 import torch
 
 import pretrainkit
-from pretrainkit.model import Model, build_model
+from pretrainkit.model import Model
 from pretrainkit.paths import find_data_dir
 from pretrainkit.tasks import build_task
 from pretrainkit.workflows import finetune as finetune_module
 
 COLUMNS = ("label", "text_a")
-METHODS = ("classification", "prompt", "prompt+seams", "zero-shot")
+METHODS = ("classification", "prompt", "zero-shot")
 
 
 def read_rows(path: Path) -> list[tuple[str, str]]:
@@ -76,34 +69,6 @@ def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def seamed_task_model(base: Model, task: Any) -> Model:
-    """``workflows.finetune.task_model`` with the proposed seams: ``prepare(tokenizer)`` before
-    ``target()``, and ``initial_head(base targets)`` loaded strictly over the fresh head."""
-    task.prepare(base.tokenizer)
-    model = build_model(base.config.with_targets([task.target()]))
-    for slot in ("embedding", "encoder", "tgt_embedding", "decoder"):
-        source = getattr(base, slot)
-        if source is not None:
-            getattr(model, slot).load_state_dict(source.state_dict())
-    state = task.initial_head(base.target_modules())
-    if state:
-        (head,) = model.target_modules().values()
-        head.load_state_dict(state)
-        model.tie_weights()
-    model.tokenizer = base.tokenizer
-    model.task_record = task.record()
-    return model
-
-
-@contextlib.contextmanager
-def seams(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    with mock.patch.object(finetune_module, "task_model", seamed_task_model):
-        yield
-
-
 def run_one(
     method: str,
     base: Model,
@@ -117,7 +82,7 @@ def run_one(
     common = {"seq_length": args.seq_length}
     if method == "zero-shot":
         task = build_task("prompt", {**common, **prompt_options})
-        model = seamed_task_model(base, task)
+        model = finetune_module.task_model(base, task)
         data = task.read(dev, columns=COLUMNS)
         return finetune_module.evaluate_task(model, task, data)["accuracy"]
     if method == "classification":
@@ -133,11 +98,10 @@ def run_one(
         "progress": False,
         "log_every": args.steps,
     }
-    with seams(method == "prompt+seams"):
-        result = finetune_module.finetune(
-            task, base, train, dev, work / f"{method}-{seed}", train_options,
-            batch_size=args.batch_size, columns=COLUMNS,
-        )  # fmt: skip
+    result = finetune_module.finetune(
+        task, base, train, dev, work / f"{method}-{seed}", train_options,
+        batch_size=args.batch_size, columns=COLUMNS,
+    )  # fmt: skip
     return result["last_eval"]["accuracy"]
 
 
