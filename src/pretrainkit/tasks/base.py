@@ -153,6 +153,11 @@ class Task(ABC):
         starts fresh."""
         return {}
 
+    def encode_defaults(self) -> dict[str, Any]:
+        """Settings ``Model.encode`` / ``embed`` should use with the fine-tuned model (an
+        embedding task's pooling); merged over the pre-trained model's own."""
+        return {}
+
     def tunes_on_dev(self) -> bool:
         """Whether ``tune`` would change options given a dev set (fine-tuning without one says
         so, instead of silently keeping them)."""

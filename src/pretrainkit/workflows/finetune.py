@@ -55,6 +55,8 @@ def task_model(base: Model, task: Task) -> Model:
         head.load_state_dict(state)  # strict
         model.tie_weights()
     model.tokenizer = base.tokenizer
+    # A converted sentence-transformers model keeps its pooling; an embedding task sets its own.
+    model.encode_defaults = {**base.encode_defaults, **task.encode_defaults()}
     model.task_record = task.record()
     return model
 
