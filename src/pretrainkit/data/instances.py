@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrainkit.errors import ConfigError
+from pretrainkit.errors import ConfigError, DataError
 
 
 class InstanceStream(abc.ABC):
@@ -90,6 +90,45 @@ class EpochOrder:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+class RowStream(InstanceStream):
+    """A stream over a fixed number of rows in a seeded epoch order (the task streams).
+
+    Subclasses set ``order`` (an ``EpochOrder`` over the rows), ``seed`` and, where instances
+    are cut to a length, ``seq_length``; a saved position is valid only for the same rows,
+    length, seed and rank (``_identity``, which a subclass may extend).
+    """
+
+    order: EpochOrder
+    seed: int
+
+    def start(self, rows: int, seed: int, rank: int, world_size: int, where: object) -> None:
+        """Set the seeded epoch order over ``rows`` rows; a DataError naming ``where`` when there
+        are fewer rows than processes to share them."""
+        if rows < world_size:
+            raise DataError(f"{rows} rows cannot be shared by {world_size} processes", where)
+        self.seed = seed
+        self.order = EpochOrder(rows, seed, rank, world_size)
+
+    def _identity(self) -> dict:
+        identity = {
+            "size": self.order.size,
+            "seed": self.seed,
+            "rank": self.order.rank,
+            "world_size": self.order.world_size,
+        }
+        length = getattr(self, "seq_length", None)
+        if length is not None:
+            identity["seq_length"] = length
+        return identity
+
+    def state_dict(self) -> dict:
+        return {**self._identity(), **self.order.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_state(state, self._identity())
+        self.order.load_state_dict(state)
 
 
 def check_state(state: dict, expected: dict) -> None:

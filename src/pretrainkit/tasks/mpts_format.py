@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tasks.base import Task
@@ -277,7 +277,7 @@ def perspective_metrics(
 Encode = Callable[[list[int], list[int]], dict[str, np.ndarray]]
 
 
-class PairStream(InstanceStream):
+class PairStream(RowStream):
     """Endless stream of labelled pairs, reshuffled every epoch: ``encode(ids_a, ids_b)`` makes
     the model inputs of a pair (the task's layout), ``labels`` is its float 0/1 ``[P]``."""
 
@@ -298,21 +298,6 @@ class PairStream(InstanceStream):
         _, _, row = self.order.current()
         self.order.advance()
         return self.encode(self.ids_a[row], self.ids_b[row]) | {"labels": self.gold[row]}
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.ids_a),
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 # -- what both tasks share -------------------------------------------------------------------

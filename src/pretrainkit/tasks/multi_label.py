@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tasks.base import TASKS, Task
@@ -284,7 +284,7 @@ def _label_indices(data: MultiLabelData, label_set: list[str]) -> list[list[int]
     return rows
 
 
-class MultiLabelStream(InstanceStream):
+class MultiLabelStream(RowStream):
     """Endless stream of ``[CLS] a [SEP] (b [SEP])`` instances, reshuffled every epoch; the
     labels of an instance are its float multi-hot ``[L]`` (``MultiLabel.collate`` stacks them)."""
 
@@ -300,16 +300,12 @@ class MultiLabelStream(InstanceStream):
     ):
         if data.labels is None:
             raise DataError("has no labels; training needs a labels column", data.path)
-        if len(data) < world_size:
-            raise DataError(
-                f"{len(data)} rows cannot be shared by {world_size} processes", data.path
-            )
+        self.start(len(data), seed, rank, world_size, data.path)
         self.tokenizer, self.seq_length, self.seed = tokenizer, seq_length, seed
         self.num_labels = len(label_set)
         self.labels = _label_indices(data, label_set)
         self.ids_a = tokenizer.encode_batch(data.texts_a)
         self.ids_b = tokenizer.encode_batch(data.texts_b) if data.texts_b is not None else None
-        self.order = EpochOrder(len(data), seed, rank, world_size)
         empty = sum(not labels for labels in self.labels)
         if empty:
             log.info("%s: %d of %d rows have no label", data.path, empty, len(data))
@@ -324,22 +320,6 @@ class MultiLabelStream(InstanceStream):
         hot = np.zeros(self.num_labels, dtype=np.float32)
         hot[self.labels[row]] = 1.0
         return self._inputs(row) | {"labels": hot}
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.ids_a),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 @TASKS.register("multi_label")

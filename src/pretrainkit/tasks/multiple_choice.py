@@ -28,7 +28,7 @@ import torch
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.targets.multiple_choice import PADDING_CHOICE
 from pretrainkit.tasks.base import TASKS, Task
@@ -89,7 +89,7 @@ class _Encoded:
         return [self.sequence(tokenizer, row, choice, seq_length) for choice in choices]
 
 
-class MultipleChoiceStream(InstanceStream):
+class MultipleChoiceStream(RowStream):
     """Endless stream of questions, reshuffled every epoch. An instance is one question: its
     real choices as ``input_ids``, ``token_type_ids`` and ``attention_mask`` ``[k, s]`` (each
     choice padded to the question's longest) and ``labels``, the 0-d index of its answer."""
@@ -120,22 +120,6 @@ class MultipleChoiceStream(InstanceStream):
         question = collate(sequences, self.tokenizer.pad_id)  # [k, s], attention_mask added
         label = np.asarray(self.answers[row], dtype=np.int64)
         return {key: value.numpy() for key, value in question.items()} | {"labels": label}
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.answers),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 def collate_questions(

@@ -24,7 +24,7 @@ import torch
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.targets.base import Target
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
@@ -208,7 +208,7 @@ def _texts(prompt: Prompt, data: ClassificationData) -> tuple[list[list[int]], A
     return prompt.encode_texts(data.texts_a, "text_a"), ids_b
 
 
-class PromptStream(InstanceStream):
+class PromptStream(RowStream):
     """Endless stream of filled-in templates, reshuffled every epoch; ``labels`` are MLM
     labels: -100 but at the mask, which holds the gold label's word id."""
 
@@ -224,15 +224,11 @@ class PromptStream(InstanceStream):
     ):
         if data.labels is None:
             raise DataError("has no labels; training needs a label column", data.path)
-        if len(data) < world_size:
-            raise DataError(
-                f"{len(data)} rows cannot be shared by {world_size} processes", data.path
-            )
+        self.start(len(data), seed, rank, world_size, data.path)
         self.prompt, self.seq_length, self.seed = prompt, seq_length, seed
         word_of = dict(zip(label_set, prompt.word_ids))
         self.words = [word_of[label] for label in data.labels]  # labels checked by read
         self.ids_a, self.ids_b = _texts(prompt, data)
-        self.order = EpochOrder(len(data), seed, rank, world_size)
 
     def __next__(self) -> dict[str, np.ndarray]:
         _, _, row = self.order.current()
@@ -246,22 +242,6 @@ class PromptStream(InstanceStream):
             "token_type_ids": np.asarray(token_types, dtype=np.int64),
             "labels": labels,
         }
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.ids_a),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 @TASKS.register("prompt")

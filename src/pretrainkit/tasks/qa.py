@@ -25,7 +25,7 @@ import torch
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
 from pretrainkit.tasks.classification import width_defaults
@@ -79,7 +79,7 @@ class QAOptions(TaskOptions):
 # -- training windows -----------------------------------------------------------------------------
 
 
-class QAStream(InstanceStream):
+class QAStream(RowStream):
     """Endless stream of training windows (every window of every question with a target),
     reshuffled every epoch; ``start_positions``/``end_positions`` are the answer's tokens in the
     window, or 0 (the no-answer position) when the window does not hold it."""
@@ -142,21 +142,7 @@ class QAStream(InstanceStream):
         }
 
     def _identity(self) -> dict:
-        return {
-            "size": len(self.rows),
-            "seq_length": self.seq_length,
-            "doc_stride": self.doc_stride,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
+        return {**super()._identity(), "doc_stride": self.doc_stride}
 
 
 # -- the task -----------------------------------------------------------------------------------

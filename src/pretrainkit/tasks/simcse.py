@@ -34,7 +34,7 @@ import torch
 from pretrainkit.config import TargetConfig
 from pretrainkit.config.typed import check_choice, check_range
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.fileio import read_utf8
 from pretrainkit.targets.contrastive import POOLINGS
@@ -113,7 +113,7 @@ def read_simcse_file(
     return SimcseData(path, sentences)
 
 
-class SentenceStream(InstanceStream):
+class SentenceStream(RowStream):
     """Endless stream of single sentences ``[CLS] s [SEP]``, reshuffled every epoch;
     ``SimCSE.collate`` turns them into the two views."""
 
@@ -143,22 +143,6 @@ class SentenceStream(InstanceStream):
         _, _, row = self.order.current()
         self.order.advance()
         return {"input_ids": np.asarray(self.ids[row], dtype=np.int64)}
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.ids),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 def two_views(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ import torch
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
@@ -386,7 +386,7 @@ def _instance(input_ids: list[int], token_types: list[int]) -> dict[str, np.ndar
     }
 
 
-class TaggingStream(InstanceStream):
+class TaggingStream(RowStream):
     """Endless stream of ``[CLS] words [SEP]`` instances with per-token ``labels`` (the tag id
     at each word's first piece, -100 elsewhere), reshuffled every epoch. Rows are tokenized
     once up front (tagging sets are small)."""
@@ -403,10 +403,7 @@ class TaggingStream(InstanceStream):
     ):
         if data.tags is None:
             raise DataError("has no labels; training needs a label column", data.path)
-        if len(data) < world_size:
-            raise DataError(
-                f"{len(data)} rows cannot be shared by {world_size} processes", data.path
-            )
+        self.start(len(data), seed, rank, world_size, data.path)
         self.seq_length, self.seed = seq_length, seed
         index = {tag: i for i, tag in enumerate(label_set)}
         truncation = Truncation()
@@ -425,28 +422,11 @@ class TaggingStream(InstanceStream):
                 labels[position] = index[tag]
             self.instances.append(_instance(input_ids, token_types) | {"labels": labels})
         truncation.report(data.path, seq_length, "they are not trained on")
-        self.order = EpochOrder(len(data), seed, rank, world_size)
 
     def __next__(self) -> dict[str, np.ndarray]:
         _, _, row = self.order.current()
         self.order.advance()
         return dict(self.instances[row])
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.instances),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 def tagging_batches(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pretrainkit.data.batching import collate
-from pretrainkit.data.instances import EpochOrder, InstanceStream, check_state
+from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tokenization import Tokenizer
@@ -172,7 +172,7 @@ def label_set_of(data: ClassificationData) -> list[str]:
     return sorted(labels)
 
 
-class ClassificationStream(InstanceStream):
+class ClassificationStream(RowStream):
     """Endless stream of `[CLS] a [SEP] (b [SEP])` instances, reshuffled every epoch.
 
     Texts are tokenized once up front (classification sets are small). Instances carry a 0-d
@@ -191,15 +191,11 @@ class ClassificationStream(InstanceStream):
     ):
         if data.labels is None:
             raise DataError("has no labels; training needs a label column", data.path)
-        if len(data) < world_size:
-            raise DataError(
-                f"{len(data)} rows cannot be shared by {world_size} processes", data.path
-            )
+        self.start(len(data), seed, rank, world_size, data.path)
         self.tokenizer, self.seq_length, self.seed = tokenizer, seq_length, seed
         self.labels = _label_ids(data, label_set)
         self.ids_a = tokenizer.encode_batch(data.texts_a)
         self.ids_b = tokenizer.encode_batch(data.texts_b) if data.texts_b is not None else None
-        self.order = EpochOrder(len(data), seed, rank, world_size)
 
     def __next__(self) -> dict[str, np.ndarray]:
         _, _, row = self.order.current()
@@ -207,22 +203,6 @@ class ClassificationStream(InstanceStream):
         return _instance(self.tokenizer, self.ids_a, self.ids_b, row, self.seq_length) | {
             "labels": np.asarray(self.labels[row], dtype=np.int64)
         }
-
-    def _identity(self) -> dict:
-        return {
-            "size": len(self.ids_a),
-            "seq_length": self.seq_length,
-            "seed": self.seed,
-            "rank": self.order.rank,
-            "world_size": self.order.world_size,
-        }
-
-    def state_dict(self) -> dict:
-        return {**self._identity(), **self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_state(state, self._identity())
-        self.order.load_state_dict(state)
 
 
 def classification_batches(
