@@ -61,3 +61,16 @@ def regression_metrics(predictions: np.ndarray, gold: np.ndarray) -> dict[str, f
         "pearson": pearson(predictions, gold),
         "mse": float(np.mean((predictions - gold) ** 2)) if len(gold) else 0.0,
     }
+
+
+def bernoulli_kl(reference, outputs) -> float:
+    """How far sigmoid outputs moved (SAMP's divergence for multi-label heads): the mean over
+    rows and columns of KL(Bernoulli(sigmoid(reference)) || Bernoulli(sigmoid(outputs)))."""
+    import torch
+    import torch.nn.functional as F
+
+    r = torch.from_numpy(np.stack(reference).astype(np.float64))
+    o = torch.from_numpy(np.stack(outputs).astype(np.float64))
+    p = r.sigmoid()
+    kl = p * (F.logsigmoid(r) - F.logsigmoid(o)) + (1 - p) * (F.logsigmoid(-r) - F.logsigmoid(-o))
+    return float(kl.mean())

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tasks.base import Task
 from pretrainkit.tasks.classification import ClassificationOptions, width_defaults
+from pretrainkit.tasks.metrics import bernoulli_kl
 from pretrainkit.tokenization import Tokenizer
 
 MPTS_TEXTS = ("id", "texta", "textb")
@@ -346,14 +346,7 @@ class PerspectiveTask(Task):
         return lines
 
     def divergence(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
-        """Mean Bernoulli KL per (row, perspective): each perspective is its own sigmoid."""
-        r = torch.from_numpy(np.stack(reference).astype(np.float64))
-        o = torch.from_numpy(np.stack(outputs).astype(np.float64))
-        p = r.sigmoid()
-        kl = p * (F.logsigmoid(r) - F.logsigmoid(o)) + (1 - p) * (
-            F.logsigmoid(-r) - F.logsigmoid(-o)
-        )
-        return float(kl.mean())
+        return bernoulli_kl(reference, outputs)  # each output is its own sigmoid
 
     def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
         return width_defaults(hidden_size, steps)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
@@ -33,6 +32,7 @@ from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
 from pretrainkit.tasks.base import TASKS, Task
 from pretrainkit.tasks.classification import ClassificationOptions, width_defaults
+from pretrainkit.tasks.metrics import bernoulli_kl
 from pretrainkit.tokenization import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -441,14 +441,7 @@ class MultiLabel(Task):
         return lines
 
     def divergence(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
-        """Mean Bernoulli KL per (row, label): each label is its own sigmoid, not a softmax."""
-        r = torch.from_numpy(np.stack(reference).astype(np.float64))
-        o = torch.from_numpy(np.stack(outputs).astype(np.float64))
-        p = r.sigmoid()
-        kl = p * (F.logsigmoid(r) - F.logsigmoid(o)) + (1 - p) * (
-            F.logsigmoid(-r) - F.logsigmoid(-o)
-        )
-        return float(kl.mean())
+        return bernoulli_kl(reference, outputs)  # each output is its own sigmoid
 
     def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
         return width_defaults(hidden_size, steps)
