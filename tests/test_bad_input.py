@@ -1190,7 +1190,9 @@ def test_disk_full(name: str, argv: list[str], limit: int, world: dict, tmp_path
 def test_ctrl_c_during_preprocess_exits_130_and_cleans_up(world: dict, tmp_path: Path) -> None:
     corpus = tmp_path / "big.txt"
     text = world["corpus"].read_text(encoding="utf-8")
-    corpus.write_text(text * 400, encoding="utf-8")
+    # Long enough that a loaded machine (CI shares its cores) cannot finish it between the
+    # output's first appearance and the signal.
+    corpus.write_text(text * 2000, encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     process = subprocess.Popen(
@@ -1201,6 +1203,8 @@ def test_ctrl_c_during_preprocess_exits_130_and_cleans_up(world: dict, tmp_path:
         text=True,
         env=subprocess_env(),
         start_new_session=True,
+        # A test run started in the background of a shell inherits an ignored SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     import time
 
@@ -1208,7 +1212,7 @@ def test_ctrl_c_during_preprocess_exits_130_and_cleans_up(world: dict, tmp_path:
     while not any(out.iterdir()) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     assert process.poll() is None, "preprocess ended before it could be interrupted"
-    time.sleep(0.3)
+    time.sleep(0.1)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err

@@ -1,5 +1,5 @@
 import sys
 
-from pretrainkit.cli.main import main
+from pretrainkit.cli.entry import run
 
-sys.exit(main())
+sys.exit(run())

@@ -484,16 +484,26 @@ def _add_convert(p):
     p.add_argument(
         "--family",
         help="HF model_type, one of: "
-        + ", ".join(_family_names())
+        + ", ".join(CONVERT_FAMILIES)
         + "; default: config.json's, or inferred",
     )
     add_overwrite(p)
 
 
-def _family_names() -> list[str]:
-    from pretrainkit.convert import family_names
-
-    return family_names()
+# The families registered in convert/, spelt out because their modules import torch and
+# `convert --help` must answer at once; tests/test_cli_startup.py checks it is the registry.
+CONVERT_FAMILIES = (
+    "albert",
+    "bart",
+    "bert",
+    "gpt2",
+    "llama",
+    "pegasus",
+    "roberta",
+    "t5",
+    "vit",
+    "xlm-roberta",
+)
 
 
 @command("convert", "convert a model folder between HuggingFace and pretrainkit")(_add_convert)

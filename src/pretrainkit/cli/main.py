@@ -9,6 +9,7 @@ import os
 import sys
 
 from pretrainkit.cli.commands import COMMANDS
+from pretrainkit.cli.deferred import defer, realise
 from pretrainkit.cli.options import read_config_file
 from pretrainkit.errors import ConfigError, PretrainkitError, closest
 
@@ -16,9 +17,16 @@ from pretrainkit.errors import ConfigError, PretrainkitError, closest
 DEBUG_ENV = "PRETRAINKIT_DEBUG"
 # Commands that only read or print: no threads to set, no load warning.
 _LIGHT_COMMANDS = {"presets", "plot"}
+# Commands that never use PyTorch: it is not even imported (cli/deferred.py), so that
+# `preprocess` starts in a fraction of a second; their --threads caps the tokenizer library.
+_TORCH_FREE_COMMANDS = {"presets", "plot", "vocab", "preprocess"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``only`` the arguments of that command alone (the
+    others keep their one-line summary for ``pretrainkit --help``; ``only=""``: summaries
+    alone): a command's flags come from dataclasses of its modules, so building all of them
+    imports every module."""
     parser = argparse.ArgumentParser(
         prog="pretrainkit",
         description="Assemble Transformer models from named parts, pre-train, fine-tune, serve.",
@@ -33,13 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (summary, add_arguments, _) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        if only is not None and name != only:
+            continue
         add_arguments(p)
         if name not in _LIGHT_COMMANDS:
             p.add_argument(
                 "--threads",
                 type=int,
                 default=None,
-                help="CPU threads for PyTorch (default: PyTorch's choice); on a busy machine "
+                help="threads of the tokenizer library per process (RAYON_NUM_THREADS; default: "
+                "one per core)"
+                if name in _TORCH_FREE_COMMANDS
+                else "CPU threads for PyTorch (default: PyTorch's choice); on a busy machine "
                 "--threads 1 is often faster",
             )
     return parser
@@ -86,14 +99,17 @@ def _check_extra(sub: argparse.ArgumentParser, extra: list[str], overrides: bool
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
 
 
-def _set_threads(threads: int | None) -> None:
+def _set_threads(threads: int | None, torch_free: bool) -> None:
     """Apply --threads, and warn once when the machine is busier than its cores."""
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
-        import torch
+        if torch_free:  # read by `tokenizers` when it first runs in parallel, and by workers
+            os.environ["RAYON_NUM_THREADS"] = str(threads)
+        else:
+            import torch
 
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
     try:
         load = os.getloadavg()[0]
     except OSError:  # not available on this platform
@@ -127,9 +143,24 @@ def _leave_process_group(clean: bool) -> None:
         shutdown(clean)
 
 
+def _command_of(argv: list[str]) -> str:
+    """The command named on the line (the first word that is not a top-level option), or ""
+    when there is none or it is unknown: argparse then prints the list or the error."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in COMMANDS else ""
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    # Torch, numpy and friends stay unexecuted until the line has parsed, so --help and a
+    # mistyped flag answer at once (cli/deferred.py); a command that runs gets them all loaded.
+    defer()  # already done by cli/entry.py when this is the process's entry point
+    parser = build_parser(only=_command_of(words))
     args, extra = parser.parse_known_args(argv)
+    torch_free = args.command in _TORCH_FREE_COMMANDS
+    realise(skip=("torch",) if torch_free else ())
     # Under torchrun (which sets RANK) only rank 0 reports; the others log warnings and errors.
     main_process = os.environ.get("RANK", "0") in ("", "0")
     logging.basicConfig(
@@ -148,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             args, extra = _apply_config_file(parser, sub, args.config, argv)
         _check_extra(sub, extra, overrides)
         if args.command not in _LIGHT_COMMANDS:
-            _set_threads(getattr(args, "threads", None))
+            _set_threads(getattr(args, "threads", None), torch_free)
         result = run(args, extra) if overrides else run(args)
     except KeyboardInterrupt:
         # Temporaries were removed by the writers' cleanup on the way out.

@@ -8,7 +8,9 @@ from pretrainkit.errors import ConfigError
 
 def _add_quantize(p):
     p.add_argument(
-        "--model", required=True, help="fine-tuned model folder (classification/regression head)"
+        "--model",
+        required=True,
+        help="fine-tuned model folder of any encoder task (its task.json gives the metric)",
     )
     p.add_argument("--calib", required=True, help="labelled file: per-layer sensitivity")
     p.add_argument("--select", required=True, help="labelled file: plan selection")

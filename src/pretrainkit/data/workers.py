@@ -8,6 +8,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterable, Iterator
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
@@ -62,8 +63,12 @@ def encode_chunks(
     helpers = workers - 1
     capacity = 2 * helpers
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(helpers, _init_worker, (str(tokenizer_path), dtype.name))
-    with pool, _single_threaded(tokenizer):
+    with contextlib.ExitStack() as stack:
+        with _helpers_ignore_interrupts():  # a Ctrl-C meanwhile is raised once the pool is
+            pool = stack.enter_context(  # on the stack, which then ends it
+                context.Pool(helpers, _init_worker, (str(tokenizer_path), dtype.name))
+            )
+        stack.enter_context(_single_threaded(tokenizer))
         started = pool.apply_async(os.getpid)  # ready once some helper runs
         pending: collections.deque[AsyncResult | Encoded] = collections.deque()
         for chunk in chunks:
@@ -76,6 +81,29 @@ def encode_chunks(
                 yield _result(pending.popleft())
         while pending:
             yield _result(pending.popleft())
+
+
+@contextlib.contextmanager
+def _helpers_ignore_interrupts() -> Iterator[None]:
+    """Start helper processes that ignore Ctrl-C from their first instruction.
+
+    An ignored signal stays ignored across exec, and Python then installs no KeyboardInterrupt
+    handler: a Ctrl-C while a helper still imports would otherwise print a traceback from it
+    before ``_init_worker`` runs. Meanwhile this process has SIGINT blocked, not ignored, so a
+    Ctrl-C in that window stays pending (Linux keeps blocked signals even while ignored) and is
+    raised here right after, once the pool exists and its ``with`` can end it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not (main and hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _done(item: AsyncResult | Encoded) -> bool:

@@ -274,7 +274,8 @@ def perspective_metrics(
 
 # -- the training stream ---------------------------------------------------------------------
 
-Encode = Callable[[list[int], list[int]], dict[str, np.ndarray]]
+# A string: numpy is not imported yet while the command line is parsed (cli/deferred.py).
+Encode = Callable[[list[int], list[int]], dict[str, "np.ndarray"]]
 
 
 class PairStream(RowStream):

@@ -30,7 +30,6 @@ from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
 from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError
-from pretrainkit.targets.multiple_choice import PADDING_CHOICE
 from pretrainkit.tasks.base import TASKS, Task
 from pretrainkit.tasks.c3_format import MultipleChoiceData, read_c3
 from pretrainkit.tasks.classification import ClassificationOptions, width_defaults
@@ -133,6 +132,9 @@ def collate_questions(
     ``PADDING_CHOICE``: any valid sequence will do (the target scores it -inf), and a real one
     is safe for every template (no empty rows). The other labels are the answer's index.
     """
+    # Imported here: the targets import torch.nn, which the CLI's parser must not load.
+    from pretrainkit.targets.multiple_choice import PADDING_CHOICE
+
     if not instances:
         raise ValueError("cannot collate an empty list of questions")
     size = len(instances)

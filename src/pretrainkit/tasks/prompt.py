@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,13 +26,15 @@ from pretrainkit.config import TargetConfig
 from pretrainkit.data.batching import collate
 from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
-from pretrainkit.targets.base import Target
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
 from pretrainkit.tasks.classification import width_defaults
 from pretrainkit.tasks.metrics import classification_metrics
 from pretrainkit.tasks.tsv import ClassificationData, read_classification_tsv
 from pretrainkit.tokenization import Tokenizer
 from pretrainkit.tokenization.base import truncated_lengths
+
+if TYPE_CHECKING:  # targets import torch.nn at the top: not while the CLI parses
+    from pretrainkit.targets.base import Target
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ from pretrainkit.data.batching import collate
 from pretrainkit.data.instances import EpochOrder, RowStream
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.fileio import read_utf8
-from pretrainkit.targets.contrastive import POOLINGS
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
 from pretrainkit.tasks.classification import width_defaults
 from pretrainkit.tasks.metrics import regression_metrics
@@ -58,6 +57,9 @@ class SimcseOptions(TaskOptions):
     """InfoNCE softmax temperature of the cosine similarities (simcse)."""
 
     def __post_init__(self) -> None:
+        # Imported here: the targets import torch.nn, which the CLI's parser must not load.
+        from pretrainkit.targets.contrastive import POOLINGS
+
         super().__post_init__()
         check_choice(self.pooling, POOLINGS, "pooling")
         check_range(self.temperature, "temperature", 1e-4, 100.0)
