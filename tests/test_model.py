@@ -350,16 +350,8 @@ def test_bert_encoder_matches_transformers_numerically():
     assert (got[keep] - expected[keep]).abs().max().item() <= 1e-5
 
 
-def test_vocab_cross_entropy_in_bf16_matches_fp32_and_accuracy_ignores_padding():
-    from pretrainkit.targets.base import accuracy, vocab_cross_entropy
+def test_accuracy_ignores_padding():
+    from pretrainkit.targets.base import accuracy
 
-    logits = torch.randn(64, 5000) * 3
-    labels = torch.randint(0, 5000, (64,))
-    labels[::7] = -100
-    exact = torch.nn.functional.cross_entropy(logits, labels)
-    torch.testing.assert_close(vocab_cross_entropy(logits, labels), exact)
-    approx = vocab_cross_entropy(logits.bfloat16(), labels)
-    assert approx.dtype == torch.float32
-    assert abs(approx.item() - exact.item()) < 0.01 * exact.item()
     logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     assert accuracy(logits, torch.tensor([1, 1, -100])).item() == 0.5

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pretrainkit.registry import Registry
@@ -38,22 +37,6 @@ class Target(nn.Module):
 
 
 TARGETS: Registry[type[Target]] = Registry("target")
-
-
-def vocab_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
-    """Cross-entropy over a vocabulary in the logits' own dtype, returned in fp32.
-
-    Autocast would upcast bf16 logits to fp32 first, which on CPU doubles the memory traffic of
-    the largest tensor of a pre-training step (tokens x vocab) for the softmax and its backward.
-    PyTorch's bf16 log-softmax accumulates in fp32 internally; only the per-token values are
-    rounded to bf16, and their mean (taken in fp32) is accurate well below logging precision.
-    """
-    with torch.autocast(logits.device.type, enabled=False):
-        losses = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
-    keep = labels != ignore_index
-    return losses.float().sum() / keep.sum().clamp(min=1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from pretrainkit.layers.norms import make_activation, make_norm
-from pretrainkit.targets.base import TARGETS, Target, TargetOutput, accuracy, vocab_cross_entropy
+from pretrainkit.targets.base import TARGETS, Target, TargetOutput
+from pretrainkit.targets.vocab_loss import vocab_cross_entropy
 
 
 @TARGETS.register("mlm")
@@ -38,16 +39,8 @@ class MaskedLMTarget(Target):
             keep = labels != -100
             selected = hidden_states[keep]  # [n, h]
             logits = self.decoder(self.norm(self.act(self.dense(selected))))
-            gold = labels[keep]
-            loss = vocab_cross_entropy(logits, gold) if gold.numel() else logits.sum() * 0
-            return TargetOutput(
-                loss,
-                logits,
-                {
-                    "mlm_loss": loss.detach(),
-                    "mlm_accuracy": accuracy(logits.detach(), gold),
-                },
-            )
+            loss, correct = vocab_cross_entropy(logits, labels[keep])
+            return TargetOutput(loss, logits, {"mlm_loss": loss.detach(), "mlm_accuracy": correct})
         logits = self.decoder(self.norm(self.act(self.dense(hidden_states))))
         return TargetOutput(None, logits)
 
@@ -91,15 +84,8 @@ class CausalLMTarget(Target):
             scored, gold = logits, labels
         scored = scored.reshape(-1, logits.shape[-1])
         gold = gold.reshape(-1)
-        loss = vocab_cross_entropy(scored, gold)
-        return TargetOutput(
-            loss,
-            logits,
-            {
-                "lm_loss": loss.detach(),
-                "lm_accuracy": accuracy(scored.detach(), gold),
-            },
-        )
+        loss, correct = vocab_cross_entropy(scored, gold)
+        return TargetOutput(loss, logits, {"lm_loss": loss.detach(), "lm_accuracy": correct})
 
 
 @TARGETS.register("seq2seq_lm")
