@@ -38,12 +38,20 @@ class _VocabCrossEntropy(torch.autograd.Function):
         gold_ids = labels.clamp(min=0)
         lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         maxima = torch.empty_like(lse)
+        # One fp32 block reused. fp32 logits: ``x - max`` is written into it straight from
+        # them. Others: cast into it first, because amax over bf16 is ~3x slower than over fp32.
+        work = logits.new_empty((min(rows, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
         for start in range(0, logits.shape[0], rows):
-            block = logits[start : start + rows].to(torch.float32, copy=True)
-            top = block.amax(-1)
+            block = logits[start : start + rows]
+            if block.dtype == torch.float32:
+                top = block.amax(-1)
+                shifted = torch.sub(block, top.unsqueeze(-1), out=work[: block.shape[0]])
+            else:
+                shifted = work[: block.shape[0]].copy_(block)
+                top = shifted.amax(-1)
+                shifted.sub_(top.unsqueeze(-1))
             maxima[start : start + rows] = top
-            block.sub_(top.unsqueeze(-1)).exp_()
-            lse[start : start + rows] = block.sum(-1).log_().add_(top)
+            lse[start : start + rows] = shifted.exp_().sum(-1).log_().add_(top)
         gold = logits.gather(-1, gold_ids.unsqueeze(-1)).squeeze(-1).float()
         count = keep.sum().clamp(min=1)
         loss = torch.where(keep, lse - gold, 0.0).sum() / count
@@ -60,12 +68,18 @@ class _VocabCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits)
         scale = (grad_loss / count) * keep.float()  # [n]: 0 on ignored rows
         minus_one = torch.full((rows, 1), -1.0, device=logits.device)
+        work = logits.new_empty((min(rows, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
+        same_dtype = logits.dtype == torch.float32
         for start in range(0, logits.shape[0], rows):
             part = slice(start, start + rows)
-            block = logits[part].to(torch.float32, copy=True)
-            block.sub_(lse[part].unsqueeze(-1)).exp_()  # softmax
-            block.scatter_add_(-1, gold_ids[part].unsqueeze(-1), minus_one[: block.shape[0]])
-            grad[part] = block.mul_(scale[part].unsqueeze(-1))
+            block = logits[part]
+            n = block.shape[0]
+            softmax = torch.sub(block, lse[part].unsqueeze(-1), out=work[:n]).exp_()
+            softmax.scatter_add_(-1, gold_ids[part].unsqueeze(-1), minus_one[:n])
+            if same_dtype:  # written straight into the gradient, no copy
+                torch.mul(softmax, scale[part].unsqueeze(-1), out=grad[part])
+            else:
+                grad[part] = softmax.mul_(scale[part].unsqueeze(-1))
         return grad, None
 
 
