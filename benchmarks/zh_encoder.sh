@@ -51,6 +51,10 @@ prepare() {
     --dev "$data/chnsenticorp/dev.tsv"
   run tfidf-book_review python3 "$here/tfidf_baseline.py" --train "$data/book_review/train.tsv" \
     --dev "$data/book_review/dev.tsv"
+  for split in dev test; do
+    run "gazetteer-ner-$split" python3 "$here/ner_baseline.py" --train "$data/msra_ner/train.tsv" \
+      --eval "$data/msra_ner/$split.tsv"
+  done
 }
 
 pretrain() {
