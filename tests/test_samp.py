@@ -154,6 +154,26 @@ def test_saved_quantized_model_loads_without_calibration(quantized, tiny, tmp_pa
         samp.save_quantized(pretrainkit.build_model(q.config), tmp_path / "float")
 
 
+def test_the_quantized_folder_keeps_the_task_so_evaluate_reads_it(tiny, tmp_path):
+    """A fine-tuned folder records its task (task.json); its quantized folder must too, or
+    `evaluate` / `predict` on it fail with "not a fine-tuned model"."""
+    from pretrainkit.tasks import task_of
+    from pretrainkit.workflows.finetune import evaluate
+
+    model, files = tiny
+    record = task_of(model, "tiny").record()
+    model.task_record = record
+    try:
+        q = samp.quantize(model, files["calib"], files["select"], tolerance=100.0, rounds=1)
+    finally:
+        model.task_record = None
+    samp.save_quantized(q, tmp_path / "q")
+    assert json.loads((tmp_path / "q" / "task.json").read_text()) == record
+    data = load_task_set(q, files["report"])
+    scored = evaluate(tmp_path / "q", files["report"])
+    assert 100 * scored["accuracy"] == pytest.approx(score("accuracy", outputs(q, data), data))
+
+
 def synthetic(name: str, metric: float, rounds: list[float]) -> search.Candidate:
     """A candidate measured in ``rounds`` (ms per round), drop from a float metric of 90; the
     default torch plan on a bf16 CPU (fused kernel)."""
