@@ -117,3 +117,15 @@ def test_the_families_in_convert_help_are_the_registry() -> None:
     assert list(CONVERT_FAMILIES) == family_names(), (
         "a family was added to or removed from convert/: update CONVERT_FAMILIES in cli/commands.py"
     )
+
+
+def test_threads_of_a_torch_free_command_cap_the_tokenizer(monkeypatch) -> None:
+    """`vocab` / `preprocess --threads N` sets RAYON_NUM_THREADS (read by `tokenizers` when its
+    thread pool starts, at the first parallel call) instead of importing torch."""
+    import os
+
+    from pretrainkit.cli.main import _set_threads
+
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    _set_threads(1, torch_free=True)
+    assert os.environ["RAYON_NUM_THREADS"] == "1"
