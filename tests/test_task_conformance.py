@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import invoke
+from objective_samples import SAMPLES as OBJECTIVE_SAMPLES
 from samp_helpers import TINY, VOCAB
 from task_samples import SAMPLES
 
@@ -144,26 +145,15 @@ def test_model_imports_nothing_above_it() -> None:
     assert not any(m.startswith(banned) for m in _imports(SRC / "model.py"))
 
 
-OBJECTIVE_MODELS = {
-    # objective → (preset, overrides): a tiny model whose targets are the objective's.
-    "mlm": ("bert-tiny", {}),
-    "bert": ("bert-tiny", {}),
-    "albert": ("bert-tiny", {}),
-    "lm": ("gpt2-small", {"encoder.num_layers": 2, "encoder.num_heads": 2}),
-}
-
-
 def test_every_objective_has_a_model() -> None:
     from pretrainkit.data.objectives import OBJECTIVES
 
-    assert sorted(OBJECTIVE_MODELS) == OBJECTIVES.names()
+    assert sorted(OBJECTIVE_SAMPLES) == OBJECTIVES.names()
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVE_MODELS))
+@pytest.mark.parametrize("name", sorted(OBJECTIVE_SAMPLES))
 def test_objective_end_to_end(name: str, tmp_path: Path) -> None:
     """preprocess → pretrain (loss falls) → the saved model reloads with the same loss."""
-    from helpers import write_corpus
-
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.data.objectives import get_objective
     from pretrainkit.data.preprocessing import preprocess
@@ -172,17 +162,22 @@ def test_objective_end_to_end(name: str, tmp_path: Path) -> None:
     from pretrainkit.workflows.pretrain import pretrain
 
     objective = get_objective(name)
-    corpus = write_corpus(tmp_path / "corpus.txt", documents=60, seed=0)
-    train_tokenizer([corpus], "wordpiece", 200, tmp_path / "tok")
-    preprocess([corpus], tmp_path / "tok", name, 32, tmp_path / "shards", log=lambda _: None)
-    preset, overrides = OBJECTIVE_MODELS[name]
+    sample = OBJECTIVE_SAMPLES[name]
+    corpus = sample.write_corpus(tmp_path)
+    vocab_text = sample.vocab_corpus(tmp_path) if sample.vocab_corpus else corpus
+    train_tokenizer([vocab_text], "wordpiece", 200, tmp_path / "tok")
+    preprocess(
+        [corpus], tmp_path / "tok", name, sample.seq_length, tmp_path / "shards", log=lambda _: None
+    )
     targets = [{"name": t} for t in sorted(objective.targets)]
-    model_overrides = {**TINY_BODY, **overrides, "targets": targets}
+    model_overrides = {**TINY_BODY, **sample.overrides, "targets": targets}
     config = TrainConfig(steps=40, lr=1e-3, log_every=5, precision="fp32", progress=False)
-    result = pretrain(preset, tmp_path / "shards", tmp_path / "run", config, 8, model_overrides)
+    result = pretrain(
+        sample.preset, tmp_path / "shards", tmp_path / "run", config, 8, model_overrides
+    )
     losses = [json.loads(line)["loss"] for line in
               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < sample.loss_ratio * losses[0], losses
     shards = Shards.open(tmp_path / "shards")
     stream = pretraining_stream(shards, seed=7)
     batch = BatchIterator(stream, 4, shards.tokenizer.pad_id, objective.collate).next_batch()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrainkit.data.corpus import CorpusFile, read_documents
-from pretrainkit.data.objectives import get_objective
+from pretrainkit.data.corpus import CorpusFile
+from pretrainkit.data.objectives import Objective, get_objective
 from pretrainkit.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter
 from pretrainkit.data.workers import Chunk, encode_chunks
 from pretrainkit.errors import ConfigError, DataError
@@ -84,7 +84,7 @@ def preprocess(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save(tmp / "tokenizer")
         writer = ShardWriter(tmp, dtype)
-        chunks = _chunks(paths, infos, skip_bad_lines, log)
+        chunks = _chunks(get_objective(objective), paths, infos, skip_bad_lines, log)
         for encoded in encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers):
             writer.add(*encoded)
         counts = writer.finish()
@@ -122,12 +122,16 @@ def preprocess(
 
 
 def _chunks(
-    paths: list[Path], infos: list[CorpusFile], skip: bool, log: Callable[[str], object]
+    objective: Objective,
+    paths: list[Path],
+    infos: list[CorpusFile],
+    skip: bool,
+    log: Callable[[str], object],
 ) -> Iterator[Chunk]:
     chunk: Chunk = []
     size = 0
     for path, info in zip(paths, infos):
-        for document in read_documents(path, skip, info):
+        for document in objective.read_documents(path, skip, info):
             chunk.append(document)
             size += sum(len(s) for s in document)
             if size >= _CHUNK_CHARS:

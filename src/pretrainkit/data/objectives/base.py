@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pretrainkit.errors import ConfigError
 from pretrainkit.registry import Registry
 
 if TYPE_CHECKING:
+    from pretrainkit.data.corpus import CorpusFile
     from pretrainkit.data.instances import InstanceStream
     from pretrainkit.data.shards import Shards
     from pretrainkit.tokenization import Tokenizer
@@ -36,6 +39,22 @@ class Objective:
                 f"objective {self.name!r} masks tokens, but this {tokenizer.kind} tokenizer has "
                 "no mask token; use objective 'lm' or a vocabulary with a mask token"
             )
+
+    def read_documents(
+        self, path: Path, skip_bad_lines: bool, info: CorpusFile
+    ) -> Iterator[list[str]]:
+        """The documents of one corpus file, each a list of non-empty text pieces that
+        ``preprocess`` tokenizes one by one (the shards' "sentences").
+
+        The default reads plain text (one sentence a line, a blank line between documents) and
+        JSONL ``{"text": ...}``. An objective whose corpus has another shape (parallel text,
+        instruction records) overrides it; its stream then reads the pieces back by index.
+        Bad lines raise a DataError naming file and line, or with ``skip_bad_lines`` are
+        counted in ``info.skipped_lines``.
+        """
+        from pretrainkit.data.corpus import read_documents
+
+        return read_documents(path, skip_bad_lines, info)
 
     def stream(
         self,
