@@ -126,6 +126,16 @@ def test_help_of_the_installed_entry_point() -> None:
         assert f"{name} {summary}" in listed, name
 
 
+def test_a_task_option_shared_by_name_shows_each_tasks_description(capsys) -> None:
+    """``--pooling`` means a classifier head's pooling for most tasks and the sentence
+    embedding's for simcse: the help gives both, each with its tasks."""
+    code, out, _ = invoke(capsys, "finetune", "--help")
+    assert code == 0
+    text = _squash(out.split("--pooling POOLING", 2)[2])
+    assert text.startswith("classification, cross_encoder,")
+    assert "| simcse: Sentence embedding of the simcse task" in text
+
+
 def test_training_flags_come_from_train_config(capsys) -> None:
     code, out, _ = invoke(capsys, "pretrain", "--help")
     assert code == 0

@@ -239,16 +239,25 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
     from pretrainkit.tasks import TASKS
 
     defaults: dict[str, dict[str, Any]] = {}  # option -> task -> its default
-    fields: dict[str, tuple[Any, str]] = {}
+    hints: dict[str, Any] = {}
+    # option -> its description -> the tasks that describe it so: tasks that share a name may
+    # mean different things by it (pooling of a classifier head vs of sentence embeddings).
+    docs: dict[str, dict[str, list[str]]] = {}
     for name in TASKS.names():
         cls = TASKS.get(name).options_class
-        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        types, texts = typing.get_type_hints(cls), field_docs(cls)
         for f in dataclasses.fields(cls):
             defaults.setdefault(f.name, {})[name] = f.default
-            fields.setdefault(f.name, (hints[f.name], docs.get(f.name, "")))
+            hints.setdefault(f.name, types[f.name])
+            docs.setdefault(f.name, {}).setdefault(texts.get(f.name, ""), []).append(name)
     group = parser.add_argument_group("task options (--task NAME; defaults per task)")
-    for field, (hint, doc) in fields.items():
+    for field, hint in hints.items():
         flag = "--" + field.replace("_", "-")
+        described = docs[field]
+        if len(described) == 1:
+            doc = next(iter(described))
+        else:
+            doc = " | ".join(f"{', '.join(tasks)}: {text}" for text, tasks in described.items())
         # One default for every task that has the option, or each task's own.
         values = defaults[field]
         if len(set(map(repr, values.values()))) == 1:
