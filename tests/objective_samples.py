@@ -32,6 +32,8 @@ class ObjectiveSample:
     """The text a word-piece vocabulary is trained on (default: the corpus itself)."""
     seq_length: int = 32
     loss_ratio: float = 0.8
+    objective_options: dict = field(default_factory=dict)
+    """Options of the objective given to preprocess (an image objective's image size)."""
     """The last logged loss must be below this share of the first."""
 
 

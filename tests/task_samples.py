@@ -32,6 +32,9 @@ class Sample:
     """The number of rows ``evaluate`` reports for a written file (default: lines - header)."""
     prediction_rows: Callable[[Path], int] | None = None
     """Lines after the header of the prediction file (default: ``rows``)."""
+    base: Callable[[Path], Path] | None = None
+    """Writes the base model folder the task fine-tunes, under the given folder, and returns
+    it (default None: the shared tiny encoder); e.g. a seq2seq model for text2text."""
 
     def __post_init__(self) -> None:
         if self.prediction_rows is None:

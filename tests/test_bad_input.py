@@ -1256,7 +1256,7 @@ def test_help_and_logs_say_what_is_there(world: dict, tmp_path: Path, capsys, ca
     with pytest.raises(SystemExit):
         pretrainkit.cli.main.main(["convert", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert len(FAMILIES.names()) == 10
+    assert len(FAMILIES.names()) == 11
     for family in FAMILIES.names():
         assert re.search(rf"[ ,:]{re.escape(family)}[,;]", help_text), family
     with caplog.at_level(logging.INFO):

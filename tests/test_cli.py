@@ -56,6 +56,7 @@ PRESETS = [
     "llama",
     "pegasus-large",
     "roberta-base",
+    "s2t-small",
     "t5-small",
     "t5-v1_1-base",
     "vit-base",

@@ -221,8 +221,8 @@ def test_family_names_are_the_registered_model_types():
     names = family_names()
     assert names == sorted(FAMILIES.names())
     assert names == [
-        "albert", "bart", "bert", "gpt2", "llama", "pegasus", "roberta", "t5", "vit",
-        "xlm-roberta",
+        "albert", "bart", "bert", "gpt2", "llama", "pegasus", "roberta", "speech_to_text", "t5",
+        "vit", "xlm-roberta",
     ]  # fmt: skip
 
 

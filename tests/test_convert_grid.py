@@ -242,6 +242,29 @@ def vit_cases() -> list[Case]:
     return cases
 
 
+def speech_cases() -> list[Case]:
+    cases = []
+    heads = ("Speech2TextModel", "Speech2TextForConditionalGeneration")
+    convolutions = (([5, 3], 10, 6), ([3], 8, 5), ([5, 5, 3], 12, 7))  # kernels, channels, mels
+    product = itertools.product(heads, convolutions, (True, False), ("relu", "gelu"), (True, False))
+    for index, (head, (kernels, channels, mels), scale, act, tied) in enumerate(product):
+        if head == "Speech2TextModel" and not tied:
+            continue  # a bare body keeps transformers' default
+        hidden, heads_, ffn = shape(index)
+        config = {
+            "vocab_size": VOCAB, "d_model": hidden, "encoder_layers": 1 + index % 2,
+            "decoder_layers": 2 - index % 2, "encoder_attention_heads": heads_,
+            "decoder_attention_heads": (heads_, 1)[index % 2], "encoder_ffn_dim": ffn,
+            "decoder_ffn_dim": ffn + 3, "max_source_positions": POSITIONS,
+            "max_target_positions": POSITIONS + 2, "conv_kernel_sizes": kernels,
+            "num_conv_layers": len(kernels), "conv_channels": channels,
+            "input_feat_per_channel": mels, "scale_embedding": scale,
+            "activation_function": act, "tie_word_embeddings": tied,
+        }  # fmt: skip
+        cases.append(Case("speech_to_text", head, config))
+    return cases
+
+
 CASES = [
     *bert_like_cases(),
     *gpt2_cases(),
@@ -249,6 +272,7 @@ CASES = [
     *t5_cases(),
     *bart_cases(),
     *vit_cases(),
+    *speech_cases(),
 ]
 
 
@@ -290,6 +314,12 @@ def assert_same_outputs(case: Case, hf, ours) -> None:
     if case.family == "vit":
         size, channels = case.config["image_size"], case.config["num_channels"]
         inputs = {"pixel_values": torch.randn(2, channels, size, size, generator=generator)}
+    elif case.family == "speech_to_text":
+        mels = case.config["input_feat_per_channel"]
+        inputs = {
+            "input_features": torch.randn(2, 13, mels, generator=generator),
+            "decoder_input_ids": torch.randint(5, VOCAB, (2, 5), generator=generator),
+        }
     else:
         inputs = {"input_ids": torch.randint(5, VOCAB, (2, 7), generator=generator)}
         if hf.config.is_encoder_decoder:

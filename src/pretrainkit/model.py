@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pretrainkit.config import EmbeddingConfig, ModelConfig, load_model_config
+from pretrainkit.config import EmbeddingConfig, EncoderConfig, ModelConfig, load_model_config
 from pretrainkit.decoders import DECODERS
 from pretrainkit.embeddings.embedding import build_embedding
 from pretrainkit.encoders import ENCODERS
+from pretrainkit.encoders.transformer import TransformerEncoder
 from pretrainkit.errors import CheckpointError, ConfigError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory, read_safetensors
 from pretrainkit.targets import TARGETS, Target
@@ -162,6 +163,11 @@ class Model(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        example_ids: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the slots; targets compute losses for the labels they are given.
 
@@ -169,13 +175,31 @@ class Model(nn.Module):
         ``labels`` with ``decoder_inputs`` when omitted) and their padding mask; their targets
         read the decoder's output and ``labels`` are the target sequence (no shift).
         Image models (a ``patch`` embedding part) take ``pixel_values`` ``[b, c, H, W]`` instead
-        of ``input_ids``.
+        of ``input_ids``; speech models (a ``speech`` part) ``input_features``
+        ``[b, frames, num_mel_bins]`` with a frame-level ``attention_mask`` ``[b, frames]``, which
+        becomes the mask of the shorter encoder sequence (``encoder_mask``).
+        Per-row patterns (objectives ``prefixlm`` and ``sft``) for the encoder: ``position_ids``
+        ``[b, s]`` (packed examples restart at 0), ``example_ids`` ``[b, s]`` (tokens attend only
+        within their packed example) and ``prefix_lengths`` ``[b]`` (a bidirectional prefix, then
+        causal); see ``pretrainkit.layers.attention.attention_pattern``.
+        Masked-patch pre-training (objective ``masked_patch``): ``patch_mask`` ``[b, patches]``
+        marks the patches the ``patch`` embedding replaces by its mask vector.
         """
-        inputs = input_ids if pixel_values is None else pixel_values
-        if inputs is None or (input_ids is not None and pixel_values is not None):
-            raise ValueError("give exactly one of input_ids and pixel_values")
-        hidden = self.encoder_states(inputs, attention_mask, token_type_ids)
+        given_inputs = [x for x in (input_ids, pixel_values, input_features) if x is not None]
+        if len(given_inputs) != 1:
+            raise ValueError(
+                "give exactly one of input_ids and pixel_values (images) or input_features (speech)"
+            )
+        inputs = given_inputs[0]
+        if patch_mask is not None:  # masked-patch pre-training: masked patches → the mask vector
+            embedded = self.embedding(inputs, token_type_ids, patch_mask=patch_mask)
+            hidden = self.encoder(embedded, self.encoder_mask(attention_mask))
+        else:
+            hidden = self.encoder_states(
+                inputs, attention_mask, token_type_ids, position_ids, example_ids, prefix_lengths
+            )
         memory = None
+        attention_mask = self.encoder_mask(attention_mask)  # speech: of the subsampled frames
         target_mask = attention_mask
         if self.decoder is not None and self.tgt_embedding is not None:
             if decoder_input_ids is None:
@@ -216,9 +240,27 @@ class Model(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        example_ids: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The encoder's output ``[b, s, h]`` (the embedding and encoder slots only)."""
-        return self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        attention_mask = self.encoder_mask(attention_mask)
+        if position_ids is None and example_ids is None and prefix_lengths is None:
+            return self.encoder(self.embedding(input_ids, token_type_ids), attention_mask)
+        if not isinstance(self.encoder, TransformerEncoder):
+            raise ConfigError(
+                f"position_ids / example_ids / prefix_lengths need a transformer encoder, not "
+                f"{type(self.encoder).__name__}"
+            )
+        embedded = self.embedding(input_ids, token_type_ids, position_ids)
+        return self.encoder(
+            embedded,
+            attention_mask,
+            positions=position_ids,
+            example_ids=example_ids,
+            prefix_lengths=prefix_lengths,
+        )
 
     def layer_outputs(
         self,
@@ -230,7 +272,14 @@ class Model(nn.Module):
         layer_outputs = getattr(self.encoder, "layer_outputs", None)
         if layer_outputs is None:
             raise ConfigError(f"{type(self.encoder).__name__} cannot return every layer's output")
-        return layer_outputs(self.embedding(input_ids, token_type_ids), attention_mask)
+        mask = self.encoder_mask(attention_mask)
+        return layer_outputs(self.embedding(input_ids, token_type_ids), mask)
+
+    def encoder_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The encoder's padding mask for the input's ``attention_mask``: the same, unless the
+        embedding shortens the input (speech frames ``[b, frames]`` → ``[b, frames']``)."""
+        shorten = getattr(self.embedding, "output_mask", None)
+        return attention_mask if shorten is None else shorten(attention_mask)
 
     def encode(
         self,
@@ -380,6 +429,39 @@ def _init_weights(module: nn.Module, std: float = 0.02) -> None:
         nn.init.normal_(module.weight, std=std)  # embedding parts
 
 
+def _t5_init(model: Model, config: ModelConfig) -> None:
+    """T5's initialisation (Mesh TensorFlow's, as transformers' ``T5PreTrainedModel`` has it):
+    word tables and an untied LM head N(0, 1); attention query N(0, (hidden * head_dim)^-0.5),
+    key / value N(0, hidden^-0.5), output N(0, (heads * head_dim)^-0.5); feed-forward input
+    N(0, hidden^-0.5), output N(0, ffn^-0.5); relative position biases N(0, hidden^-0.5)."""
+    hidden = config.hidden_size
+    stacks = {"encoder": config.encoder, "decoder": config.decoder}
+    for name, param in model.named_parameters():
+        if param.dim() < 2:
+            continue  # norms stay at one, biases (none in T5) at zero
+        slot = name.split(".", 1)[0]
+        stack = stacks.get(slot)
+        std = None
+        if name.endswith("parts.word.weight") or slot == "targets":
+            std = 1.0
+        elif isinstance(stack, EncoderConfig):  # a transformer stack (decoders subclass it)
+            heads = stack.num_heads
+            head_dim = stack.head_dim or hidden // heads
+            if ".query." in name:
+                std = (hidden * head_dim) ** -0.5
+            elif ".key." in name or ".value." in name:
+                std = hidden**-0.5
+            elif ".output." in name:
+                std = (heads * head_dim) ** -0.5
+            elif ".feed_forward." in name:
+                std = param.shape[1] ** -0.5  # fan-in: hidden for up / gate, ffn for down
+            elif "relative_bias" in name:
+                std = hidden**-0.5
+        if std is not None:
+            with torch.no_grad():
+                param.normal_(0.0, std)
+
+
 def build_model(
     spec: str | os.PathLike | ModelConfig | dict, overrides: dict[str, Any] | None = None
 ) -> Model:
@@ -407,6 +489,8 @@ def build_model(
         "hidden_size": config.hidden_size,
         "vocab_size": config.vocab_size,
         "embedding_size": embedding_size,
+        # Pixel values per image patch, for heads that predict pixels (masked_patch).
+        "patch_pixels": config.embedding.channels * (config.embedding.patch_size or 0) ** 2,
     }
     targets: dict[str, Target] = {}
     for i, entry in enumerate(config.targets):
@@ -422,6 +506,8 @@ def build_model(
             )
     model = Model(config, embedding, encoder, targets, tgt_embedding, decoder)
     model.apply(_init_weights)
+    if config.init == "t5":
+        _t5_init(model, config)
     model.tie_weights()
     return model
 
@@ -443,6 +529,10 @@ def _build_embedding(config: ModelConfig, emb: EmbeddingConfig) -> nn.Module:
         emb.image_size,
         emb.patch_size,
         emb.channels,
+        emb.num_mel_bins,
+        emb.conv_channels,
+        tuple(emb.conv_kernel_sizes),
+        mask_patches=emb.mask_patches,
     )
 
 

@@ -143,6 +143,33 @@ def _objective_names() -> list[str]:
     return OBJECTIVES.names()
 
 
+OBJECTIVE_PREFIX = "objective__"
+
+
+def _add_objective_options(parser: argparse.ArgumentParser) -> None:
+    from pretrainkit.cli.options import add_union_options
+    from pretrainkit.data.objectives import OBJECTIVES
+
+    classes = {name: OBJECTIVES.get(name).options_class for name in OBJECTIVES.names()}
+    title = "objective options (recorded in the shards; pretrain may replace them)"
+    add_union_options(
+        parser, {k: v for k, v in classes.items() if v is not None}, OBJECTIVE_PREFIX, title
+    )
+
+
+def _objective_options(args: argparse.Namespace, objective: str | None) -> dict[str, Any]:
+    """The objective options given; with ``objective``, checked against its options (pretrain
+    checks them against the shards' objective)."""
+    from pretrainkit.cli.options import given_union_options
+    from pretrainkit.data.objectives import get_objective
+
+    if objective is None:
+        prefix = OBJECTIVE_PREFIX
+        return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    cls = get_objective(objective).options_class
+    return given_union_options(args, OBJECTIVE_PREFIX, cls, f"objective {objective}")
+
+
 def _add_preprocess(p):
     p.add_argument("--corpus", nargs="+", required=True, help="text or .jsonl corpus files")
     p.add_argument(
@@ -160,6 +187,7 @@ def _add_preprocess(p):
         help="skip undecodable or invalid lines (counted) instead of failing",
     )
     add_overwrite(p)
+    _add_objective_options(p)
 
 
 @command("preprocess", "tokenize a corpus into token shards for pre-training")(_add_preprocess)
@@ -175,6 +203,7 @@ def preprocess(args):
         workers=args.workers,
         skip_bad_lines=args.skip_bad_lines,
         overwrite=args.overwrite,
+        objective_options=_objective_options(args, args.objective),
     )
     return {k: v for k, v in manifest.items() if k not in ("corpus",)}
 
@@ -194,6 +223,7 @@ def _add_pretrain(p):
     # Only from a --config file: a mapping of dotted model keys, like --model.KEY VALUE flags.
     p.set_defaults(model_overrides=None)
     _train_options(p)
+    _add_objective_options(p)
 
 
 @command("pretrain", "pre-train a model on token shards")(_add_pretrain)
@@ -215,6 +245,7 @@ def pretrain(args, extra):
         eval_batches=args.eval_batches,
         global_batch_size=args.global_batch_size,
         overwrite=args.overwrite,
+        objective_options=_objective_options(args, None),
     )
 
 
@@ -509,6 +540,7 @@ CONVERT_FAMILIES = (
     "llama",
     "pegasus",
     "roberta",
+    "speech_to_text",
     "t5",
     "vit",
     "xlm-roberta",

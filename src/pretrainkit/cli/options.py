@@ -130,3 +130,55 @@ def split_model_overrides(extra: list[str]) -> dict[str, Any]:
         overrides[key] = load_yaml(value, f"--model.{key}")
         i += 1
     return overrides
+
+
+def add_union_options(
+    parser: argparse.ArgumentParser, classes: dict[str, type], prefix: str, title: str
+) -> None:
+    """One flag per field of any of ``classes`` (a choice's name → its options dataclass),
+    stored as ``prefix + field`` and only when given; help names the choices that have it."""
+    group = parser.add_argument_group(title)
+    seen: dict[str, list[str]] = {}
+    for owner, cls in classes.items():
+        for f in dataclasses.fields(cls):
+            seen.setdefault(f.name, []).append(owner)
+    for owner, cls in classes.items():
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if seen[f.name][0] != owner:
+                continue  # a field several choices share gets one flag
+            owners = ", ".join(seen[f.name])
+            text = f"{docs.get(f.name, '')} [{owners}; default: {f.default}]".replace("%", "%%")
+            flag, dest = "--" + f.name.replace("_", "-"), prefix + f.name
+            if hints[f.name] is bool:
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                )
+            else:
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    type=option_type(hints[f.name]),
+                    default=argparse.SUPPRESS,
+                    metavar=f.name.upper(),
+                    help=text,
+                )
+
+
+def given_union_options(
+    namespace: argparse.Namespace, prefix: str, cls: type | None, chosen: str
+) -> dict[str, Any]:
+    """The ``add_union_options`` flags that were given, as field → value; a ConfigError for
+    one that the chosen choice's options ``cls`` (None: it has none) do not have."""
+    given = {k[len(prefix) :]: v for k, v in vars(namespace).items() if k.startswith(prefix)}
+    own = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    stray = sorted(set(given) - own)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        valid = ", ".join("--" + k.replace("_", "-") for k in sorted(own)) or "none"
+        raise ConfigError(f"{flags} does not apply to {chosen!r} (its options: {valid})")
+    return given

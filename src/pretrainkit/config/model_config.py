@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from pretrainkit.errors import ConfigError, closest
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("absolute", "rotary", "alibi", "relative", "none")
+INITS = ("bert", "t5")
 
 
 @dataclass
@@ -42,6 +43,14 @@ class EmbeddingConfig:
     image_size: int | None = None
     patch_size: int | None = None
     channels: int = 3
+    # A learned vector that replaces masked patches (objective masked_patch; patch part only).
+    mask_patches: bool = False
+    # Speech (the "speech" part, Speech2Text): log-mel frames of num_mel_bins features pass one
+    # strided Conv1d + GLU per (odd) kernel size, each halving the frame rate; conv_channels is
+    # the width between them (even: the GLU halves it).
+    num_mel_bins: int | None = None
+    conv_channels: int = 1024
+    conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
     layer_norm: bool = True
     norm: str = "layernorm"
     norm_eps: float = 1e-12
@@ -60,11 +69,26 @@ class EmbeddingConfig:
         if not self.parts:
             raise ConfigError("parts: at least one embedding part is needed")
         # None at all is reported by the builder, which knows every part name (and suggests).
-        if len([p for p in self.parts if p in ("word", "patch")]) > 1:
+        if len([p for p in self.parts if p in ("word", "patch", "speech")]) > 1:
             raise ConfigError(
-                f"parts: exactly one of 'word' (token ids) or 'patch' (images) is needed, "
-                f"got {self.parts}"
+                f"parts: exactly one of 'word' (token ids) or 'patch' (images) or 'speech' "
+                f"(audio frames) is needed, got {self.parts}"
             )
+        if "speech" in self.parts:
+            if self.num_mel_bins is None:
+                raise ConfigError("the 'speech' part needs num_mel_bins (features per frame)")
+            check_range(self.num_mel_bins, "num_mel_bins", 1)
+            check_range(self.conv_channels, "conv_channels", 2)
+            if self.conv_channels % 2:
+                raise ConfigError(f"conv_channels ({self.conv_channels}) must be even")
+            kernels = self.conv_kernel_sizes
+            if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+                # Even kernels change the output length the frame mask arithmetic assumes.
+                raise ConfigError(
+                    f"conv_kernel_sizes: one odd kernel size per convolution, got {kernels}"
+                )
+        if self.mask_patches and "patch" not in self.parts:
+            raise ConfigError("mask_patches needs the 'patch' embedding part (images)")
         if "patch" in self.parts:
             if self.image_size is None or self.patch_size is None:
                 raise ConfigError("the 'patch' part needs image_size and patch_size")
@@ -164,6 +188,115 @@ class DecoderConfig(EncoderConfig):
         check_range(self.pad_id, "pad_id", 0)
 
 
+class EncoderOptionError(ConfigError, AttributeError):
+    """Code written for transformer stacks asked an encoder of another kind for an option it
+    does not have (an AttributeError too, so ``getattr(options, key, default)`` still works)."""
+
+
+class _OtherEncoderOptions:
+    """Base of the options of encoders other than the transformer.
+
+    Much of the toolkit (conversion, SAMP, generation) reads transformer options such as
+    ``config.encoder.num_heads``; asked of an LSTM, one clear error names the encoder instead of
+    a bare AttributeError (and the type checker sees these reads as legal, as they are for the
+    transformer).
+    """
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):  # copy/pickle probes: the ordinary answer
+            raise AttributeError(key)
+        name = self.__dict__.get("name", type(self).__name__)
+        valid = ", ".join(f.name for f in fields(self))  # type: ignore[arg-type]
+        raise EncoderOptionError(
+            f"encoder.{key}: the {name!r} encoder has no such option (it is a transformer "
+            f"option; this needs encoder.name: transformer); its options: {valid}"
+        )
+
+
+@dataclass
+class RNNEncoderConfig(_OtherEncoderOptions):
+    """Encoder slot: a stack of LSTM or GRU layers (``name: lstm`` or ``name: gru``).
+
+    Uni-directional stacks are causal (each position sees only earlier ones); bidirectional ones
+    run hidden_size / 2 units per direction, so hidden_size must be even.
+    """
+
+    name: str = "lstm"
+    num_layers: int = 1
+    bidirectional: bool = False
+    # Between layers, as nn.LSTM's own dropout (none after the last layer).
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, ("lstm", "gru"), "name")
+        check_range(self.num_layers, "num_layers", 1)
+        check_range(self.dropout, "dropout", 0.0, 1.0)
+
+
+@dataclass
+class GatedCNNEncoderConfig(_OtherEncoderOptions):
+    """Encoder slot: stacked 1-D convolutions with GLU gates (Dauphin et al. 2017).
+
+    ``causal`` pads on the left only (each position sees the kernel_size - 1 before it, as the
+    paper's language model); otherwise the window is centred, which needs an odd kernel_size.
+    """
+
+    name: str = "gatedcnn"
+    num_layers: int = 2
+    kernel_size: int = 3
+    # A residual connection around every block_size convolutions.
+    block_size: int = 1
+    causal: bool = False
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, ("gatedcnn",), "name")
+        check_range(self.num_layers, "num_layers", 1)
+        check_range(self.kernel_size, "kernel_size", 1)
+        check_range(self.block_size, "block_size", 1, self.num_layers)
+        check_range(self.dropout, "dropout", 0.0, 1.0)
+        if not self.causal and self.kernel_size % 2 == 0:
+            raise ConfigError(
+                f"kernel_size: {self.kernel_size} is even; a centred (causal: false) window "
+                "needs an odd kernel_size"
+            )
+
+
+EncoderSection = EncoderConfig | RNNEncoderConfig | GatedCNNEncoderConfig
+# Each encoder name and the dataclass of its options.
+ENCODER_OPTIONS: dict[str, type[EncoderSection]] = {
+    "transformer": EncoderConfig,
+    "lstm": RNNEncoderConfig,
+    "gru": RNNEncoderConfig,
+    "gatedcnn": GatedCNNEncoderConfig,
+}
+
+
+def encoder_options(data: Any, where: str) -> EncoderSection:
+    """The encoder section ``data`` checked against the options of the encoder it names
+    (``name``, default transformer): unknown keys are errors with a suggestion."""
+    if not isinstance(data, dict):
+        return from_dict(EncoderConfig, data, where)  # an instance, or the usual type error
+    name = data.get("name", "transformer")
+    if not isinstance(name, str) or name not in ENCODER_OPTIONS:
+        raise ConfigError(
+            f"{where}.name: unknown encoder {name!r}{closest(str(name), ENCODER_OPTIONS)}; "
+            f"valid choices: {', '.join(ENCODER_OPTIONS)}"
+        )
+    cls = ENCODER_OPTIONS[name]
+    try:
+        return from_dict(cls, data, where)
+    except ConfigError as error:
+        transformer_only = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if cls is EncoderConfig or not transformer_only <= {f.name for f in fields(EncoderConfig)}:
+            raise
+        # A dotted override (--model.encoder.name lstm) keeps the preset's transformer keys.
+        raise ConfigError(
+            f"{error}; to switch a preset to the {name!r} encoder give the whole section, "
+            f"e.g. --model.encoder '{{name: {name}}}'"
+        ) from None
+
+
 @dataclass
 class TargetConfig:
     """Target slot entry: a registered target name plus its keyword arguments."""
@@ -181,7 +314,8 @@ class ModelConfig:
     vocab_size: int = 0
     name: str = "custom"
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # The options of the encoder it names (EncoderConfig for the transformer).
+    encoder: EncoderSection = field(default_factory=EncoderConfig)
     # Sequence-to-sequence models (T5, BART, PEGASUS) add both; encoder-only and decoder-only
     # models (a causal `encoder`) leave them out.
     tgt_embedding: EmbeddingConfig | None = None
@@ -189,14 +323,21 @@ class ModelConfig:
     # The target embedding's word table is the source one (one copy; T5, BART, PEGASUS).
     share_embedding: bool = True
     targets: list[TargetConfig] = field(default_factory=list)
+    # How build_model draws fresh weights: "bert" (every matrix N(0, 0.02)) or "t5" (T5's
+    # scheme: unit-variance word tables and LM head, projections scaled by their fan-in). A T5
+    # shape trained from scratch with BERT's init barely moves: its tied head rescales the
+    # logits by hidden^-0.5, so 0.02-sized word vectors give near-zero logits and gradients.
+    init: str = "bert"
 
     def __post_init__(self) -> None:
+        check_choice(self.init, INITS, "init")
         check_range(self.vocab_size, "vocab_size", 0)
         check_range(self.hidden_size, "hidden_size", 1)
         embeddings = [self.embedding, *([self.tgt_embedding] if self.tgt_embedding else [])]
         if self.vocab_size < 1 and any("word" in e.parts for e in embeddings):
             raise ConfigError("vocab_size: the 'word' embedding part needs vocab_size >= 1")
-        stacks = {"encoder": self.encoder, "decoder": self.decoder}
+        transformer = self.encoder if isinstance(self.encoder, EncoderConfig) else None
+        stacks = {"encoder": transformer, "decoder": self.decoder}
         for name, stack in stacks.items():
             if stack is not None and stack.head_dim is None and self.hidden_size % stack.num_heads:
                 raise ConfigError(
@@ -207,9 +348,20 @@ class ModelConfig:
             given = "decoder" if self.decoder is not None else "tgt_embedding"
             missing = "tgt_embedding" if self.decoder is not None else "decoder"
             raise ConfigError(f"{given} is set but {missing} is not: a seq2seq model needs both")
-        if self.decoder is not None and self.encoder.causal:
+        encoder = self.encoder
+        if isinstance(encoder, RNNEncoderConfig) and encoder.bidirectional and self.hidden_size % 2:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be even for a bidirectional "
+                f"{encoder.name}: each direction has hidden_size / 2 units"
+            )
+        if self.decoder is not None and transformer is not None and transformer.causal:
             raise ConfigError("encoder.causal must be false when the model has a decoder")
         tgt = self.tgt_embedding
+        if self.share_embedding and tgt is not None and "word" not in self.embedding.parts:
+            raise ConfigError(
+                "share_embedding: the source embedding has no word table to share (its input "
+                "is not token ids); set share_embedding: false"
+            )
         if self.share_embedding and tgt is not None and "word" in tgt.parts:
             source_size = self.embedding.factorized_size or self.hidden_size
             if (tgt.factorized_size or self.hidden_size) != source_size:
@@ -229,6 +381,8 @@ class ModelConfig:
             data["targets"] = [
                 _target_entry(t, f"{where}.targets[{i}]") for i, t in enumerate(data["targets"])
             ]
+        if isinstance(data, dict) and "encoder" in data:
+            data = {**data, "encoder": encoder_options(data["encoder"], f"{where}.encoder")}
         return from_dict(cls, data, where)
 
     def to_dict(self) -> dict:
@@ -236,6 +390,8 @@ class ModelConfig:
         if self.decoder is None:  # encoder-only and decoder-only configs stay as they were
             for key in ("tgt_embedding", "decoder", "share_embedding"):
                 del data[key]
+        if self.init == "bert":  # the default: configs written before the option stay the same
+            del data["init"]
         data["targets"] = [{"name": t.name, **t.options} for t in self.targets]
         return data
 
@@ -272,6 +428,10 @@ def _target_entry(entry: Any, where: str) -> dict:
 __all__ = [
     "EmbeddingConfig",
     "EncoderConfig",
+    "RNNEncoderConfig",
+    "GatedCNNEncoderConfig",
+    "ENCODER_OPTIONS",
+    "encoder_options",
     "DecoderConfig",
     "TargetConfig",
     "ModelConfig",

@@ -2,7 +2,7 @@
 
 Families (by HF ``model_type``): ``bert`` (also sentence-transformers MiniLM), ``roberta``,
 ``xlm-roberta``, ``albert``, ``gpt2``, ``llama``, and the encoder-decoders ``t5``, ``bart`` and
-``pegasus``, and ``vit`` (images) — ``family_names()`` lists them; their tokenizers in
+``pegasus``, ``vit`` (images) and ``speech_to_text`` (speech) — ``family_names()`` lists them; their tokenizers in
 ``convert.tokenizer_files``. See ``convert.spec`` for the table format and ``convert.hf`` for
 the converter.
 """
@@ -13,6 +13,7 @@ from pretrainkit.convert import (  # noqa: F401  (register the families)
     bert,
     gpt2,
     llama,
+    speech2text,
     t5,
     vit,
 )

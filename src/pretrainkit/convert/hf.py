@@ -260,6 +260,8 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
     enc, emb = config.encoder, config.embedding
     if "patch" in emb.parts:
         return FAMILIES.get("vit")
+    if "speech" in emb.parts:
+        return FAMILIES.get("speech_to_text")
     if config.decoder is not None:  # relative positions: T5; sinusoidal halves: PEGASUS
         if enc.position == "relative":
             return FAMILIES.get("t5")

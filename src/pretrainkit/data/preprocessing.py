@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,7 @@ def preprocess(
     skip_bad_lines: bool = False,
     log: Callable[[str], object] = print,
     overwrite: bool = False,
+    objective_options: dict[str, Any] | None = None,
 ) -> dict:
     """Tokenize corpus files into a shard folder.
 
@@ -52,7 +54,7 @@ def preprocess(
         corpus_files: plain-text files (one sentence a line, blank line between documents) or
             `.jsonl` files (one `{"text": ...}` document a line).
         tokenizer_path: anything `load_tokenizer` reads.
-        objective: "mlm", "lm", "bert" or "albert"; recorded as the streams' default.
+        objective: a registered objective name (``OBJECTIVES``); recorded as the streams' default.
         seq_length: recorded as the streams' default window length.
         out_dir: the shard folder; written through `.tmp-<name>-<pid>` beside it and renamed
             at the end; an existing non-empty folder is replaced only with ``overwrite``.
@@ -60,6 +62,8 @@ def preprocess(
         skip_bad_lines: skip lines that are not UTF-8 / valid JSONL records (counted in the log
             and the manifest) instead of failing.
         log: receives one progress line per file and a summary.
+        objective_options: the objective's options (``Objective.options_class`` fields) to
+            record in the manifest as the streams' defaults; unset ones take their defaults.
 
     Returns:
         The manifest (also written as manifest.json).
@@ -76,16 +80,24 @@ def preprocess(
             raise DataError("corpus file not found", path)
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    tokenizer = load_tokenizer(tokenizer_path)
-    check_objective(objective, seq_length, tokenizer)
+    spec = get_objective(objective).configured(objective_options)
+    # The objective may add tokens (sentinels, a mask token), saved with the shards below.
+    tokenizer = spec.prepare_tokenizer(load_tokenizer(tokenizer_path), seq_length)
+    spec.check(seq_length, tokenizer)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
     infos = [CorpusFile(path) for path in paths]
     start = time.perf_counter()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save(tmp / "tokenizer")
         writer = ShardWriter(tmp, dtype)
-        chunks = _chunks(get_objective(objective), paths, infos, skip_bad_lines, log)
-        for encoded in encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers):
+        # An objective whose corpus is not text (images: masked_patch) encodes it itself.
+        encode_corpus = getattr(spec, "encode_corpus", None)
+        if encode_corpus is not None:
+            encoded_chunks = encode_corpus(paths, infos, dtype, log)
+        else:
+            chunks = _chunks(spec, paths, infos, skip_bad_lines, log)
+            encoded_chunks = encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers)
+        for encoded in encoded_chunks:
             writer.add(*encoded)
         counts = writer.finish()
         if counts["tokens"] == 0:
@@ -95,6 +107,7 @@ def preprocess(
         manifest = {
             "format_version": FORMAT_VERSION,
             "objective": objective,
+            "objective_options": spec.options_dict(),
             "seq_length": seq_length,
             "dtype": dtype.name,
             "counts": counts,

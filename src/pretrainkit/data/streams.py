@@ -23,23 +23,30 @@ def pretraining_stream(
     mask_prob: float = 0.15,
     rank: int = 0,
     world_size: int = 1,
+    options: dict | None = None,
 ) -> InstanceStream:
     """The endless, seeded instance stream for a pre-training objective.
 
     Args:
         shards: an opened shard folder.
-        objective: "mlm", "lm", "bert" or "albert"; default: the one given to preprocess.
+        objective: a registered objective name; default: the one given to preprocess.
         seq_length: instance length; default: the one given to preprocess.
         seed: fixes the per-epoch order, the masking and (bert/albert) the pairing.
         mask_prob: fraction of ordinary tokens chosen for MLM.
         rank: this process's index when several share the data.
         world_size: how many processes share the data; each gets disjoint instances.
+        options: objective options (``Objective.options_class`` fields) on top of those the
+            shard manifest records for its objective.
 
     Raises:
         ConfigError: unknown objective, bad length, or masking with a mask-less tokenizer.
         DataError: the corpus is too small for a single instance.
     """
-    spec = get_objective(objective or shards.manifest["objective"])
+    name = objective or shards.manifest["objective"]
+    recorded = shards.manifest.get("objective_options", {})
+    if name != shards.manifest["objective"]:
+        recorded = {}  # the manifest's options are those of another objective
+    spec = get_objective(name).configured({**recorded, **(options or {})})
     seq_length = seq_length or int(shards.manifest["seq_length"])
     spec.check(seq_length, shards.tokenizer)
     return spec.stream(shards, seq_length, seed, mask_prob, rank, world_size)

@@ -106,6 +106,7 @@ class PatchEmbedding(nn.Module):
         image_size: int | None = None,
         patch_size: int | None = None,
         channels: int = 3,
+        mask_patches: bool = False,
         **_: object,
     ):
         super().__init__()
@@ -114,6 +115,26 @@ class PatchEmbedding(nn.Module):
         self.image_size = image_size
         self.projection = nn.Conv2d(channels, size, kernel_size=patch_size, stride=patch_size)
         self.cls = nn.Parameter(torch.empty(1, size).normal_(std=0.02))
+        # Masked-patch pre-training (SimMIM/BEiT): one learned vector stands in for every masked
+        # patch, so the encoder sees where a patch is missing but nothing of its pixels. Only
+        # built when asked for: HF ViT checkpoints have none, and conversion is key for key.
+        self.mask = nn.Parameter(torch.zeros(1, size)) if mask_patches else None
+
+    def mask_patches(self, x: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[b, 1 + patches, size]`` with the patches where ``patch_mask`` ``[b, patches]``
+        is true replaced by the mask vector ([CLS] is never masked)."""
+        if self.mask is None:
+            raise ConfigError(
+                "patch_mask given, but this patch embedding has no mask vector; build the model "
+                "with embedding.mask_patches: true"
+            )
+        if tuple(patch_mask.shape) != (x.shape[0], x.shape[1] - 1):
+            raise ValueError(
+                f"patch_mask must be [batch, {x.shape[1] - 1}], got {tuple(patch_mask.shape)}"
+            )
+        keep = ~patch_mask.bool()[..., None]  # [b, patches, 1]
+        patches = torch.where(keep, x[:, 1:], self.mask.to(x.dtype))  # [b, patches, size]
+        return torch.cat((x[:, :1], patches), dim=1)
 
     def forward(
         self, pixels: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor
@@ -129,7 +150,8 @@ class PatchEmbedding(nn.Module):
         return torch.cat((self.cls.expand(len(pixels), 1, -1), patches), dim=1)
 
 
-TOKEN_PARTS = ("word", "patch")  # the part that turns the input into a sequence
+# The part that turns the input into a sequence (``speech`` lives in embeddings/speech.py).
+TOKEN_PARTS = ("word", "patch", "speech")
 
 
 @EMBEDDING_PARTS.register("segment")
@@ -181,23 +203,41 @@ class Embedding(nn.Module):
         assert isinstance(weight, nn.Parameter)
         return weight
 
+    def output_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The padding mask of the output sequence for the input's ``attention_mask``: the same,
+        unless the token part shortens its input and says how (``speech``: strided convolutions).
+        """
+        shorten = getattr(self.parts[self.token_part], "output_mask", None)
+        if attention_mask is None or shorten is None:
+            return attention_mask
+        return shorten(attention_mask)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed ``input_ids`` ``[b, s]`` (or images, for a ``patch`` part) into ``[b, s, h]``.
 
         Args:
-            input_ids: token ids ``[b, s]``, or pixel values ``[b, c, H, W]`` for ``patch``.
+            input_ids: token ids ``[b, s]``, or pixel values ``[b, c, H, W]`` for ``patch``, or
+                log-mel features ``[b, frames, num_mel_bins]`` for ``speech``.
             token_type_ids: segment ids ``[b, s]``; None = all zeros.
             positions: 0-based positions ``[s]`` or per row ``[b, s]`` (cached generation and
                 left-padded prompts); None = ``0 .. s-1``. ``position_offset`` is added either way.
+            patch_mask: ``patch`` part with ``mask_patches``: ``[b, patches]``, true where a patch
+                is replaced by the mask vector before positions are added (masked-patch
+                pre-training).
         """
         # The token part (word ids or image patches) fixes the sequence; the others add to it.
         x = self.parts[self.token_part](input_ids, token_type_ids, positions)
-        if self.token_part == "word" and self.word_scale != 1.0:
+        if patch_mask is not None:
+            if self.token_part != "patch":
+                raise ConfigError("patch_mask is for models with a 'patch' embedding part")
+            x = self.parts["patch"].mask_patches(x, patch_mask)  # type: ignore[operator]
+        if self.token_part in ("word", "speech") and self.word_scale != 1.0:
             x = x * self.word_scale
         length = x.shape[1]
         if token_type_ids is None:
@@ -233,6 +273,10 @@ def build_embedding(
     image_size: int | None = None,
     patch_size: int | None = None,
     channels: int = 3,
+    num_mel_bins: int | None = None,
+    conv_channels: int = 1024,
+    conv_kernel_sizes: tuple[int, ...] = (5, 5),
+    mask_patches: bool = False,
 ) -> Embedding:
     size = factorized_size or hidden_size
     modules = {
@@ -244,6 +288,10 @@ def build_embedding(
             image_size=image_size,
             patch_size=patch_size,
             channels=channels,
+            num_mel_bins=num_mel_bins,
+            conv_channels=conv_channels,
+            conv_kernel_sizes=conv_kernel_sizes,
+            mask_patches=mask_patches,
         )
         for name in parts
     }

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrainkit.layers.attention import MultiHeadAttention
+from pretrainkit.layers.attention import MultiHeadAttention, attention_pattern
 from pretrainkit.layers.block import TransformerBlock
 from pretrainkit.layers.feed_forward import FeedForward, GatedFeedForward
 from pretrainkit.layers.norms import make_norm
@@ -109,7 +109,12 @@ class TransformerEncoder(nn.Module):
         self.relative_bias = relative_bias
 
     def _mask(
-        self, attention_mask: torch.Tensor | None, length: int, device: torch.device
+        self,
+        attention_mask: torch.Tensor | None,
+        length: int,
+        device: torch.device,
+        example_ids: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, bool]:
         """The attention mask for SDPA and whether SDPA may use its own causal path."""
         bias = None
@@ -117,13 +122,21 @@ class TransformerEncoder(nn.Module):
             bias = alibi_bias(self.num_heads, length, device)
         elif self.position == "relative" and self.relative_bias is not None:
             bias = self.relative_bias(length, length)
-        if bias is None and (attention_mask is None or bool(attention_mask.all())):
+        patterned = example_ids is not None or prefix_lengths is not None
+        plain = bias is None and not patterned
+        if plain and (attention_mask is None or bool(attention_mask.all())):
             # No padding and no bias: the kernel's fast paths (and its own causal mask) apply.
             return None, self.causal
         keep = torch.ones(1, 1, 1, length, dtype=torch.bool, device=device)
         if attention_mask is not None:
             keep = attention_mask[:, None, None, :].bool()  # [b, 1, 1, s]
-        if self.causal:
+        if patterned:
+            keep = keep & attention_pattern(length, self.causal, example_ids, prefix_lengths)
+            # A padding query would see no key at all, and SDPA's NaN for it would reach the
+            # real tokens through its value; seeing itself keeps it finite (and changes nothing
+            # for a real token, which always sees itself).
+            keep = keep | torch.eye(length, dtype=torch.bool, device=device)
+        elif self.causal:
             keep = keep & torch.ones(length, length, dtype=torch.bool, device=device).tril()
         if bias is None:
             return keep, False
@@ -230,12 +243,21 @@ class TransformerEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
         memory_attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        example_ids: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x ``[b, s, h]`` → ``[b, s, h]``; attention_mask ``[b, s]`` with 1 for real tokens.
 
         Decoders also take the encoder's output ``memory`` ``[b, t, h]`` and its mask ``[b, t]``.
+        ``positions`` ``[b, s]`` are per-row token positions for rotary (packed examples restart
+        at 0); ``example_ids`` and ``prefix_lengths`` give a per-row attention pattern (see
+        ``attention_pattern``).
         """
-        return self._run(x, attention_mask, memory, memory_attention_mask, keep_all=False)[-1]
+        pattern = (positions, example_ids, prefix_lengths)
+        return self._run(
+            x, attention_mask, memory, memory_attention_mask, keep_all=False, pattern=pattern
+        )[-1]
 
     def layer_outputs(
         self,
@@ -258,12 +280,19 @@ class TransformerEncoder(nn.Module):
         memory: torch.Tensor | None,
         memory_attention_mask: torch.Tensor | None,
         keep_all: bool,
+        pattern: tuple[torch.Tensor | None, ...] = (None, None, None),
     ) -> list[torch.Tensor]:
-        length = x.shape[1]
-        mask, is_causal = self._mask(attention_mask, length, x.device)
+        b, length, _ = x.shape
+        positions, example_ids, prefix_lengths = pattern
+        mask, is_causal = self._mask(attention_mask, length, x.device, example_ids, prefix_lengths)
         cross_mask = memory_mask(memory_attention_mask)
         rotary = None
-        if self.rotary is not None:
+        if self.rotary is not None and positions is not None:
+            cos, sin = self.rotary(positions.reshape(-1))
+            if positions.dim() == 2:  # per row: [b, 1, s, d] broadcasts over heads
+                cos, sin = cos.view(b, 1, length, -1), sin.view(b, 1, length, -1)
+            rotary = (cos, sin)
+        elif self.rotary is not None:
             rotary = self.rotary(torch.arange(length, device=x.device))
         outputs = []
         for i in range(self.num_layers):

@@ -6,7 +6,9 @@ a batched prompt generates what it would alone (up to float rounding).
 
 Encoder-decoder models: the prompts are right-padded and encoded once; the decoder starts from
 its start id and caches both its own keys/values and the cross-attention keys/values of the
-encoder's output.
+encoder's output. Speech encoder-decoders take ``input_features`` (log-mel frames, right-padded,
+with their frame mask) instead of prompts; the encoder reads them under the mask of its
+subsampled frames (``Model.encoder_mask``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def _max_positions(embedding: Any, config: Any) -> tuple[int, bool]:
     """The configured position capacity and whether it is a hard limit (a position table)."""
     limit = int(config.max_positions) if config is not None else 1 << 30
     parts = getattr(embedding, "parts", {})
-    return limit, any(name in parts for name in ("position", "sinusoidal", "sinusoidal_halves"))
+    tables = ("position", "sinusoidal", "sinusoidal_halves", "sinusoidal_fairseq")
+    return limit, any(name in parts for name in tables)
 
 
 class _Runner:
@@ -76,13 +79,15 @@ class _Runner:
         return self.lm(hidden[:, -1:], None, None).logits[:, -1].float()  # [b, v]
 
     def start(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Logits after the prompts ``ids`` ``[b, s]`` (``keep`` False on padding)."""
+        """Logits after the prompts ``ids`` ``[b, s]`` (``keep`` False on padding); for a
+        speech encoder-decoder, features ``[b, frames, num_mel_bins]`` and their frame mask."""
         if self.seq2seq:
-            # Encoded once; the decoder's rows begin with its start id.
-            self.memory_keep = keep
-            self.memory = self.model.encoder(self.model.embedding(ids), keep.long())
+            # Encoded once, under the mask of what the embedding made of the input (speech
+            # frames are subsampled); the decoder's rows begin with its start id.
+            self.memory = self.model.encoder_states(ids, keep.long())
+            self.memory_keep = self.model.encoder_mask(keep.long()).bool()
             start = self.model.config.decoder.start_id
-            ids = torch.full_like(ids[:, :1], start)
+            ids = torch.full((len(ids), 1), start, dtype=torch.long, device=ids.device)
             keep = torch.ones_like(ids, dtype=torch.bool)
         self.ids, self.keep = ids, keep
         if not self.use_cache:
@@ -176,6 +181,31 @@ def _pad_prompts(
     return ids, keep
 
 
+def _features(
+    model: Any, features: torch.Tensor, attention_mask: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Speech input ``[b, frames, num_mel_bins]`` and its frame mask (right padding) as
+    (input, keep, the longest input in encoder positions: subsampled frames)."""
+    if not _is_seq2seq(model):
+        raise ConfigError("input_features need an encoder-decoder (speech-to-text) model")
+    if features.dim() != 3:
+        raise ConfigError(
+            f"input_features must be [batch, frames, num_mel_bins], got {tuple(features.shape)}"
+        )
+    if attention_mask is None:
+        attention_mask = torch.ones(features.shape[:2], dtype=torch.long)
+    if tuple(attention_mask.shape) != tuple(features.shape[:2]):
+        raise ConfigError(
+            f"attention_mask {tuple(attention_mask.shape)} must be [batch, frames] of "
+            f"input_features {tuple(features.shape)}"
+        )
+    keep = attention_mask.to(device).bool()
+    if not bool(keep.any(1).all()):
+        raise ConfigError("every input needs at least one frame")
+    longest = int(model.encoder_mask(keep.long()).sum(1).max())
+    return features.to(device), keep, longest
+
+
 def _check_options(
     strategy: str, max_new_tokens: int, num_beams: int, top_k: int, top_p: float, temp: float
 ) -> None:
@@ -195,7 +225,7 @@ def _check_options(
 
 def generate(
     model: nn.Module,
-    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    input_ids: torch.Tensor | Sequence[Sequence[int]] | None,
     max_new_tokens: int,
     strategy: str = "greedy",
     num_beams: int = 4,
@@ -207,6 +237,8 @@ def generate(
     use_cache: bool = True,
     length_penalty: float = 1.0,
     pad_id: int = 0,
+    input_features: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Continue each prompt with up to ``max_new_tokens`` tokens.
 
@@ -219,6 +251,7 @@ def generate(
             encoder-decoder (a decoder and a ``seq2seq_lm`` target).
         input_ids: prompts, a ``[b, s]`` tensor or lists of ids of any lengths; for an
             encoder-decoder, the encoder's input (the decoder starts from its start id).
+            None when ``input_features`` are given.
         max_new_tokens: most tokens generated per prompt.
         strategy: ``greedy`` (argmax), ``sample`` (top-k / top-p / temperature) or ``beam``.
         num_beams: beams per prompt for ``beam``.
@@ -232,6 +265,10 @@ def generate(
             where length counts the generated tokens (eos included), as HF does by default
             (1.0 = mean log-prob; 0.0 = plain sum).
         pad_id: id placed in padding slots (never attended).
+        input_features: a speech encoder-decoder's input instead of ``input_ids``: log-mel
+            features ``[b, frames, num_mel_bins]``, right-padded.
+        attention_mask: the frame mask ``[b, frames]`` of ``input_features`` (None = no
+            padding); the encoder gets the mask of its subsampled frames.
 
     Returns:
         The new tokens only (no prompt, no decoder start id) per prompt, ending with ``eos_id``
@@ -245,11 +282,25 @@ def generate(
     _check_options(strategy, max_new_tokens, num_beams, top_k, top_p, temperature)
     device = next(model.parameters()).device
     seq2seq = _is_seq2seq(model)
-    ids, keep = _pad_prompts(input_ids, pad_id, device, left=not seq2seq)
+    if (input_ids is None) == (input_features is None):
+        raise ConfigError("give exactly one of input_ids and input_features")
+    token_part = getattr(getattr(model, "embedding", None), "token_part", "word")
+    if input_ids is not None:
+        if token_part != "word":
+            raise ConfigError(
+                f"this model reads {token_part} input, not token ids"
+                + ("; give input_features (log-mel frames)" if token_part == "speech" else "")
+            )
+        if attention_mask is not None:
+            raise ConfigError("attention_mask goes with input_features; prompts are padded here")
+        ids, keep = _pad_prompts(input_ids, pad_id, device, left=not seq2seq)
+        longest = int(keep.sum(1).max())
+    else:
+        assert input_features is not None
+        ids, keep, longest = _features(model, input_features, attention_mask, device)
     config: Any = getattr(model, "config", None)
     embedding: Any = getattr(model, "embedding", None)
     limit, hard = _max_positions(embedding, getattr(config, "embedding", None))
-    longest = int(keep.sum(1).max())
     if longest > limit:
         raise ConfigError(f"prompt of {longest} tokens is longer than max_positions {limit}")
     if seq2seq:  # the new tokens go to the decoder, after its start id

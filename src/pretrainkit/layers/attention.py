@@ -148,3 +148,37 @@ class MultiHeadAttention(nn.Module):
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         return self.output(out.transpose(1, 2).reshape(b, s, -1)), (k, v)
+
+
+def attention_pattern(
+    length: int,
+    causal: bool,
+    example_ids: torch.Tensor | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which keys each query may see, per row: bool ``[b or 1, 1, s, s]``, True = attend.
+
+    Args:
+        length: the sequence length ``s``.
+        causal: the stack's own rule when no ``prefix_lengths`` is given.
+        example_ids: ``[b, s]``, the packed example each token belongs to; tokens see only
+            tokens of their own example (block-diagonal), so examples packed into one row do
+            not see each other.
+        prefix_lengths: ``[b]``; the first ``prefix_lengths[r]`` tokens of row r see each other
+            in both directions and every later token sees what comes before it (UniLM's prefix
+            LM). It sets the pattern whatever ``causal`` is (0 = causal even in an encoder), so a
+            prefix-LM batch means the same for an encoder and a decoder-only model.
+    """
+    device = next((t.device for t in (example_ids, prefix_lengths) if t is not None), None)
+    query = torch.arange(length, device=device)[:, None]  # [s, 1]
+    key = torch.arange(length, device=device)[None, :]  # [1, s]
+    if prefix_lengths is not None:
+        in_prefix = key[None] < prefix_lengths.reshape(-1, 1, 1)  # [b, 1, s]
+        keep = (key <= query)[None] | in_prefix  # [b, s, s]
+    elif causal:
+        keep = (key <= query)[None]  # [1, s, s]
+    else:
+        keep = torch.ones(1, length, length, dtype=torch.bool, device=device)
+    if example_ids is not None:
+        keep = keep & (example_ids[:, :, None] == example_ids[:, None, :])  # [b, s, s]
+    return keep[:, None]

@@ -59,8 +59,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
-    metric_names: ClassVar[tuple[str, ...]]
-    """The metrics ``metrics`` returns; the first is the one to select on (SAMP, folds)."""
+    metric_names: tuple[str, ...]
+    """The metrics ``metrics`` returns; the first is the one to select on (SAMP, folds). A class
+    attribute, or set per instance by a task whose options choose its metrics (text2text)."""
 
     def __init__(self, options: TaskOptions | None = None, labels: list[str] | None = None):
         self.options: Any = options if options is not None else self.options_class()
@@ -124,6 +125,12 @@ class Task(ABC):
     def row_outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[Any]:
         """The head's output for each row of a batch, as numpy (float64)."""
 
+    def batch_outputs(self, model: Any, batch: dict[str, Any]) -> list[Any]:
+        """Each row's output for one batch of ``batches`` (evaluation and prediction): by
+        default one forward pass read by ``row_outputs``; a task that generates its outputs
+        (text2text) runs the decoding here instead."""
+        return self.row_outputs(model(**model_inputs(batch)).logits, batch)
+
     @abstractmethod
     def gold(self, data: Any) -> list[Any]:
         """The reference answer of every row, in the form ``metrics`` compares against."""
@@ -146,6 +153,11 @@ class Task(ABC):
     def prepare(self, tokenizer: Tokenizer) -> None:  # noqa: B027 - most heads need no vocabulary
         """Called by fine-tuning with the pre-trained model's tokenizer before ``target()``: a head
         that depends on the vocabulary (the prompt task's label-word ids) reads it here."""
+
+    def prepare_model(self, base: Any) -> None:  # noqa: B027 - most heads fit any body
+        """Called by fine-tuning with the pre-trained model before ``target()``: a task whose
+        head depends on the body (text2text: a decoder's LM head, or a causal encoder's) reads
+        it here."""
 
     def initial_head(self, base: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Weights for the head of ``target()`` taken from the pre-trained model's heads (``base``:

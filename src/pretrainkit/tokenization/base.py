@@ -115,6 +115,18 @@ class Tokenizer(abc.ABC):
     def _save_model(self, directory: Path) -> None:
         """Write the backend's own model file(s) into `directory`."""
 
+    def with_added_tokens(
+        self, tokens: list[str], roles: dict[str, str] | None = None
+    ) -> Tokenizer:
+        """A copy with ``tokens`` added as special tokens (new ids after the last; one already
+        in the vocabulary keeps its id), kept whole in text and written by ``save``.
+
+        Args:
+            tokens: the tokens, in the order their new ids are given.
+            roles: special roles the copy gives to tokens, e.g. ``{"mask": "<mask>"}``.
+        """
+        raise ConfigError(f"adding tokens to a {self.backend} tokenizer is not supported")
+
     # --- shared ---------------------------------------------------------------------------
     @property
     def special_ids(self) -> list[int]:

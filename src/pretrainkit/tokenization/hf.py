@@ -81,6 +81,15 @@ class HFTokenizer(Tokenizer):
     def _save_model(self, directory: Path) -> None:
         self._tok.save(str(directory / MODEL_FILE))
 
+    def with_added_tokens(
+        self, tokens: list[str], roles: dict[str, str] | None = None
+    ) -> HFTokenizer:
+        backend = HFBackend.from_str(self._tok.to_str())  # a copy: this one stays as it was
+        new = [t for t in dict.fromkeys(tokens) if backend.token_to_id(t) is None]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in new])
+        specials = {**self.special_tokens, **(roles or {})}
+        return HFTokenizer(backend, self.kind, self.lowercase, specials, self.template)
+
 
 def wordpiece_pipeline(model: models.Model, lowercase: bool) -> HFBackend:
     """A BERT-style pipeline (clean text, split CJK, optional lower-casing) around `model`."""

@@ -196,6 +196,26 @@ class SentencePieceTokenizer(Tokenizer):
     def _config_extras(self) -> dict[str, Any]:
         return {} if self.layout is None else {"layout": self.layout.to_json()}
 
+    def with_added_tokens(
+        self, tokens: list[str], roles: dict[str, str] | None = None
+    ) -> SentencePieceTokenizer:
+        # New tokens live in the id layout (saved in tokenizer_config.json), not the model.
+        layout = self.layout or IdLayout()
+        added = dict(layout.added)
+        next_id = self.vocab_size
+        for token in dict.fromkeys(tokens):
+            if self.token_to_id(token) is None:
+                added[token] = next_id
+                next_id += 1
+        return SentencePieceTokenizer(
+            self._proto,
+            {**self.special_tokens, **(roles or {})},
+            self.kind,
+            self.lowercase,
+            self.template,
+            IdLayout(layout.offset, tuple(added.items())),
+        )
+
     def __getstate__(self) -> dict:
         # The C++ processor does not pickle; it is rebuilt from the serialized model.
         state = self.__dict__.copy()

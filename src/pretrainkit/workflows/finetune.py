@@ -32,7 +32,6 @@ from pretrainkit.fileio import check_output, write_text_file
 from pretrainkit.folders import load
 from pretrainkit.model import Model, build_model
 from pretrainkit.tasks import Task, build_task, task_of
-from pretrainkit.tasks.base import model_inputs
 from pretrainkit.workflows.run_folder import run_folder
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ _BODY = ("embedding", "encoder", "tgt_embedding", "decoder")
 
 def task_model(base: Model, task: Task) -> Model:
     """``base``'s body (embedding, encoder and any decoder) with the task's head."""
+    task.prepare_model(base)  # a head that depends on the body (a decoder's LM head)
     task.prepare(base.tokenizer)  # a head over the vocabulary needs its ids
     model = build_model(base.config.with_targets([task.target()]))
     for slot in _BODY:
@@ -73,7 +73,7 @@ def model_outputs(model: Model, task: Task, data: Any, batch_size: int = 64) -> 
     try:
         for batch in task.batches(data, model.tokenizer, batch_size):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            outputs += task.row_outputs(model(**model_inputs(batch)).logits, batch)
+            outputs += task.batch_outputs(model, batch)  # a forward pass, or generation
     finally:
         model.train(was_training)
     return outputs
@@ -116,7 +116,8 @@ def _recorded_task(net: Model, where: Any, seq_length: int | None) -> Task:
 
 def _loaded(model: str | Path | Model) -> Model:
     net = model if isinstance(model, Model) else load(model)
-    if net.tokenizer is None:
+    # Models that read token ids need their tokenizer; image models (a patch part) have none.
+    if net.tokenizer is None and getattr(net.embedding, "token_part", "word") == "word":
         raise CheckpointError(f"{model}: the model folder has no tokenizer")
     return net
 
@@ -252,7 +253,8 @@ def fit(
         **plan,
     }
     stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
-    batches = BatchIterator(stream, batch_size, base.tokenizer.pad_id, collate_fn=spec.collate)
+    pad_id = base.tokenizer.pad_id if base.tokenizer is not None else 0  # no ids to pad: images
+    batches = BatchIterator(stream, batch_size, pad_id, collate_fn=spec.collate)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         if len(dev_data) == 0:  # type: ignore[arg-type]

@@ -34,8 +34,29 @@ def check_targets(objective: str, target_names: list[str], where: str) -> None:
     get_objective(objective).check_targets(target_names, where)
 
 
+def objective_options_in_force(manifest: dict, given: dict[str, Any]) -> dict[str, Any]:
+    """The objective options training uses: those recorded at preprocess time, replaced by
+    ``given`` (validated; each replaced value logged, never silently ignored)."""
+    objective = get_objective(manifest["objective"])
+    recorded = manifest.get("objective_options", {})
+    for key, value in given.items():
+        if key in recorded and recorded[key] != value:
+            log.warning(
+                "objective option %s: using %r, not %r recorded in the shards at preprocess time",
+                key,
+                value,
+                recorded[key],
+            )
+    return objective.configured({**recorded, **given}).options_dict()
+
+
 def heldout_evaluator(
-    dev: str | Path, tokenizer: Any, objective: str, batch_size: int, num_batches: int
+    dev: str | Path,
+    tokenizer: Any,
+    objective: str,
+    batch_size: int,
+    num_batches: int,
+    options: dict[str, Any] | None = None,
 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """Mean loss and target metrics over the same ``num_batches`` batches of the dev shards.
 
@@ -55,7 +76,9 @@ def heldout_evaluator(
             f"--dev {dev}: its tokenizer has {shards.tokenizer.vocab_size} tokens, the "
             f"training shards' has {tokenizer.vocab_size}"
         )
-    source = BatchIterator(pretraining_stream(shards, seed=12345), batch_size, tokenizer.pad_id)
+    stream = pretraining_stream(shards, seed=12345, options=options)
+    collate = get_objective(objective).collate
+    source = BatchIterator(stream, batch_size, tokenizer.pad_id, collate_fn=collate)
     batches = [source.next_batch() for _ in range(num_batches)]
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -83,6 +106,7 @@ def pretrain(
     eval_batches: int = 20,
     global_batch_size: int | None = None,
     overwrite: bool = False,
+    objective_options: dict[str, Any] | None = None,
 ) -> dict:
     """Pre-train ``model`` (preset, YAML or folder config) on the shards in ``data``.
 
@@ -91,7 +115,8 @@ def pretrain(
     end, on ``eval_batches`` fixed batches. Under torchrun every process reads its own part of
     the shards; ``batch_size`` is per process, ``global_batch_size`` per optimizer step.
     ``out`` is a new run folder, or an existing one with ``resume`` or ``overwrite`` (see
-    ``workflows.run_folder``).
+    ``workflows.run_folder``). ``objective_options`` replace the objective options recorded in
+    the shards' manifest; each replaced value is logged.
     """
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.training import Trainer
@@ -107,6 +132,7 @@ def pretrain(
     tokenizer = shards.tokenizer
     objective = shards.manifest["objective"]
     seq_length = int(shards.manifest["seq_length"])
+    options = objective_options_in_force(shards.manifest, objective_options or {})
     config = load_model_config(str(model), overrides)
     if config.vocab_size != tokenizer.vocab_size:
         log.info(
@@ -125,7 +151,8 @@ def pretrain(
         )
     evaluate = None
     if dev is not None:
-        evaluate = heldout_evaluator(dev, tokenizer, objective, batch_size, eval_batches)
+        # Scored with the training's options, whatever the dev shards recorded.
+        evaluate = heldout_evaluator(dev, tokenizer, objective, batch_size, eval_batches, options)
     torch.manual_seed(train.seed)
     with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
         net = build_model(config)
@@ -137,11 +164,18 @@ def pretrain(
         "overrides": overrides or {},
         "dev": str(dev) if dev else None,
         "objective": objective,
+        "objective_options": options,
         "seq_length": seq_length,
         "parameters": sum(p.numel() for p in net.parameters()),
         **batch_plan(parallel, batch_size, train.accumulate),
     }
-    stream = pretraining_stream(shards, seed=train.seed, rank=rank(), world_size=world_size())
+    stream = pretraining_stream(
+        shards,
+        seed=train.seed,
+        rank=rank(),
+        world_size=world_size(),
+        options=options,
+    )
     collate = get_objective(objective).collate
     batches = BatchIterator(stream, batch_size, tokenizer.pad_id, collate_fn=collate)
     with run_folder(out, resume, overwrite) as folder:

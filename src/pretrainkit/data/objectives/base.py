@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +28,38 @@ class Objective:
     """The fewest positions that leave room for the special tokens and one real token a side."""
     masks: ClassVar[bool] = False
     """Whether it masks tokens (the tokenizer then needs a mask token)."""
+    options_class: ClassVar[type | None] = None
+    """A dataclass of its settable options (CLI flags, recorded in the shard manifest)."""
+    options: Any = None
+    """The options in force: an ``options_class`` instance (defaults in the registered one)."""
+
+    def __init__(self) -> None:
+        self.options = self.options_class() if self.options_class is not None else None
+
+    def configured(self, values: dict[str, Any] | None) -> Objective:
+        """A copy of this objective with ``values`` (option name → value) applied on top of
+        its current options; an unknown name or a bad value is a ConfigError."""
+        from pretrainkit.config.typed import from_dict
+
+        if not values:
+            return self
+        if self.options_class is None:
+            raise ConfigError(
+                f"objective {self.name!r} has no options, got {', '.join(sorted(values))}"
+            )
+        merged = {**self.options_dict(), **values}
+        configured = copy.copy(self)
+        configured.options = from_dict(self.options_class, merged, f"{self.name} options")
+        return configured
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options in force as a JSON-ready mapping (empty when it has none)."""
+        return {} if self.options is None else dataclasses.asdict(self.options)
+
+    def prepare_tokenizer(self, tokenizer: Tokenizer, seq_length: int) -> Tokenizer:
+        """The tokenizer ``preprocess`` saves with the shards: this one, or a copy with the
+        tokens the objective needs at ``seq_length`` (sentinels, mask tokens) added."""
+        return tokenizer
 
     def check(self, seq_length: int, tokenizer: Tokenizer) -> None:
         """Raise ConfigError when the length or the tokenizer cannot work with it."""

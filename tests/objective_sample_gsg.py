@@ -1,0 +1,16 @@
+"""Conformance sample of the ``gsg`` objective: a tiny T5-shaped model on the plain corpus."""
+
+from objective_samples import ObjectiveSample
+
+# Samples import only objective_samples (which imports every sample), never each other.
+SEQ2SEQ_BODY = {
+    "encoder.num_layers": 2,
+    "encoder.head_dim": 32,
+    "decoder.num_layers": 2,
+    "decoder.num_heads": 2,
+    "decoder.head_dim": 32,
+    "decoder.ffn_size": 128,
+    "tgt_embedding.max_positions": 64,
+}
+
+SAMPLE = ObjectiveSample("t5-small", SEQ2SEQ_BODY)
