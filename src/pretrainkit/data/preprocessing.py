@@ -91,10 +91,8 @@ def preprocess(
         tokenizer.save(tmp / "tokenizer")
         writer = ShardWriter(tmp, dtype)
         # An objective whose corpus is not text (images: masked_patch) encodes it itself.
-        encode_corpus = getattr(spec, "encode_corpus", None)
-        if encode_corpus is not None:
-            encoded_chunks = encode_corpus(paths, infos, dtype, log)
-        else:
+        encoded_chunks = spec.encode_corpus(paths, infos, dtype, log)
+        if encoded_chunks is None:
             chunks = _chunks(spec, paths, infos, skip_bad_lines, log)
             encoded_chunks = encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers)
         for encoded in encoded_chunks:

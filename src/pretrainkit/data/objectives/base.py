@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -12,6 +12,8 @@ from pretrainkit.errors import ConfigError
 from pretrainkit.registry import Registry
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pretrainkit.data.corpus import CorpusFile
     from pretrainkit.data.instances import InstanceStream
     from pretrainkit.data.shards import Shards
@@ -89,6 +91,18 @@ class Objective:
         from pretrainkit.data.corpus import read_documents
 
         return read_documents(path, skip_bad_lines, info)
+
+    def encode_corpus(
+        self,
+        paths: list[Path],
+        infos: list[CorpusFile],
+        dtype: np.dtype,
+        log: Callable[[str], object],
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """For a corpus that is not text (images): the shard chunks ``(values, values per
+        "sentence", "sentences" per document)`` ``preprocess`` writes, with ``infos`` filled in.
+        None (the default): a text corpus, whose ``read_documents`` ``preprocess`` tokenizes."""
+        return None
 
     def stream(
         self,
