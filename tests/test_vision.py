@@ -261,3 +261,15 @@ def test_shift_moves_training_images_reproducibly(tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(first, again))  # seeded
     moved = sum(not np.array_equal(a, b) for a, b in zip(first, unshifted))
     assert moved >= 8  # the same rows in the same order, most moved (8 of 9 offsets move)
+
+
+def test_init_writes_a_vit_without_a_tokenizer_and_refuses_a_text_model(tmp_path, capsys) -> None:
+    """A model that reads pixels has no vocabulary: ``init`` needs no --tokenizer for it, and
+    still asks for one when the model embeds token ids."""
+    vit = ["--model", "vit-base", "--model.encoder.num_layers", "1", "--out", tmp_path / "vit"]
+    code, out, err = invoke(capsys, "init", *vit)
+    assert code == 0, err
+    model = pretrainkit.load(tmp_path / "vit")
+    assert model.tokenizer is None and len(model.encoder.layers) == 1
+    code, _, err = invoke(capsys, "init", "--model", "bert-tiny", "--out", tmp_path / "bert")
+    assert code != 0 and "give --tokenizer" in err and not (tmp_path / "bert").exists()

@@ -343,9 +343,8 @@ def _add_init(p):
     )
     p.add_argument(
         "--tokenizer",
-        required=True,
         help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model; the "
-        "model's vocab_size follows it",
+        "model's vocab_size follows it (needed unless the model reads no token ids: ViT)",
     )
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
@@ -360,10 +359,19 @@ def init(args, extra):
     from pretrainkit.model import build_model
     from pretrainkit.tokenization import load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokenizer)
-    overrides = {**split_model_overrides(extra), "vocab_size": tokenizer.vocab_size}
+    overrides = split_model_overrides(extra)
+    tokenizer = None
+    if args.tokenizer is not None:
+        tokenizer = load_tokenizer(args.tokenizer)
+        overrides["vocab_size"] = tokenizer.vocab_size
+    config = load_model_config(args.model, overrides)
+    embeddings = [config.embedding, *([config.tgt_embedding] if config.tgt_embedding else [])]
+    if tokenizer is None and any("word" in e.parts for e in embeddings):
+        raise ConfigError(
+            f"init: {args.model} embeds token ids (a 'word' embedding part); give --tokenizer"
+        )
     torch.manual_seed(args.seed)
-    model = build_model(load_model_config(args.model, overrides))
+    model = build_model(config)
     model.tokenizer = tokenizer
     out = model.save(args.out, overwrite=args.overwrite)
     return {"out": str(out), "parameters": sum(p.numel() for p in model.parameters())}
