@@ -12,7 +12,7 @@ from torch import Tensor
 
 import pretrainkit
 from pretrainkit.config import ModelConfig
-from pretrainkit.config.model_config import ENCODER_OPTIONS, EncoderConfig, EncoderOptionError
+from pretrainkit.config.encoder_options import ENCODER_OPTIONS, EncoderConfig, EncoderOptionError
 from pretrainkit.encoders import ENCODERS, GatedCNNEncoder, RecurrentEncoder
 from pretrainkit.errors import ConfigError
 from pretrainkit.training import TrainConfig, Trainer
