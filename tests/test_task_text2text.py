@@ -188,3 +188,26 @@ def test_decoder_only_model_learns_and_predicts(tmp_path: Path, tokenizer) -> No
     beam = build_task("text2text", {**options, "decoding": "beam", "num_beams": 3})
     outputs = beam.batch_outputs(model, next(beam.batches(beam.read(dev), tokenizer, 32)))
     assert beam.metrics(outputs, gold)["accuracy"] > 0.6
+
+
+def test_a_classifier_on_a_seq2seq_body_keeps_its_encoder_alone(tmp_path: Path) -> None:
+    """A head that reads the encoder (classification) fine-tunes a BART-shaped body without its
+    decoder: the encoder starts from the body's weights, and the task learns."""
+    from helpers import write_classification
+    from sample_text2text import tiny_seq2seq
+
+    base = tiny_seq2seq(tmp_path / "base")
+    write_classification(tmp_path / "train.tsv", 192, 1)
+    write_classification(tmp_path / "dev.tsv", 48, 2)
+    body = pretrainkit.load(base)
+    model = task_model(body, build_task("classification", {"seq_length": 32}, ["0", "1"]))
+    assert model.decoder is None and model.tgt_embedding is None and not model.config.is_seq2seq
+    for key, value in body.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    options = {"steps": 60, "lr": 3e-3, "warmup": 5, "precision": "fp32", "progress": False}
+    result = finetune("classification", base, tmp_path / "train.tsv", tmp_path / "dev.tsv",
+                      tmp_path / "run", options, batch_size=16,
+                      task_options={"seq_length": 32})  # fmt: skip
+    assert result["last_eval"]["accuracy"] > 0.8, result["last_eval"]
+    saved = pretrainkit.load(tmp_path / "run" / "model")
+    assert saved.decoder is None and "decoder" not in saved.config.to_dict()

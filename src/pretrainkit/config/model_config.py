@@ -224,6 +224,14 @@ class ModelConfig:
             raise ConfigError(f"{path}: no such config file")
         return cls.from_dict(read_yaml_file(path), where=str(path))
 
+    def encoder_only(self) -> ModelConfig:
+        """A sequence-to-sequence model's embedding and encoder alone (its targets kept): the
+        body of a task whose head reads the encoder, such as a classifier on T5's encoder."""
+        data = self.to_dict()
+        for key in ("tgt_embedding", "decoder", "share_embedding"):
+            data.pop(key, None)
+        return ModelConfig.from_dict(data)
+
     def with_targets(self, targets: list[TargetConfig]) -> ModelConfig:
         """The same model with another target: how a pre-trained model becomes a task model."""
         return ModelConfig.from_dict(

@@ -59,6 +59,10 @@ class Task(ABC):
 
     name: ClassVar[str]
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
+    reads_decoder: ClassVar[bool] = False
+    """Whether the head reads the decoder of a sequence-to-sequence body (text2text,
+    speech2text). Other heads read the encoder: fine-tuning a seq2seq body for them keeps its
+    embedding and encoder only (``ModelConfig.encoder_only``)."""
     metric_names: tuple[str, ...]
     """The metrics ``metrics`` returns; the first is the one to select on (SAMP, folds). A class
     attribute, or set per instance by a task whose options choose its metrics (text2text)."""

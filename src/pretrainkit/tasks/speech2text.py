@@ -100,6 +100,7 @@ class Speech2Text(Task):
     """Rows ``audio<TAB>text``; an encoder-decoder transcribes; word accuracy, WER and CER."""
 
     name = "speech2text"
+    reads_decoder = True
     options_class = Speech2TextOptions
     metric_names = ("word_accuracy", "wer", "cer")
 

@@ -248,6 +248,7 @@ class Text2Text(Task):
     prediction file holds the generated text."""
 
     name = "text2text"
+    reads_decoder = True
     options_class = Text2TextOptions
     metric_names = metric_list(Text2TextOptions.metric)
 

@@ -44,11 +44,15 @@ def task_model(base: Model, task: Task) -> Model:
     """``base``'s body (embedding, encoder and any decoder) with the task's head."""
     task.prepare_model(base)  # a head that depends on the body (a decoder's LM head)
     task.prepare(base.tokenizer)  # a head over the vocabulary needs its ids
-    model = build_model(base.config.with_targets([task.target()]))
+    config = base.config
+    if config.is_seq2seq and not task.reads_decoder:
+        log.info("task %s reads the encoder: the decoder of the base model is left out", task.name)
+        config = config.encoder_only()
+    model = build_model(config.with_targets([task.target()]))
     for slot in _BODY:
-        source = getattr(base, slot)
-        if source is not None:  # copied strictly: the bodies must match key for key
-            getattr(model, slot).load_state_dict(source.state_dict())
+        source, body = getattr(base, slot), getattr(model, slot)
+        if source is not None and body is not None:  # strictly: the bodies match key for key
+            body.load_state_dict(source.state_dict())
     state = task.initial_head(base.target_modules())
     if state:  # the task reuses a pre-trained head (prompt: the mlm head)
         (head,) = model.target_modules().values()
