@@ -16,7 +16,9 @@ hidden 128 (512), 2 + 2 layers (6 + 6), 4 heads of 32 (8 of 64), FFN 512 (2048);
 Chinese vocabulary (21,128 WordPieces, character-level for Chinese). ``--shape bart-base``
 shrinks BART base the same way (learned positions up to 256). Sources are cut to 128 tokens
 (64 for titles): most abstracts are longer. ``--base`` fine-tunes a
-pre-trained folder instead (``csl_pretrain.sh``). Each task writes ``OUT/NAME-TASK/`` (the run
+pre-trained folder instead (``csl_pretrain.sh``). ``--head classification`` puts a softmax
+head on the same model's encoder instead (categories only: ``--task classification``, which
+fine-tunes a seq2seq body's encoder alone). Each task writes ``OUT/NAME-TASK/`` (the run
 folder) and one JSON line of its scores to ``OUT/NAME-TASK.json``.
 """
 
@@ -79,6 +81,18 @@ def split(data: Path, task: str, out: Path) -> tuple[Path, Path]:
     return train, held_out
 
 
+def classification_files(train: Path, held_out: Path) -> tuple[Path, Path]:
+    """The same rows as ``label<TAB>text_a`` files with a header, for ``--task classification``."""
+    files = []
+    for path in (train, held_out):
+        target = path.with_suffix(".classification.tsv")
+        rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = ["label\ttext_a", *(f"{label}\t{text}" for _, text, label in rows)]
+        target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        files.append(target)
+    return files[0], files[1]
+
+
 def corpus(data: Path, out: Path) -> Path:
     """``OUT/csl_corpus.txt``, CSL text for pre-training that no held-out row contains: the
     abstracts of the dev-only tasks' training part (one document each) and cls_ctg's training
@@ -122,7 +136,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="overrides every task's number of steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--head",
+        choices=("text2text", "classification"),
+        default="text2text",
+        help="classification: a softmax head on the encoder (task ctg only)",
+    )
     args = parser.parse_args()
+    if args.head == "classification" and set(args.tasks.split(",")) != {"ctg"}:
+        parser.error("--head classification: only --tasks ctg (one label set, seen in training)")
     import torch
 
     from pretrainkit.workflows.finetune import finetune
@@ -136,21 +158,28 @@ def main() -> None:
     for task in args.tasks.split(","):
         _, metric, source_length, target_length, steps, batch = TASKS[task]
         train, held_out = split(args.data, task, args.out)
+        rows = [sum(1 for _ in path.open(encoding="utf-8")) for path in (train, held_out)]
         run = args.out / f"{args.name}-{task}"
         started = time.time()
-        result = finetune(
-            "text2text", base, train, held_out, run,
-            {"steps": args.steps or steps, "lr": args.lr, "warmup": (args.steps or steps) // 10,
-             "log_every": 50, "precision": "fp32", "progress": False, "seed": 0},
-            batch_size=batch,
-            task_options={"seq_length": source_length, "target_length": target_length,
-                          "metric": metric},
-        )  # fmt: skip
+        training = {"steps": args.steps or steps, "lr": args.lr,
+                    "warmup": (args.steps or steps) // 10, "log_every": 50, "precision": "fp32",
+                    "progress": False, "seed": 0}  # fmt: skip
+        if args.head == "classification":
+            train, held_out = classification_files(train, held_out)
+            result = finetune("classification", base, train, held_out, run, training,
+                              batch_size=batch, task_options={"seq_length": source_length})  # fmt: skip
+        else:
+            result = finetune(
+                "text2text", base, train, held_out, run, training, batch_size=batch,
+                task_options={"seq_length": source_length, "target_length": target_length,
+                              "metric": metric},
+            )  # fmt: skip
         line = {
             "task": task,
             "model": str(base),
-            "train_rows": sum(1 for _ in train.open(encoding="utf-8")),
-            "eval_rows": sum(1 for _ in held_out.open(encoding="utf-8")),
+            "head": args.head,
+            "train_rows": rows[0],
+            "eval_rows": rows[1],
             "steps": args.steps or steps,
             "batch": batch,
             "seconds": round(time.time() - started),

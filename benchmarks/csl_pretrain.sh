@@ -8,7 +8,8 @@
 #
 # Usage: bash benchmarks/csl_pretrain.sh WORK_DIR [PART] [DATA_DIR]
 #   PART: all (default) | prepare | pretrain-t5 | pretrain-bart | finetune-t5 | finetune-bart
-#         | scratch-t5 | scratch-bart
+#         | scratch-t5 | scratch-bart | head-t5 | head-bart (categories with a softmax head on the
+#         pre-trained encoder instead of generation)
 #   STEPS=N overrides the pre-training steps (default 4000); SMOKE=1 runs every part on 200
 #   corpus lines with 2 pre-training and 2 fine-tuning steps (checks the wiring in minutes).
 # Budget on this 2-core CPU with --threads 1 per job (not yet run in full): pre-training about
@@ -67,6 +68,12 @@ finetune() {  # finetune SHAPE: the four tasks from the pre-trained model
     --base "$work/pretrain-$1/model" --name "$1-pretrained" "${tune[@]}"
 }
 
+classify() {  # classify SHAPE: categories with a classification head on the pre-trained encoder
+  run "head-$1" python3 "$here/csl.py" --data "$data" --out "$work" \
+    --base "$work/pretrain-$1/model" --name "$1-pretrained-head" --tasks ctg \
+    --head classification "${tune[@]}"
+}
+
 scratch() {  # scratch SHAPE: the same fine-tuning from random initialisation
   local preset=t5-small
   if [ "$1" = bart ]; then preset=bart-base; fi
@@ -82,10 +89,12 @@ case "$part" in
   finetune-bart) finetune bart ;;
   scratch-t5) scratch t5 ;;
   scratch-bart) scratch bart ;;
+  head-t5) classify t5 ;;
+  head-bart) classify bart ;;
   all)
     prepare
-    pretrain t5; finetune t5; scratch t5
-    pretrain bart; finetune bart; scratch bart
+    pretrain t5; finetune t5; classify t5; scratch t5
+    pretrain bart; finetune bart; classify bart; scratch bart
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac
