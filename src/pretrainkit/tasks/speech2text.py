@@ -23,7 +23,7 @@ from pretrainkit.config import TargetConfig
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tasks.base import TASKS, Task
 from pretrainkit.tasks.classification import width_defaults
-from pretrainkit.tasks.speech_classification import (
+from pretrainkit.tasks.speech_format import (
     SpeechData,
     SpeechOptions,
     SpeechStream,
