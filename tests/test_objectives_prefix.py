@@ -17,6 +17,7 @@ from pretrainkit.data import BatchIterator, Shards, pretraining_stream
 from pretrainkit.data.masking import IGNORE_INDEX
 from pretrainkit.data.prefix import document_chunks
 from pretrainkit.data.preprocessing import preprocess
+from pretrainkit.errors import ConfigError
 from pretrainkit.layers.attention import attention_pattern
 from pretrainkit.tokenization import train_tokenizer
 
@@ -177,6 +178,28 @@ def test_prefixlm_instances_label_only_the_continuation(prefix_shards: Shards) -
     assert stream.state_dict()["epoch"] == 0 and stream.state_dict()["cursor"] == len(
         range(prefix_shards.num_documents)
     )
+
+
+def test_prefix_share_is_an_option_that_bounds_the_prefix(prefix_shards: Shards) -> None:
+    """``--prefix-share``: a smaller share gives shorter prefixes (whole leading sentences, at
+    least one, so not a hard bound); a stream saved with one share does not resume with
+    another."""
+    shares = {}
+    for share in (0.25, 0.75):
+        stream = pretraining_stream(prefix_shards, seed=1, options={"prefix_share": share})
+        prefixes = []
+        for _ in range(40):
+            instance = next(stream)
+            prefix, chunk = int(instance["prefix_lengths"]) - 2, len(instance["input_ids"]) - 3
+            assert 0 < prefix < chunk
+            prefixes.append(prefix / chunk)
+        shares[share] = sum(prefixes) / len(prefixes)
+    assert shares[0.25] < shares[0.75] - 0.1, shares
+    saved = pretraining_stream(prefix_shards, seed=1, options={"prefix_share": 0.25}).state_dict()
+    with pytest.raises(ConfigError, match="prefix_share"):
+        pretraining_stream(prefix_shards, seed=1).load_state_dict(saved)
+    with pytest.raises(ConfigError, match="prefix_share"):
+        pretraining_stream(prefix_shards, seed=1, options={"prefix_share": 1.5})
 
 
 def test_prefixlm_on_real_text(tmp_path: Path) -> None:

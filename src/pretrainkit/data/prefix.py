@@ -23,7 +23,7 @@ from pretrainkit.data.shards import Shards
 from pretrainkit.errors import DataError
 
 PREFIX_SHARE = 0.5
-"""The largest share of a chunk's tokens its prefix takes (the objective has no options yet)."""
+"""The default largest share of a chunk's tokens its prefix takes (``--prefix-share``)."""
 
 Chunk = tuple[int, int, int]  # token offsets: chunk start, prefix end, chunk end
 
@@ -87,9 +87,10 @@ class PrefixStream(ShardStream):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        share: float = PREFIX_SHARE,
     ):
         self.shards, self.objective = shards, objective
-        self.seq_length, self.seed = seq_length, seed
+        self.seq_length, self.seed, self.share = seq_length, seed, share
         self.max_tokens = seq_length - 3  # room for [CLS], [SEP] and [EOS]
         if shards.num_documents < world_size:
             raise DataError(
@@ -106,7 +107,7 @@ class PrefixStream(ShardStream):
             begin, end = self.shards.document_sentences(document)
             ends = np.asarray(self.shards.sentence_ends[begin:end])
             start = self.shards.sentence_start(begin)
-            self._cache = (document, document_chunks(ends, start, self.max_tokens))
+            self._cache = (document, document_chunks(ends, start, self.max_tokens, self.share))
         return self._cache[1]
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -132,6 +133,9 @@ class PrefixStream(ShardStream):
             "labels": labels,
             "prefix_lengths": np.asarray(prefix_length, dtype=np.int64),
         }
+
+    def _identity(self) -> dict:
+        return {**super()._identity(), "prefix_share": self.share}
 
     def state_dict(self) -> dict:
         return {**self._identity(), **self.order.state_dict(), "inner": self.inner}
