@@ -438,11 +438,16 @@ def test_random_kills_then_a_damaged_latest_checkpoint_resume_exactly(tmp_path, 
     assert f"checkpoint {latest} is damaged (model.safetensors has {size // 2} bytes" in output
     assert "trainer_state.pt has 16 bytes" in output and f"resuming from {intact.name}" in output
     assert "Traceback" not in output
-    # The damaged checkpoint is kept, renamed; its step was written again by the resumed run.
+    # The damaged checkpoint is kept, renamed. The resumed run wrote every checkpoint from the
+    # intact one on and keeps the last two (keep_last): whole, whichever step was damaged (a
+    # damaged step 6, where the kills came early on a loaded machine, is written and pruned).
     damaged = checkpoints / f"{latest.name}.damaged"
     assert (damaged / "model.safetensors").stat().st_size == size // 2
     assert (damaged / "trainer_state.pt").read_bytes() == b"not a checkpoint"
-    assert verify_checkpoint(latest) is None and not list(checkpoints.glob(".tmp-*"))
+    kept = list_checkpoints(run)
+    assert [step for step, _ in kept] == [9, 12], kept
+    assert all(verify_checkpoint(folder) is None for _, folder in kept)
+    assert not list(checkpoints.glob(".tmp-*"))
 
     expected = read_metrics(uninterrupted / "metrics.jsonl")
     got = read_metrics(run / "metrics.jsonl")
