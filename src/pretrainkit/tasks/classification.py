@@ -25,6 +25,7 @@ from pretrainkit.tokenization import Tokenizer
 
 __all__ = [
     "Classification",
+    "SoftmaxOutputs",
     "ClassificationData",
     "ClassificationOptions",
     "ClassificationStream",
@@ -94,8 +95,34 @@ def width_defaults(hidden_size: int, steps: int) -> dict[str, Any]:
     return {"lr": lr, "warmup": steps // 10}
 
 
+class SoftmaxOutputs:
+    """What the single-label tasks share once the head gives one logit per label (text, image,
+    speech): argmax metrics, the ``label<TAB>probability`` prediction file and the training
+    defaults by width. The task supplies ``_label_set()``."""
+
+    def _label_set(self) -> list[str]:
+        raise NotImplementedError
+
+    def metrics(self, outputs: list[np.ndarray], gold: list[int]) -> dict[str, float]:
+        predicted = np.array([int(row.argmax()) for row in outputs], dtype=np.int64)
+        return classification_metrics(
+            predicted, np.array(gold, dtype=np.int64), len(self._label_set())
+        )
+
+    def prediction_lines(self, outputs: list[np.ndarray], data: Any = None) -> list[str]:
+        labels = self._label_set()
+        lines = ["label\tprobability"]
+        for row in outputs:
+            probs = torch.from_numpy(row).softmax(-1).numpy()
+            lines.append(f"{labels[int(probs.argmax())]}\t{probs.max():.6f}")
+        return lines
+
+    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
+        return width_defaults(hidden_size, steps)
+
+
 @TASKS.register("classification")
-class Classification(Task):
+class Classification(SoftmaxOutputs, Task):
     """Rows ``label<TAB>text_a[<TAB>text_b]``; softmax head; accuracy and macro-F1; the
     prediction file holds ``label<TAB>probability``."""
 
@@ -147,20 +174,3 @@ class Classification(Task):
             raise DataError("has no labels to score against", data.path)
         index = {label: i for i, label in enumerate(self._label_set())}
         return [index[label] for label in data.labels]
-
-    def metrics(self, outputs: list[np.ndarray], gold: list[int]) -> dict[str, float]:
-        predicted = np.array([int(row.argmax()) for row in outputs], dtype=np.int64)
-        return classification_metrics(
-            predicted, np.array(gold, dtype=np.int64), len(self._label_set())
-        )
-
-    def prediction_lines(self, outputs: list[np.ndarray], data: Any = None) -> list[str]:
-        labels = self._label_set()
-        lines = ["label\tprobability"]
-        for row in outputs:
-            probs = torch.from_numpy(row).softmax(-1).numpy()
-            lines.append(f"{labels[int(probs.argmax())]}\t{probs.max():.6f}")
-        return lines
-
-    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
-        return width_defaults(hidden_size, steps)

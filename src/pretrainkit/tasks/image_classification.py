@@ -21,8 +21,7 @@ from pretrainkit.data.images import ImageData, label_set, load_image, load_image
 from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tasks.base import TASKS, Task, TaskOptions
-from pretrainkit.tasks.classification import POOLINGS, width_defaults
-from pretrainkit.tasks.metrics import classification_metrics
+from pretrainkit.tasks.classification import POOLINGS, SoftmaxOutputs
 from pretrainkit.tokenization import Tokenizer
 
 
@@ -112,7 +111,7 @@ def shifted(pixels: np.ndarray, down: int, right: int) -> np.ndarray:
 
 
 @TASKS.register("image_classification")
-class ImageClassification(Task):
+class ImageClassification(SoftmaxOutputs, Task):
     """Rows ``label<TAB>image``; softmax head; accuracy and macro-F1; the prediction file holds
     ``label<TAB>probability``."""
 
@@ -203,20 +202,3 @@ class ImageClassification(Task):
 
     def gold(self, data: ImageData) -> list[int]:
         return self._label_ids(data)
-
-    def metrics(self, outputs: list[np.ndarray], gold: list[int]) -> dict[str, float]:
-        predicted = np.array([int(row.argmax()) for row in outputs], dtype=np.int64)
-        return classification_metrics(
-            predicted, np.array(gold, dtype=np.int64), len(self._label_set())
-        )
-
-    def prediction_lines(self, outputs: list[np.ndarray], data: Any = None) -> list[str]:
-        labels = self._label_set()
-        lines = ["label\tprobability"]
-        for row in outputs:
-            probs = torch.from_numpy(row).softmax(-1).numpy()
-            lines.append(f"{labels[int(probs.argmax())]}\t{probs.max():.6f}")
-        return lines
-
-    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
-        return width_defaults(hidden_size, steps)

@@ -17,8 +17,7 @@ import torch
 from pretrainkit.config import TargetConfig
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tasks.base import TASKS, Task
-from pretrainkit.tasks.classification import POOLINGS, width_defaults
-from pretrainkit.tasks.metrics import classification_metrics
+from pretrainkit.tasks.classification import POOLINGS, SoftmaxOutputs
 from pretrainkit.tasks.speech_format import (
     SpeechData,
     SpeechOptions,
@@ -47,7 +46,7 @@ class SpeechClassificationOptions(SpeechOptions):
 
 
 @TASKS.register("speech_classification")
-class SpeechClassification(Task):
+class SpeechClassification(SoftmaxOutputs, Task):
     """Rows ``label<TAB>audio``; softmax head over the encoded frames; accuracy and macro-F1;
     the prediction file holds ``label<TAB>probability``."""
 
@@ -113,23 +112,6 @@ class SpeechClassification(Task):
         if data.labels is None:
             raise DataError("has no labels to score against", data.path)
         return self._indices(data)
-
-    def metrics(self, outputs: list[np.ndarray], gold: list[int]) -> dict[str, float]:
-        predicted = np.array([int(row.argmax()) for row in outputs], dtype=np.int64)
-        return classification_metrics(
-            predicted, np.array(gold, dtype=np.int64), len(self._label_set())
-        )
-
-    def prediction_lines(self, outputs: list[np.ndarray], data: Any = None) -> list[str]:
-        labels = self._label_set()
-        lines = ["label\tprobability"]
-        for row in outputs:
-            probs = torch.from_numpy(row).softmax(-1).numpy()
-            lines.append(f"{labels[int(probs.argmax())]}\t{probs.max():.6f}")
-        return lines
-
-    def train_defaults(self, hidden_size: int, steps: int) -> dict[str, Any]:
-        return width_defaults(hidden_size, steps)
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
