@@ -223,17 +223,30 @@ class Model(nn.Module):
         if start_positions is not None and end_positions is not None:
             spans = torch.stack([start_positions, end_positions], dim=-1)
         given = {"labels": labels, "pair_labels": pair_labels, "span_positions": spans}
+        output = self.run_targets(hidden, target_mask, given)
+        output.encoder_hidden_states = memory
+        return output
+
+    def run_targets(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        given: dict[str, torch.Tensor | None],
+    ) -> ModelOutput:
+        """The targets on ``hidden`` ``[b, s, h]``; each reads its labels from ``given`` (by its
+        ``label_key``) and their losses are summed. ``forward`` ends here; distillation calls it
+        on hidden states it computed itself (with every layer's output kept)."""
         loss = None
         metrics: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
         for name, target in self.target_modules().items():
-            out = target(hidden, target_mask, given[target.label_key])
+            out = target(hidden, mask, given.get(target.label_key))
             logits[name] = out.logits
             metrics.update(out.metrics)
             if out.loss is not None:
                 loss = out.loss if loss is None else loss + out.loss
         first = next(iter(logits.values()), None)
-        return ModelOutput(loss, first, hidden, metrics, logits, memory)
+        return ModelOutput(loss, first, hidden, metrics, logits)
 
     def encoder_states(
         self,

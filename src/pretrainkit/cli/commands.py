@@ -700,3 +700,4 @@ def generate(args):
 
 # SAMP's commands (quantize, bench) live in their own module and register here.
 from pretrainkit.cli import samp_commands  # noqa: E402, F401
+from pretrainkit.cli import distill_commands  # noqa: E402, F401

@@ -45,6 +45,10 @@ class EncoderConfig:
     relative_max_distance: int = 128
     causal: bool = False
     share_layers: bool = False  # ALBERT: one block applied num_layers times
+    # Parameter recurrence: this many distinct blocks, each applied num_layers / layer_groups
+    # times in a row (HF ALBERT's hidden groups; distilled students). None = every layer its
+    # own block (share_layers: true is one group).
+    layer_groups: int | None = None
     bias: bool = True
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -69,6 +73,18 @@ class EncoderConfig:
         check_range(self.rotary_base, "rotary_base", 1.0)
         check_range(self.relative_buckets, "relative_buckets", 1)
         check_range(self.relative_max_distance, "relative_max_distance", 1)
+        groups = self.layer_groups
+        if groups is not None:
+            check_range(groups, "layer_groups", 1, self.num_layers)
+            if self.num_layers % groups:
+                raise ConfigError(
+                    f"layer_groups: {groups} must divide num_layers ({self.num_layers}); every "
+                    "group is applied the same number of times"
+                )
+            if self.share_layers and groups != 1:
+                raise ConfigError(
+                    f"layer_groups: {groups} contradicts share_layers: true (one shared block)"
+                )
         kv = self.num_kv_heads
         if kv is not None and (kv < 1 or self.num_heads % kv):
             raise ConfigError(f"num_kv_heads: {kv} must divide num_heads ({self.num_heads})")

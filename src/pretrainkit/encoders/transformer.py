@@ -71,13 +71,15 @@ def memory_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class TransformerEncoder(nn.Module):
-    """Blocks applied in order; with ``share_layers`` one block is applied ``num_layers`` times.
+    """Blocks applied in order; with fewer blocks than ``num_layers`` each block is applied
+    ``num_layers / len(layers)`` times in a row (``share_layers``: one block; ``layer_groups``).
 
     The same stack is the decoder slot when its blocks have cross-attention: then ``memory``
     (the encoder's output) is required.
 
     Args:
-        layers: the blocks (a single one when shared).
+        layers: the distinct blocks (a single one when shared); their number divides
+            ``num_layers``.
         num_layers: how many times blocks are applied.
         num_heads: attention heads (for ALiBi / relative bias shapes).
         position: "absolute" (done by the embedding), "rotary", "alibi", "relative" or "none".
@@ -235,7 +237,8 @@ class TransformerEncoder(nn.Module):
         return x
 
     def _layer(self, i: int) -> Any:
-        return self.layers[0] if len(self.layers) == 1 else self.layers[i]
+        # Consecutive applications share a block: with 2 blocks over 6 layers, 0 0 0 1 1 1.
+        return self.layers[i * len(self.layers) // self.num_layers]
 
     def forward(
         self,
@@ -334,6 +337,7 @@ def build_transformer_encoder(
     ffn_dropout: float,
     final_norm: bool | None,
     cross_attention: bool = False,
+    layer_groups: int | None = None,
 ) -> TransformerEncoder:
     """Wire blocks from typed sizes; the only place a stack's options are interpreted.
 
@@ -363,7 +367,8 @@ def build_transformer_encoder(
             make_norm(norm, hidden_size, norm_eps) if cross_attention else None,
         )
 
-    layers = [block()] if share_layers else [block() for _ in range(num_layers)]
+    distinct = 1 if share_layers else layer_groups or num_layers
+    layers = [block() for _ in range(distinct)]
     rotary = (
         RotaryEmbedding(head_dim or hidden_size // num_heads, rotary_base)
         if position == "rotary"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +48,9 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Linear(hidden_size, kv_size, bias=bias)
         self.output = nn.Linear(inner, hidden_size, bias=bias)
         self.dropout = dropout
+        # While set (``record_attention``), self-attention computes its probabilities
+        # explicitly and appends them here: distillation compares them; SDPA never exposes them.
+        self.recorder: list[torch.Tensor] | None = None
 
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[b, kv_heads, t, d]`` of ``context`` ``[b, t, h]``.
@@ -93,6 +100,9 @@ class MultiHeadAttention(nn.Module):
             k = apply_rotary(k, *rotary)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
+        if self.recorder is not None:
+            out = self._explicit(q, k, v, mask, is_causal and mask is None)
+            return self.output(out.transpose(1, 2).reshape(b, s, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -104,6 +114,34 @@ class MultiHeadAttention(nn.Module):
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         return self.output(out.transpose(1, 2).reshape(b, s, -1))
+
+    def _explicit(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """SDPA's result computed step by step, recording the probabilities ``[b, h, s, t]``."""
+        if self.num_kv_heads != self.num_heads:  # grouped-query: each kv head serves a group
+            repeat = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        scores = (q @ k.transpose(-1, -2)).float() * scale  # [b, h, s, t]
+        if is_causal:
+            s, t = scores.shape[-2:]
+            mask = torch.ones(s, t, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + mask.float()
+        probabilities = scores.softmax(dim=-1)
+        assert self.recorder is not None
+        self.recorder.append(probabilities)
+        dropped = F.dropout(probabilities, self.dropout, self.training)
+        return dropped.to(v.dtype) @ v
 
     def forward_cached(
         self,
@@ -182,3 +220,27 @@ def attention_pattern(
     if example_ids is not None:
         keep = keep & (example_ids[:, :, None] == example_ids[:, None, :])  # [b, s, s]
     return keep[:, None]
+
+
+@contextlib.contextmanager
+def record_attention(stack: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, the self-attention layers of ``stack`` append their probabilities
+    ``[b, heads, s, s]`` (float32, in application order) to the list yielded.
+
+    The probabilities are computed explicitly rather than by the fused kernel (slower, and
+    differentiable: distillation trains a student's attention toward a teacher's).
+    Cross-attention is not recorded.
+    """
+    recorded: list[torch.Tensor] = []
+    modules = [
+        m
+        for name, m in stack.named_modules()
+        if isinstance(m, MultiHeadAttention) and not name.endswith("cross_attention")
+    ]
+    for module in modules:
+        module.recorder = recorded
+    try:
+        yield recorded
+    finally:
+        for module in modules:
+            module.recorder = None
