@@ -15,7 +15,7 @@ the multi-stage cross-lingual distillation seed paper).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def make_student(source: Model, options: StudentOptions) -> Model:
     student.encode_defaults = dict(source.encode_defaults)
     student.task_record = source.task_record
     if options.freeze_word_embeddings:
-        student.embedding.word_weight.requires_grad_(False)
+        _table(student).requires_grad_(False)
     return student
 
 
@@ -113,14 +113,19 @@ def _copy_weights(source: Model, student: Model, blocks: list[int], new_vocab: b
         log.info("student tensors not taken from the folder (freshly initialised): %s", fresh)
 
 
+def _table(model: Model) -> torch.Tensor:
+    """The word table (an ``Embedding`` slot's ``word_weight``)."""
+    return cast(torch.Tensor, model.embedding.word_weight)
+
+
 @torch.no_grad()
 def _word_table(source: Model, student: Model, tokenizer: Any) -> None:
     """The student's table for another vocabulary: rows of tokens the source knows are copied
     (projected into a bottleneck when there is one); the rest are drawn with the source table's
     mean and spread, so that words weigh against positions as they did in the source (the
     usual 0.02 init would leave a copied stack seeing positions only)."""
-    theirs = source.embedding.word_weight.detach().float()  # type: ignore[operator]
-    table = student.embedding.word_weight  # type: ignore[operator]
+    theirs = _table(source).detach().float()  # [vocab, h]
+    table = _table(student)
     if table.shape[1] != theirs.shape[1]:  # a bottleneck: the source rows in its basis
         theirs = theirs @ _embedding_basis(source, student)
     mean, spread = theirs.mean(0), theirs.std(0)
@@ -148,7 +153,7 @@ def _embedding_basis(source: Model, student: Model) -> torch.Tensor:
             f"factorized_size: {size} must be smaller than the hidden size "
             f"{source.config.hidden_size} (a bottleneck)"
         )
-    table = source.embedding.word_weight.detach().float()  # type: ignore[operator]  # [vocab, h]
+    table = _table(source).detach().float()  # [vocab, h]
     _, _, right = torch.linalg.svd(table - table.mean(0), full_matrices=False)  # [h, h]
     return right[:size].T.contiguous()  # [h, F]
 
