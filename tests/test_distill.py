@@ -401,3 +401,38 @@ def test_layer_groups_are_checked_in_the_config():
         EncoderConfig(num_layers=6, layer_groups=4)
     with pytest.raises(ConfigError, match="contradicts share_layers"):
         EncoderConfig(num_layers=6, layer_groups=2, share_layers=True)
+
+
+# -- the layerwise recipe (LightMBERT) -------------------------------------------------------
+
+
+def test_layerwise_recipe_on_shards_with_a_frozen_word_table(tmp_path):
+    from helpers import write_corpus
+
+    from pretrainkit.data import preprocess
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    write_corpus(tmp_path / "corpus.txt", documents=40, seed=0)
+    preprocess([tmp_path / "corpus.txt"], tmp_path / "vocab.txt", "mlm", 32, tmp_path / "shards",
+               log=lambda _: None)  # fmt: skip
+    torch.manual_seed(0)
+    teacher = pretrainkit.build_model("bert-tiny", {**TINY, "targets": [{"name": "mlm"}]})
+    teacher.tokenizer = load_tokenizer(tmp_path / "vocab.txt")
+    teacher.save(tmp_path / "teacher")
+    result = distill(
+        tmp_path / "teacher", tmp_path / "teacher", "layerwise", [str(tmp_path / "shards")],
+        tmp_path / "run", config(steps=60, lr=3e-3), dev=str(tmp_path / "shards"),
+        batch_size=8, student_options={"student_layers": 1, "freeze_word_embeddings": True},
+        recipe_options={"hard_weight": 0.5},
+    )  # fmt: skip
+    records = [r for r in read_metrics(tmp_path / "run") if "distill_hidden" in r]
+    for name in ("distill_hidden", "distill_attention"):
+        assert records[-1][name] < 0.7 * records[0][name], name
+    assert "mlm_loss" in records[0]  # the student's own MLM loss counts with hard_weight
+    assert {"loss", "distill_hidden", "distill_attention"} <= set(result["last_eval"])
+    student = load(tmp_path / "run")
+    assert student.config.encoder.num_layers == 1
+    assert torch.equal(student.embedding.word_weight, teacher.embedding.word_weight)
+    # Layer 1 of the student maps to the teacher's last layer (auto: round(1 * 2 / 1) = 2).
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["objective"] == "mlm" and run["trained_parameters"] < run["student_parameters"]
