@@ -436,3 +436,22 @@ def test_layerwise_recipe_on_shards_with_a_frozen_word_table(tmp_path):
     # Layer 1 of the student maps to the teacher's last layer (auto: round(1 * 2 / 1) = 2).
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["objective"] == "mlm" and run["trained_parameters"] < run["student_parameters"]
+
+
+def test_distill_runs_under_ddp_on_two_processes(teacher_dir, tmp_path):
+    from test_distributed import torchrun
+
+    teacher_path, files = teacher_dir
+    torchrun(
+        "distill", "--teacher", str(teacher_path), "--student", str(teacher_path),
+        "--student-layers", "1", "--recipe", "task", "--data", str(files["train"]),
+        "--out", str(tmp_path / "run"), "--steps", "12", "--global-batch-size", "16",
+        "--lr", "3e-3", "--log-every", "1", "--precision", "fp32", "--no-progress",
+        "--strategy", "ddp",
+        log=tmp_path / "log.txt",
+    )  # fmt: skip
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["global_batch_size"] == 16
+    assert load(tmp_path / "run").config.encoder.num_layers == 1
