@@ -59,3 +59,10 @@ for name in distilled-10ep no-teacher-10ep; do
   run "eval-$name" pk evaluate --model "$work/$name" --data "$data/sst2/dev.tsv" \
     --columns label,text_a
 done
+# A transfer set: 4 random word spans of every training sentence (at least half its words, like
+# the SST phrases), labelled by the teacher alone (`--crops 4`; the gold loss skips them).
+run distilled-crops pk distill --teacher "$work/teacher" --student "$work/teacher" \
+  --student-layers 2 --recipe task --crops 4 "${sst[@]}" --out "$work/distilled-crops" \
+  "${long[@]}"
+run eval-distilled-crops pk evaluate --model "$work/distilled-crops" --data "$data/sst2/dev.tsv" \
+  --columns label,text_a

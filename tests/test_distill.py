@@ -455,3 +455,44 @@ def test_distill_runs_under_ddp_on_two_processes(teacher_dir, tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["world_size"] == 2 and run["global_batch_size"] == 16
     assert load(tmp_path / "run").config.encoder.num_layers == 1
+
+
+def test_crops_are_labelled_by_the_teacher_alone(teacher_dir, tmp_path):
+    from pretrainkit.distill.recipes import TeacherOnlyRows, with_crops
+    from pretrainkit.tasks.tsv import ClassificationStream, read_classification_tsv
+
+    teacher_path, files = teacher_dir
+    data = read_classification_tsv(files["train"])
+    crops = with_crops("classification", data, 2, seed=0)
+    extra = crops.texts_a[len(data) :]
+    assert len(extra) == 2 * sum(len(t.split()) >= 4 for t in data.texts_a)
+    for i, text in enumerate(extra[:20]):
+        parent = data.texts_a[
+            [j for j, t in enumerate(data.texts_a) if len(t.split()) >= 4][i // 2]
+        ]
+        assert text in parent and len(parent.split()) / 2 <= len(text.split()) < len(parent.split())
+    stream = TeacherOnlyRows(
+        ClassificationStream(crops, load(teacher_path).tokenizer, ["0", "1"], 32), len(data)
+    )
+    labels = [int(next(stream)["labels"]) for _ in range(len(crops))]  # one epoch
+    assert labels.count(-100) == len(extra) and set(labels) - {-100} <= {0, 1}
+    result = distill(
+        teacher_path, teacher_path, "task", [str(files["train"])], tmp_path / "run",
+        config(steps=20), batch_size=16, student_options={"student_layers": 1},
+        recipe_options={"crops": 2},
+    )  # fmt: skip
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["crop_rows"] == len(extra) and run["rows"] == len(data)
+    assert result["steps"] == 20
+    with pytest.raises(ConfigError, match="crops: supported for single-text classification"):
+        with_crops("regression", data, 1, 0)
+
+
+def test_a_batch_of_crops_only_has_a_zero_gold_loss(teacher_dir):
+    teacher = load(teacher_dir[0]).eval()
+    batch = batch_of(teacher, TEXTS)
+    out = teacher(**batch, labels=torch.full((3,), -100))
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    mixed = teacher(**batch, labels=torch.tensor([-100, 1, 0]))
+    alone = teacher(**{k: v[1:] for k, v in batch.items()}, labels=torch.tensor([1, 0]))
+    assert mixed.loss.item() == pytest.approx(alone.loss.item(), rel=1e-4)

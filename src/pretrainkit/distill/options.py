@@ -95,6 +95,20 @@ class LayerLossOptions:
 
 
 @dataclass
+class TaskDistillOptions(LayerLossOptions):
+    """Task distillation: the layer losses, and a transfer set of teacher-labelled crops."""
+
+    crops: int = 0
+    """Extra training inputs per row, labelled by the teacher alone: random contiguous spans of
+    the row's words (at least half of them), like the phrases of SST (TinyBERT's augmentation,
+    DistilBERT's transfer set); the gold-label loss skips them. Single-text classification."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.crops, "crops", 0, 64)
+
+
+@dataclass
 class LayerwiseOptions(LayerLossOptions):
     """LightMBERT / TinyBERT general distillation: layers and attention, no labels needed."""
 
@@ -132,7 +146,7 @@ class SentenceOptions:
 
 # Recipe name → its options (the recipes themselves: ``pretrainkit.distill.recipes``).
 RECIPE_OPTIONS: dict[str, type] = {
-    "task": LayerLossOptions,
+    "task": TaskDistillOptions,
     "layerwise": LayerwiseOptions,
     "sentence": SentenceOptions,
 }

@@ -35,7 +35,12 @@ from pretrainkit.distill.losses import (
     parse_layer_map,
 )
 from pretrainkit.distill.module import Distiller
-from pretrainkit.distill.options import LayerLossOptions, LayerwiseOptions, SentenceOptions
+from pretrainkit.distill.options import (
+    LayerLossOptions,
+    LayerwiseOptions,
+    SentenceOptions,
+    TaskDistillOptions,
+)
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.model import Model
 from pretrainkit.registry import Registry
@@ -120,7 +125,7 @@ class TaskRecipe(Recipe):
     """Task distillation: the teacher is a fine-tuned folder; the student gets its task."""
 
     name = "task"
-    options_class = LayerLossOptions
+    options_class = TaskDistillOptions
 
     def plan(self, teacher: Model, student: Model, context: Context) -> Plan:
         from pretrainkit.data import BatchIterator
@@ -134,7 +139,14 @@ class TaskRecipe(Recipe):
         _keep_head(student, net, spec.name)
         losses = token_losses(self.options, teacher, net)
         model = Distiller(teacher, net, losses, self.options.hard_weight)
-        stream = spec.stream(data, net.tokenizer, context.seed, context.rank, context.world_size)
+        gold_rows = len(data)
+        if self.options.crops:
+            data = with_crops(spec.name, data, self.options.crops, context.seed)
+        stream: Any = spec.stream(
+            data, net.tokenizer, context.seed, context.rank, context.world_size
+        )
+        if self.options.crops:
+            stream = TeacherOnlyRows(stream, gold_rows)
         batches = BatchIterator(stream, context.batch_size, net.tokenizer.pad_id, spec.collate)
         evaluate = None
         if context.dev is not None:
@@ -143,7 +155,55 @@ class TaskRecipe(Recipe):
             def evaluate(m: nn.Module) -> dict[str, float]:
                 return spec.metrics(model_outputs(net, spec, dev), spec.gold(dev))
 
-        return Plan(model, batches, evaluate, {"task": spec.record(), "rows": len(data)})
+        record = {"task": spec.record(), "rows": gold_rows, "crop_rows": len(data) - gold_rows}
+        return Plan(model, batches, evaluate, record)
+
+
+def with_crops(task: str, data: Any, per_row: int, seed: int) -> Any:
+    """``data`` followed by ``per_row`` random word spans of every row (each at least half
+    the row's words; rows of fewer than 4 words give none). Labels are copied only to keep
+    the rows' shape: ``TeacherOnlyRows`` hides them from the gold loss."""
+    from pretrainkit.tasks.tsv import ClassificationData
+
+    if task != "classification" or not isinstance(data, ClassificationData) or data.texts_b:
+        raise ConfigError("crops: supported for single-text classification data only")
+    assert data.labels is not None
+    rng = np.random.default_rng(seed)
+    texts, labels = list(data.texts_a), list(data.labels)
+    for text, label in zip(data.texts_a, data.labels):
+        words = text.split()
+        if len(words) < 4:
+            continue
+        for _ in range(per_row):
+            length = int(rng.integers((len(words) + 1) // 2, len(words)))  # a proper span
+            start = int(rng.integers(0, len(words) - length + 1))
+            texts.append(" ".join(words[start : start + length]))
+            labels.append(label)
+    return ClassificationData(data.path, texts, None, labels, data.first_line)
+
+
+class TeacherOnlyRows:
+    """A task stream whose rows from ``gold_rows`` on carry no gold label (-100): the teacher's
+    soft labels alone teach them."""
+
+    def __init__(self, stream: Any, gold_rows: int):
+        self.stream, self.gold_rows = stream, gold_rows
+
+    def __iter__(self) -> TeacherOnlyRows:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        _, _, row = self.stream.order.current()
+        instance = next(self.stream)
+        if row >= self.gold_rows:
+            instance["labels"] = np.asarray(-100, dtype=np.int64)
+        return instance
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
 
 
 def _keep_head(source: Model, net: Model, task: str) -> None:

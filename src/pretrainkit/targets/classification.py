@@ -69,5 +69,7 @@ class ClassificationTarget(Target):
         logits = self.classifier(self.dropout(x))  # [b, num_labels]
         if labels is None:
             return TargetOutput(None, logits)
-        loss = F.cross_entropy(logits.float(), labels)
+        if bool((labels == -100).all()):  # rows without a gold label only (distillation)
+            return TargetOutput(logits.sum() * 0.0, logits)
+        loss = F.cross_entropy(logits.float(), labels)  # -100 rows are skipped
         return TargetOutput(loss, logits, {"accuracy": accuracy(logits.detach(), labels)})
