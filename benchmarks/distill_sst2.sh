@@ -66,3 +66,16 @@ run distilled-crops pk distill --teacher "$work/teacher" --student "$work/teache
   "${long[@]}"
 run eval-distilled-crops pk evaluate --model "$work/distilled-crops" --data "$data/sst2/dev.tsv" \
   --columns label,text_a
+# One layer: under a third of the teacher's compute.
+run distilled-1l-crops pk distill --teacher "$work/teacher" --student "$work/teacher" \
+  --student-layers 1 --recipe task --crops 4 "${sst[@]}" --out "$work/distilled-1l-crops" \
+  "${long[@]}"
+run no-teacher-1l pk distill --teacher "$work/teacher" --student "$work/teacher" \
+  --student-layers 1 --recipe task --soft-weight 0 --hidden-weight 0 "${sst[@]}" \
+  --out "$work/no-teacher-1l" "${long[@]}"
+for name in distilled-1l-crops no-teacher-1l; do
+  run "eval-$name" pk evaluate --model "$work/$name" --data "$data/sst2/dev.tsv" \
+    --columns label,text_a
+done
+run bench-all pk bench --model "$work/teacher/model" "$work/distilled-crops/model" \
+  "$work/distilled-1l-crops/model" --batch 1,32 --seq 64 --rounds 5
