@@ -257,6 +257,10 @@ def test_parameter_recurrence_applies_each_group_in_a_row(tmp_path):
     assert halves * 2 == sum(p.numel() for p in teacher.encoder.parameters())
     with pytest.raises(ConfigError, match="layer_groups: 3 must divide"):
         make_student(teacher, StudentOptions(student_layers=4, layer_groups=3))
+    # A student made from a recurrent folder (a later stage) keeps the recurrence as it is.
+    again = make_student(student, StudentOptions()).eval()
+    assert again.config.encoder.layer_groups == 2 and len(again.encoder.layers) == 2
+    assert torch.equal(again.encoder_states(**batch), student.encoder_states(**batch))
 
 
 def test_factorised_embedding_starts_from_the_tables_top_directions(tmp_path):

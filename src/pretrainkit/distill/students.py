@@ -44,6 +44,8 @@ def make_student(source: Model, options: StudentOptions) -> Model:
     keep = options.student_layers or total
     chosen = chosen_layers(total, keep, options.layer_selection)
     groups = options.layer_groups
+    if groups is None and keep == total:  # the folder's own recurrence, kept as it is
+        groups = 1 if config.encoder.share_layers else config.encoder.layer_groups
     if groups is not None and (groups > keep or keep % groups):
         raise ConfigError(
             f"layer_groups: {groups} must divide the student's {keep} layers (each group is "
