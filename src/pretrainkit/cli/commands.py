@@ -401,8 +401,24 @@ def _add_finetune(p):
     )
     add_columns(p)
     _add_task_options(p)
+    _add_perturb_options(p)
     _train_options(p)
     p.epilog = FINETUNE_EPILOG
+
+
+def _add_perturb_options(p: argparse.ArgumentParser) -> None:
+    from pretrainkit.perturb.options import PerturbOptions
+
+    title = "perturbed training: FGM / PGD, Embedding-Push, Attention-Pull, Robust targets"
+    add_dataclass_options(p, PerturbOptions, title=title)
+
+
+def _perturb_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The perturbed-training options given (checked by ``PerturbOptions`` in ``finetune``)."""
+    from pretrainkit.perturb.options import PerturbOptions
+
+    names = {f.name for f in dataclasses.fields(PerturbOptions)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 @command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
@@ -434,6 +450,7 @@ def finetune(args):
         columns=args.columns,
         overwrite=args.overwrite,
         folds=args.folds,
+        perturb=_perturb_options(args),
     )
 
 

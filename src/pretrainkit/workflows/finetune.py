@@ -142,6 +142,7 @@ def finetune(
     columns: tuple[str, ...] | None = None,
     overwrite: bool = False,
     folds: int | None = None,
+    perturb: dict[str, Any] | None = None,
 ) -> dict:
     """Fine-tune ``model`` (a folder or a Model) on ``train_file`` for ``task``.
 
@@ -156,11 +157,16 @@ def finetune(
         folds: K-fold cross-validation on ``train_file`` instead (no ``dev_file``): one run
             per fold in ``out/fold-N``, each scored on its held-out fold; returns every fold's
             metrics with their mean and standard deviation.
+        perturb: ``PerturbOptions`` values: train on clean and perturbed copies of every example
+            (FGM / PGD, Embedding-Push, Attention-Pull, Robust targets; ``pretrainkit.perturb``).
 
     Under torchrun every process reads its own part of the rows; ``batch_size`` is per process
     (default 32), ``global_batch_size`` per optimizer step.
     """
+    from pretrainkit.perturb.options import PerturbOptions
+
     spec = task if isinstance(task, Task) else build_task(task, task_options)
+    perturbation = from_dict(PerturbOptions, dict(perturb or {}), "perturbed training")
     # Checked before anything is read or written.
     parallel, batch_size = check_run(strategy, _probe(train), batch_size, global_batch_size)
     base = _loaded(model)
@@ -173,6 +179,7 @@ def finetune(
         "parallel": parallel,
         "resume": resume,
         "source": {"model": str(model), "train": str(train_file)},
+        "perturb": perturbation if perturbation.active else None,
     }
     if folds is None:
         dev_data = spec.read(dev_file, columns=columns) if dev_file else None
@@ -229,6 +236,7 @@ def fit(
     resume: bool,
     overwrite: bool,
     source: dict[str, str],
+    perturb: Any = None,
 ) -> dict:
     """Fine-tune ``base`` on rows already read (``finetune`` and each fold of ``--folds``)."""
     from pretrainkit.training import Trainer
@@ -254,6 +262,7 @@ def fit(
         "steps": config.steps,
         "lr": config.lr,
         "warmup": config.warmup,
+        **({"perturb": dataclasses.asdict(perturb)} if perturb is not None else {}),
         **plan,
     }
     stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
@@ -263,7 +272,7 @@ def fit(
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         if len(dev_data) == 0:  # type: ignore[arg-type]
             raise DataError("no rows to evaluate", getattr(dev_data, "path", None))
-        outputs = model_outputs(m, spec, dev_data)  # type: ignore[arg-type]
+        outputs = model_outputs(net, spec, dev_data)  # type: ignore[arg-type]
         gold = spec.gold(dev_data)
         if spec.tune(outputs, gold):  # options fitted on dev (a threshold): task.json keeps them
             net.task_record = spec.record()  # the model the trainer saves
@@ -273,7 +282,7 @@ def fit(
         if is_main_process():
             (folder / "run.json").write_text(json.dumps(run, indent=2))
         trainer = Trainer(
-            net,
+            net if perturb is None else perturbed(net, perturb),
             batches,
             config,
             folder,
@@ -282,6 +291,17 @@ def fit(
             strategy=parallel,
         )
         return trainer.fit()
+
+
+def perturbed(net: Model, options: Any) -> torch.nn.Module:
+    """``net`` wrapped to train on clean and perturbed examples (``pretrainkit.perturb``)."""
+    from pretrainkit.perturb.centroids import token_counts
+    from pretrainkit.perturb.module import Perturbed
+
+    counts = None
+    if options.centroid_text is not None:
+        _, counts = token_counts(options.centroid_text, net.tokenizer, net.config.vocab_size)
+    return Perturbed(net, options, counts)
 
 
 def evaluate(
