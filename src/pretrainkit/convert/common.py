@@ -101,12 +101,14 @@ def bert_like_to_hf(
         "encoder.position": (enc.position, "absolute"),
         "encoder.bias": (enc.bias, True),
         "encoder.causal": (enc.causal, False),
-        "encoder.share_layers": (enc.share_layers, albert),
         "encoder.final_norm": (enc.final_norm, False),
         "encoder.num_kv_heads": (enc.num_kv_heads or enc.num_heads, enc.num_heads),
     }
-    if not albert:
+    if not albert:  # ALBERT alone has the factorised embedding and blocks used repeatedly
         checks["embedding.factorized_size"] = (emb.factorized_size, None)
+        checks["encoder.share_layers"] = (enc.share_layers, False)
+        # layer_groups equal to num_layers is a block per layer: what BERT stores.
+        checks["encoder.layer_groups"] = (enc.layer_groups, enc.layer_groups and enc.num_layers)
     wrong = [
         f"{key} is {got!r}, {model_type} needs {want!r}"
         for key, (got, want) in checks.items()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from pretrainkit.config import ModelConfig
+from pretrainkit.config import EncoderConfig, ModelConfig
 from pretrainkit.convert import files, sentence_files, tokenizer_files
 from pretrainkit.convert.spec import FAMILIES, Family, Head, Mapping, Transform, expand, need
 from pretrainkit.errors import CheckpointError, check_tensor_keys, closest
@@ -252,12 +252,49 @@ def convert_from_hf(
     return out
 
 
+def _reused_blocks(config: ModelConfig) -> list[str]:
+    """The options that make a stack apply a block more than once (``encoder.layer_groups: 2``);
+    only HF ALBERT computes that (its hidden groups), for an encoder."""
+    found = []
+    for name, stack in (("encoder", config.encoder), ("decoder", config.decoder)):
+        if not isinstance(stack, EncoderConfig):  # none, or an LSTM / CNN stack
+            continue
+        if stack.share_layers and stack.num_layers > 1:
+            found.append(f"{name}.share_layers: true")
+        elif stack.layer_groups not in (None, stack.num_layers):
+            found.append(f"{name}.layer_groups: {stack.layer_groups}")
+    return found
+
+
 def _family_of(config: ModelConfig, family: str | None) -> Family:
+    fam = _choose_family(config, family)
+    reused = _reused_blocks(config)
+    if reused and config.embedding.factorized_size is None:
+        # ALBERT always projects a factorised embedding up to the hidden size; an identity
+        # projection would be a model other than the one trained, so refuse instead.
+        raise CheckpointError(
+            f"{', '.join(reused)} (blocks applied more than once) has no HF family that computes "
+            "it without a factorised embedding: HF ALBERT's hidden groups are the only such "
+            "stack, and ALBERT needs embedding.factorized_size; give the model one (a distilled "
+            "student: factorized_size) or drop the recurrence; not exported"
+        )
+    need(
+        not reused or fam.model_type == "albert",
+        f"{', '.join(reused)} (blocks applied more than once) cannot be written as HF "
+        f"{fam.model_type}; only albert computes it",
+    )
+    return fam
+
+
+def _choose_family(config: ModelConfig, family: str | None) -> Family:
     if family:
         return get_family(family)
-    if config.name in FAMILIES:  # converted models are named after their model_type
-        return FAMILIES.get(config.name)
     enc, emb = config.encoder, config.embedding
+    # Only ALBERT has a factorised embedding or reuses blocks; a student distilled from a
+    # converted BERT keeps the name "bert", so the name does not decide then.
+    albert = emb.factorized_size is not None or bool(_reused_blocks(config))
+    if config.name in FAMILIES and not albert:  # converted models are named after model_type
+        return FAMILIES.get(config.name)
     if "patch" in emb.parts:
         return FAMILIES.get("vit")
     if "speech" in emb.parts:
@@ -268,9 +305,19 @@ def _family_of(config: ModelConfig, family: str | None) -> Family:
         return FAMILIES.get("pegasus" if "sinusoidal_halves" in emb.parts else "bart")
     if enc.causal:  # a decoder-only stack: rotary means LLaMA, absolute positions GPT-2
         return FAMILIES.get("llama" if enc.position == "rotary" else "gpt2")
-    if emb.factorized_size is not None or enc.share_layers:
+    if albert:
         return FAMILIES.get("albert")
     return FAMILIES.get("roberta" if emb.position_offset else "bert")
+
+
+def _tokenizer_class(fam: Family, model: Model) -> str:
+    """The HF tokenizer class written for ``model``'s tokenizer: the family's, except that an
+    ALBERT with a WordPiece vocabulary (a student distilled from BERT) keeps BertTokenizer;
+    transformers' AlbertTokenizer is Unigram only, and AutoTokenizer follows the class named in
+    tokenizer_config.json whatever the model_type."""
+    tokenizer = model.tokenizer
+    wordpiece = tokenizer is not None and tokenizer.kind == "wordpiece"
+    return "BertTokenizer" if fam.model_type == "albert" and wordpiece else fam.tokenizer_class
 
 
 def convert_to_hf(
@@ -318,7 +365,7 @@ def convert_to_hf(
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         written = []
         if tokenizer is not None:
-            written = tokenizer_files.export_tokenizer(tokenizer, tmp, fam.tokenizer_class)
+            written = tokenizer_files.export_tokenizer(tokenizer, tmp, _tokenizer_class(fam, model))
         if written and model.encode_defaults:
             sentence_files.write_sentence_transformers(
                 model.encode_defaults, config.hidden_size, capacity(model), tmp
