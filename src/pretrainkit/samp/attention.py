@@ -82,7 +82,7 @@ class InferenceAttention(MultiHeadAttention):
     ) -> InferenceAttention:
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        for name in ("num_heads", "num_kv_heads", "head_dim", "scale", "dropout"):
+        for name in ("num_heads", "num_kv_heads", "head_dim", "scale", "dropout", "recorder"):
             setattr(new, name, getattr(attention, name))
         for name in ("query", "key", "value", "output"):
             new.add_module(name, getattr(attention, name))
