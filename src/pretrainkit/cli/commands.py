@@ -171,20 +171,29 @@ def _objective_options(args: argparse.Namespace, objective: str | None) -> dict[
 
 
 def _add_preprocess(p):
-    p.add_argument("--corpus", nargs="+", required=True, help="text or .jsonl corpus files")
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        help="text or .jsonl corpus files (masked_patch: image TSVs with an image column)",
+    )
     p.add_argument(
         "--tokenizer",
         required=True,
-        help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model",
+        help="tokenizer folder, BERT vocab.txt, GPT-2 vocab file or SentencePiece .model "
+        "(masked_patch tokenizes nothing: the shards record any tokenizer given)",
     )
     p.add_argument("--objective", required=True, choices=_objective_names())
     p.add_argument("--seq-length", type=int, required=True)
     p.add_argument("--out", required=True, help="output shard folder")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes that tokenize text or decode images"
+    )
     p.add_argument(
         "--skip-bad-lines",
         action="store_true",
-        help="skip undecodable or invalid lines (counted) instead of failing",
+        help="skip undecodable or invalid lines, or rows whose image cannot be read (counted) "
+        "instead of failing",
     )
     add_overwrite(p)
     _add_objective_options(p)

@@ -9,7 +9,7 @@ HuggingFace's ``ViTImageProcessor``), so pixels lie in [-1, 1].
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +33,29 @@ class ImageData:
         path: the TSV file read.
         images: each row's image file, resolved against the TSV's folder.
         labels: each row's label as written, or None for a file without labels.
-        first_line: the line of the TSV that holds row 0 (always 2: the header is line 1).
+        lines: the line of the TSV that holds each row (the header is line 1).
+        skipped: the bad rows left out (``skip_bad_rows``), each ``(line, what is wrong)``.
     """
 
     path: Path
     images: list[Path]
     labels: list[str] | None
-    first_line: int = 2
+    lines: list[int]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def where(self, row: int) -> tuple[Path, int]:
         """The TSV file and line of row ``row``, for error messages."""
-        return self.path, self.first_line + row
+        return self.path, self.lines[row]
 
 
 def read_image_tsv(
-    path: str | Path, label_set: list[str] | None = None, require_labels: bool = True
+    path: str | Path,
+    label_set: list[str] | None = None,
+    require_labels: bool = True,
+    skip_bad_rows: bool = False,
 ) -> ImageData:
     """Read a TSV whose header names the columns ``label`` and ``image`` (any order).
 
@@ -62,6 +67,8 @@ def read_image_tsv(
         path: the TSV file (UTF-8).
         label_set: when given, every label must be one of these.
         require_labels: the file must have a ``label`` column (files to predict on need not).
+        skip_bad_rows: leave out the rows that would be a DataError (listed in ``skipped``)
+            instead of raising; a bad header or a file without a good row still raises.
 
     Raises:
         DataError: naming the TSV and line: a bad header, a row with the wrong number of fields,
@@ -76,38 +83,56 @@ def read_image_tsv(
     header = _decode(lines[0], path, 1).lstrip("\ufeff").split("\t")
     _check_header(header, path, require_labels)
     folder = path.parent
-    images: list[Path] = []
-    labels: list[str] = []
-    allowed = set(label_set) if label_set is not None else None
+    data = ImageData(path, [], [] if "label" in header else None, [])
+    allowed = (set(label_set), label_set) if label_set is not None else None
     for number, raw in enumerate(lines[1:], start=2):
-        fields = _decode(raw, path, number).split("\t")
-        if len(fields) != len(header):
-            raise DataError(
-                f"expected {len(header)} tab-separated fields ({', '.join(header)}), "
-                f"got {len(fields)}",
-                path,
-                number,
-            )
-        row = dict(zip(header, fields))
-        if "label" in row:
-            label = row["label"]
-            if label == "":
-                raise DataError("the label is empty", path, number)
-            if allowed is not None and label not in allowed:
-                raise DataError(
-                    f"label {label!r} is not one of the labels: {', '.join(label_set or [])}",
-                    path,
-                    number,
-                )
-            labels.append(label)
-        if row["image"] == "":
-            raise DataError("the image path is empty", path, number)
-        image = folder / row["image"]
-        _check_image(image, path, number)
-        images.append(image)
-    if not images:
-        raise DataError("the file has a header but no rows", path, 2)
-    return ImageData(path, images, labels if "label" in header else None)
+        try:
+            image, label = _read_row(raw, header, folder, allowed, path, number)
+        except DataError as error:
+            if not skip_bad_rows:
+                raise
+            data.skipped.append((number, str(error).removeprefix(f"{path}:{number}: ")))
+            continue
+        data.images.append(image)
+        data.lines.append(number)
+        if data.labels is not None and label is not None:
+            data.labels.append(label)
+    if not data.images:
+        why = f"all {len(data.skipped)} rows are bad" if data.skipped else "a header but no rows"
+        raise DataError(f"the file has {why}", path, 2)
+    return data
+
+
+def _read_row(
+    raw: bytes,
+    header: list[str],
+    folder: Path,
+    allowed: tuple[set[str], list[str]] | None,
+    path: Path,
+    number: int,
+) -> tuple[Path, str | None]:
+    """One row's image file (checked: it exists and Pillow reads its header) and label;
+    ``allowed``: the label set (as a set for the test, as a list for the message) or None."""
+    fields = _decode(raw, path, number).split("\t")
+    if len(fields) != len(header):
+        raise DataError(
+            f"expected {len(header)} tab-separated fields ({', '.join(header)}), got {len(fields)}",
+            path,
+            number,
+        )
+    row = dict(zip(header, fields))
+    label = row.get("label")
+    if label == "":
+        raise DataError("the label is empty", path, number)
+    if label is not None and allowed is not None and label not in allowed[0]:
+        raise DataError(
+            f"label {label!r} is not one of the labels: {', '.join(allowed[1])}", path, number
+        )
+    if row["image"] == "":
+        raise DataError("the image path is empty", path, number)
+    image = folder / row["image"]
+    _check_image(image, path, number)
+    return image, label
 
 
 def label_set(data: ImageData) -> list[str]:

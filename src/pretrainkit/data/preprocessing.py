@@ -58,9 +58,12 @@ def preprocess(
         seq_length: recorded as the streams' default window length.
         out_dir: the shard folder; written through `.tmp-<name>-<pid>` beside it and renamed
             at the end; an existing non-empty folder is replaced only with ``overwrite``.
-        workers: processes that tokenize, this one included; the output does not depend on it.
-        skip_bad_lines: skip lines that are not UTF-8 / valid JSONL records (counted in the log
-            and the manifest) instead of failing.
+        workers: processes that tokenize, this one included (for an image objective: helper
+            processes that decode the images while this one writes); the output does not
+            depend on it.
+        skip_bad_lines: skip lines that are not UTF-8 / valid JSONL records (rows whose image
+            cannot be read, for an image objective), counted in the log and the manifest,
+            instead of failing.
         log: receives one progress line per file and a summary.
         objective_options: the objective's options (``Objective.options_class`` fields) to
             record in the manifest as the streams' defaults; unset ones take their defaults.
@@ -91,7 +94,7 @@ def preprocess(
         tokenizer.save(tmp / "tokenizer")
         writer = ShardWriter(tmp, dtype)
         # An objective whose corpus is not text (images: masked_patch) encodes it itself.
-        encoded_chunks = spec.encode_corpus(paths, infos, dtype, log)
+        encoded_chunks = spec.encode_corpus(paths, infos, dtype, log, workers, skip_bad_lines)
         if encoded_chunks is None:
             chunks = _chunks(spec, paths, infos, skip_bad_lines, log)
             encoded_chunks = encode_chunks(chunks, tokenizer, tmp / "tokenizer", dtype, workers)

@@ -190,6 +190,12 @@ class Task(ABC):
         return {}
 
     # -- the record in the model folder -------------------------------------------------------
+    @classmethod
+    def recorded_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of a ``task.json`` as this version reads them (a task that stopped
+        taking an option drops the value older folders recorded for it)."""
+        return options
+
     def record(self) -> dict[str, Any]:
         """What ``task.json`` holds: enough to rebuild this task."""
         return {
@@ -224,7 +230,10 @@ def task_from_record(record: Any, where: str) -> Task:
         isinstance(labels, list) and all(isinstance(x, str) for x in labels)
     ):
         raise CheckpointError(f"{where}: {TASK_FILE} labels must be a list of strings")
-    return build_task(record["name"], record.get("options") or {}, labels)
+    options = record.get("options") or {}
+    if isinstance(options, dict):
+        options = TASKS.get(record["name"]).recorded_options(options)
+    return build_task(record["name"], options, labels)
 
 
 def task_of(model: Any, where: str = "model") -> Task:

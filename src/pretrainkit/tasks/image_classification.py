@@ -27,9 +27,12 @@ from pretrainkit.tokenization import Tokenizer
 
 @dataclass
 class ImageClassificationOptions(TaskOptions):
-    """Options of ``image_classification``. ``seq_length`` (common to every task) does not
-    apply: the number of tokens is fixed by ``image_size`` and the model's patch size."""
+    """Options of ``image_classification``. ``seq_length`` (common to every task) is refused:
+    the number of tokens is fixed by ``image_size`` and the model's patch size."""
 
+    seq_length: int | None = None  # type: ignore[assignment]  # refused, see __post_init__
+    """Does not apply to images (their patches fix the tokens per input); giving it is an
+    error."""
     image_size: int | None = None
     """Side in pixels every image is resized to; None: the model's embedding.image_size."""
     channels: int | None = None
@@ -43,7 +46,13 @@ class ImageClassificationOptions(TaskOptions):
     way (edges repeated into the gap), drawn afresh every epoch; 0 = none."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        # Not TaskOptions' check: seq_length is refused here rather than range-checked.
+        if self.seq_length is not None:
+            raise ConfigError(
+                f"seq_length ({self.seq_length}) does not apply to image_classification: the "
+                "tokens per image are its patches, fixed by image_size and the model's "
+                "embedding.patch_size; drop --seq-length"
+            )
         size = self.image_size
         if size is not None and (not isinstance(size, int) or size < 1):
             raise ConfigError(f"image_size must be a positive integer, got {size!r}")
@@ -118,6 +127,11 @@ class ImageClassification(SoftmaxOutputs, Task):
     name = "image_classification"
     options_class = ImageClassificationOptions
     metric_names = ("accuracy", "macro_f1")
+
+    @classmethod
+    def recorded_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # Folders fine-tuned before seq_length was refused recorded it unused: drop it.
+        return {key: value for key, value in options.items() if key != "seq_length"}
 
     def read(
         self, path: str | Path, require_labels: bool = True, columns: Sequence[str] | None = None

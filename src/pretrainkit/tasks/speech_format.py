@@ -63,6 +63,15 @@ class SpeechOptions(TaskOptions):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1000 if name == "sample_rate" else 0):
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        # Mask widths without SpecAugment would be ignored: other than the defaults (which
+        # older task.json files record) they are an error.
+        widths = {"freq_mask_width": 27, "time_mask_width": 40}
+        changed = [name for name, default in widths.items() if getattr(self, name) != default]
+        if changed and not self.spec_augment:
+            verb = "apply" if len(changed) > 1 else "applies"
+            raise ConfigError(
+                f"{' and '.join(changed)} {verb} to SpecAugment only; add --spec-augment"
+            )
 
     def filterbank(self) -> Filterbank:
         return Filterbank(self.sample_rate, self.num_mel_bins, window=self.window)

@@ -77,6 +77,17 @@ class Text2TextOptions(TaskOptions):
             raise ConfigError(f"num_beams must be an integer >= 1, got {self.num_beams!r}")
         if not self.keyword_separator:
             raise ConfigError("keyword_separator must not be empty")
+        # Options of a mode that is off would be ignored: a value other than the default is an
+        # error (one equal to it changes nothing, and older task.json files record it).
+        if self.decoding != "beam" and self.num_beams != 4:
+            raise ConfigError(
+                f"num_beams ({self.num_beams}) applies to beam decoding only; add --decoding beam"
+            )
+        if self.keyword_separator != "_" and "keyword_f1" not in metric_list(self.metric):
+            raise ConfigError(
+                f"keyword_separator ({self.keyword_separator!r}) is used by the keyword_f1 "
+                f"metric only, which --metric {self.metric!r} does not name"
+            )
 
 
 @dataclass

@@ -98,10 +98,14 @@ class Objective:
         infos: list[CorpusFile],
         dtype: np.dtype,
         log: Callable[[str], object],
+        workers: int = 1,
+        skip_bad_lines: bool = False,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
         """For a corpus that is not text (images): the shard chunks ``(values, values per
-        "sentence", "sentences" per document)`` ``preprocess`` writes, with ``infos`` filled in.
-        None (the default): a text corpus, whose ``read_documents`` ``preprocess`` tokenizes."""
+        "sentence", "sentences" per document)`` ``preprocess`` writes, with ``infos`` filled in,
+        honouring ``preprocess``'s ``workers`` and ``skip_bad_lines`` (counted in
+        ``infos[i].skipped_lines``). None (the default): a text corpus, whose
+        ``read_documents`` ``preprocess`` tokenizes."""
         return None
 
     def stream(

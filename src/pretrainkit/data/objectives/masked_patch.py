@@ -3,20 +3,26 @@
 The corpus is an image TSV (header with an ``image`` column; a ``label`` column may be there and
 is not used). ``preprocess`` stores every image, resized to ``image_size``, as one document of
 ``channels x image_size²`` byte values in the ordinary token shards (the ids are pixel values
-0-255), so shards, resumable streams and ``pretrain`` work unchanged; the tokenizer given to
-``preprocess`` is kept with the shards but reads nothing.
+0-255), so shards, resumable streams and ``pretrain`` work unchanged.
+
+``preprocess`` still takes ``--tokenizer`` here, and tokenizes nothing with it: the shard format
+holds one (``Shards.open`` loads it; ``pretrain`` sets the model's ``vocab_size`` from it, pads
+batches with its pad id and saves it in the run's model folder). Any tokenizer will do; shards
+without one would need ``Shards`` and ``pretrain`` to accept none.
 
 An instance is one image: ``pixel_values`` (normalised to [-1, 1]), a ``patch_mask`` with
 ``patch_mask_ratio`` of the patches chosen at random (fresh every epoch: dynamic masking), and
 ``labels`` holding the normalised pixels of the masked patches (NaN elsewhere). The model's
 patch embedding replaces the masked patches by a learned mask vector (``embedding.mask_patches:
 true``), and the ``masked_patch`` head regresses their pixels. The streams' token ``mask_prob``
-does not apply here: ``patch_mask_ratio`` sets the share. Images are read by one process
-(``--workers`` is for tokenizing text).
+does not apply here: ``patch_mask_ratio`` sets the share. ``preprocess --workers K`` decodes
+the images in K processes; ``--skip-bad-lines`` leaves out (counted, logged) the rows whose image
+is missing or cannot be decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,28 +96,50 @@ class MaskedPatch(Objective):
         infos: list[CorpusFile],
         dtype: np.dtype,
         log: Callable[[str], object],
+        workers: int = 1,
+        skip_bad_lines: bool = False,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``preprocess``'s chunks for image TSVs: (pixel bytes, values per image, 1 per
-        document), each image one document of one "sentence"."""
-        from pretrainkit.data.images import read_image_tsv, resized_image
+        document), each image one document of one "sentence". ``workers`` processes decode the
+        images; with ``skip_bad_lines`` a bad row or an image that cannot be read or decoded
+        is left out, counted in ``info.skipped_lines`` and said in the log."""
+        from pretrainkit.data.image_workers import decode_image_chunks
+        from pretrainkit.data.images import read_image_tsv
         from pretrainkit.fileio import read_input
 
         size, channels = self.options.image_size, self.options.channels
-        per_image = channels * size * size
+        tables = []  # every file's rows are checked before any image is decoded
         for path, info in zip(paths, infos):
             raw = read_input(path, "corpus file")
             info.bytes, info.sha256 = len(raw), hashlib.sha256(raw).hexdigest()
             info.lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
-            data = read_image_tsv(path, require_labels=False)
-            for start in range(0, len(data), _IMAGES_PER_CHUNK):
-                rows = range(start, min(start + _IMAGES_PER_CHUNK, len(data)))
-                pixels = [
-                    resized_image(data.images[r], size, channels, data.where(r)) for r in rows
-                ]
-                values = (np.stack([p.numpy() for p in pixels]) * 255).round().astype(dtype)
-                lengths = np.full(len(rows), per_image, dtype=np.int64)
-                yield values.reshape(-1), lengths, np.ones(len(rows), dtype=np.int64)
-            log(f"read {path} ({len(data):,} images of {channels}x{size}x{size})")
+            tables.append(read_image_tsv(path, require_labels=False, skip_bad_rows=skip_bad_lines))
+        chunks = (
+            (index, [(str(data.images[r]), data.lines[r]) for r in range(start, end)])
+            for index, data in enumerate(tables)
+            for start in range(0, len(data), _IMAGES_PER_CHUNK)
+            for end in [min(start + _IMAGES_PER_CHUNK, len(data))]
+        )
+        skipped = [list(data.skipped) for data in tables]  # per file: (line, what is wrong)
+        kept = [0] * len(paths)
+        reported = 0  # the files before this one are done: chunks come in file order
+        decoded = decode_image_chunks(chunks, paths, size, channels, workers)
+        # closing: a DataError below ends the helper processes at once, not when collected.
+        with contextlib.closing(decoded):
+            for index, pixels, failures in decoded:
+                if failures and not skip_bad_lines:
+                    raise DataError(failures[0][1], paths[index], failures[0][0])
+                skipped[index] += failures
+                kept[index] += len(pixels)
+                for done in range(reported, index):
+                    _report(paths[done], infos[done], kept[done], skipped[done], self.options, log)
+                reported = index
+                if len(pixels):
+                    values = pixels.astype(dtype).reshape(-1)
+                    lengths = np.full(len(pixels), pixels.shape[1], dtype=np.int64)
+                    yield values, lengths, np.ones(len(pixels), dtype=np.int64)
+        for done in range(reported, len(paths)):
+            _report(paths[done], infos[done], kept[done], skipped[done], self.options, log)
 
     def stream(self, shards, seq_length, seed, mask_prob, rank, world_size):
         return MaskedPatchStream(shards, self.options, seq_length, seed, rank, world_size)
@@ -124,6 +152,24 @@ class MaskedPatch(Objective):
             key: torch.from_numpy(np.stack([i[key] for i in instances]))
             for key in ("pixel_values", "patch_mask", "labels")
         }
+
+
+def _report(
+    path: Path,
+    info: CorpusFile,
+    kept: int,
+    skipped: list[tuple[int, str]],
+    options: MaskedPatchOptions,
+    log: Callable[[str], object],
+) -> None:
+    """One file's line in the log; its skipped rows are counted in ``info.skipped_lines``."""
+    info.skipped_lines = len(skipped)
+    size, channels = options.image_size, options.channels
+    log(f"read {path} ({kept:,} images of {channels}x{size}x{size})")
+    if skipped:
+        first = "; ".join(f"line {line}: {why}" for line, why in sorted(skipped)[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log(f"warning: {path}: skipped {len(skipped)} bad rows ({first}{more})")
 
 
 def patchify(pixels: np.ndarray, patch_size: int) -> np.ndarray:
@@ -156,6 +202,17 @@ class MaskedPatchStream(InstanceStream):
             )
         self.order = EpochOrder(shards.num_documents, seed, rank, world_size)
         self.per_image = options.channels * options.image_size**2
+        # The pixels were stored at preprocess's size: other values would read several
+        # images as one (or one across two), not resize them.
+        if shards.num_tokens != shards.num_documents * self.per_image:
+            stored = shards.manifest.get("objective_options", {})
+            raise ConfigError(
+                f"{shards.directory}: the shards hold {shards.num_documents} images of "
+                f"{shards.num_tokens // max(shards.num_documents, 1)} values (image_size "
+                f"{stored.get('image_size')}, channels {stored.get('channels')}), not of "
+                f"channels {options.channels} x image_size {options.image_size}²; image_size "
+                "and channels are fixed by preprocess"
+            )
 
     def __next__(self) -> dict[str, np.ndarray]:
         from pretrainkit.data.images import MEAN, STD
