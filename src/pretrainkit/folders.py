@@ -12,7 +12,14 @@ from pretrainkit.model import load as load_plain
 
 def load(directory: str | os.PathLike) -> Model:
     """Load a model folder: written by ``Model.save``, ``finetune`` / ``pretrain`` (a run
-    folder loads its ``model/``), ``convert --from-hf`` or ``quantize``."""
+    folder loads its ``model/``), ``convert --from-hf`` or ``quantize``; a PEFT folder
+    (``finetune --peft``) loads its base model and applies its trained tensors."""
+    from pretrainkit.peft.options import is_peft_folder
+
+    if is_peft_folder(directory):
+        from pretrainkit.peft.folder import load_peft
+
+        return load_peft(directory).model
     folder = model_folder(directory)
     if (folder / SAMP_PLAN).is_file():  # quantized by `pretrainkit quantize`
         from pretrainkit.samp.backends import prepare_quantized

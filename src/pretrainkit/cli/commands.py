@@ -411,6 +411,9 @@ def _add_finetune(p):
     add_columns(p)
     _add_task_options(p)
     _add_perturb_options(p)
+    from pretrainkit.cli.peft_commands import add_peft_options
+
+    add_peft_options(p)
     _train_options(p)
     p.epilog = FINETUNE_EPILOG
 
@@ -432,6 +435,7 @@ def _perturb_options(args: argparse.Namespace) -> dict[str, Any]:
 
 @command("finetune", "fine-tune a model folder on a downstream task")(_add_finetune)
 def finetune(args):
+    from pretrainkit.cli.peft_commands import peft_choice
     from pretrainkit.training import TrainConfig
     from pretrainkit.workflows.finetune import finetune as run
 
@@ -460,6 +464,8 @@ def finetune(args):
         overwrite=args.overwrite,
         folds=args.folds,
         perturb=_perturb_options(args),
+        peft=peft_choice(args)[0],
+        peft_options=peft_choice(args)[1],
     )
 
 
@@ -553,7 +559,12 @@ def demo(args):
 def _add_convert(p):
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-hf", metavar="HF_DIR", help="HF model folder to import")
-    direction.add_argument("--to-hf", metavar="DIR", help="pretrainkit model folder to export")
+    direction.add_argument(
+        "--to-hf",
+        metavar="DIR",
+        help="pretrainkit model folder to export; a LoRA PEFT folder (finetune --peft lora) "
+        "writes its base in OUT/base and the adapter in the HF peft format in OUT",
+    )
     p.add_argument("--out", required=True, help="output folder, written whole or not at all")
     p.add_argument(
         "--family",
@@ -584,9 +595,16 @@ CONVERT_FAMILIES = (
 @command("convert", "convert a model folder between HuggingFace and pretrainkit")(_add_convert)
 def convert(args):
     from pretrainkit.convert import convert_from_hf, convert_to_hf
+    from pretrainkit.peft.options import is_peft_folder
 
     if args.from_hf:
         out = convert_from_hf(args.from_hf, args.out, args.family, overwrite=args.overwrite)
+    elif is_peft_folder(args.to_hf):  # LoRA: OUT/base (HF) + the adapter in peft's format
+        from pretrainkit.peft.hf_export import export_hf
+
+        if args.family:
+            raise ConfigError("--family: a PEFT folder's base gives its family; drop it")
+        out = export_hf(args.to_hf, args.out, overwrite=args.overwrite)
     else:
         out = convert_to_hf(args.to_hf, args.out, args.family, overwrite=args.overwrite)
     return {"out": str(out)}
@@ -724,6 +742,10 @@ def generate(args):
     return None
 
 
-# SAMP's commands (quantize, bench) live in their own module and register here.
-from pretrainkit.cli import samp_commands  # noqa: E402, F401
-from pretrainkit.cli import distill_commands  # noqa: E402, F401
+# SAMP's commands (quantize, bench), distill's and PEFT's (merge; finetune's --peft options)
+# live in their own modules and register here.
+from pretrainkit.cli import (  # noqa: E402
+    distill_commands,  # noqa: F401
+    peft_commands,  # noqa: F401
+    samp_commands,  # noqa: F401
+)

