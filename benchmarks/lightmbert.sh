@@ -8,13 +8,16 @@
 # teacher and both students are fine-tuned on English PAWS-X (the train/select split of
 # mbert_pretrain.sh) and scored zero-shot on PAWS-X de, es, fr, zh.
 #
-# Usage: bash benchmarks/lightmbert.sh WORK_DIR MBERT_WORK_DIR [DATA_DIR]
+# Usage: [TEACHER=DIR] [LIGHT_STEPS=N] bash benchmarks/lightmbert.sh WORK_DIR MBERT_WORK_DIR [DATA]
 # Budget on this 2-core CPU (--threads 1): each distillation ~15 min, each probe ~5 min.
 set -euo pipefail
 work="${1:?usage: lightmbert.sh WORK_DIR MBERT_WORK_DIR [DATA_DIR]}"
 mbert="${2:?usage: lightmbert.sh WORK_DIR MBERT_WORK_DIR [DATA_DIR]}"
 data="${3:-${PRETRAINKIT_DATA:-../shared/data}}"
 steps="${LIGHT_STEPS:-1500}"
+# The teacher: the finished pre-training, or (TEACHER=DIR) a model folder copied from one of its
+# checkpoints when the run is still going.
+teacher="${TEACHER:-$mbert/pretrained}"
 mkdir -p "$work/logs"
 pk() { python3 -m pretrainkit "$@" --threads 1; }
 run() {  # run NAME CMD...: skip when its log exists (a finished step)
@@ -23,7 +26,7 @@ run() {  # run NAME CMD...: skip when its log exists (a finished step)
   "$@" > "$work/logs/.tmp-$name.json"
   mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
 }
-cut=(--teacher "$mbert/pretrained" --student "$mbert/pretrained" --student-layers 2
+cut=(--teacher "$teacher" --student "$teacher" --student-layers 2
   --freeze-word-embeddings --recipe layerwise --data "$mbert/shards" --steps "$steps"
   --batch-size 32 --lr 5e-4 --warmup $((steps / 10)) --precision bf16 --no-progress
   --log-every 50)
@@ -44,6 +47,6 @@ probe() {  # probe NAME MODEL_DIR: PAWS-X English train, select on English, zero
       --data "$data/pawsx/dev-$language.tsv" "${pawsx[@]}"
   done
 }
-probe teacher "$mbert/pretrained"
+probe teacher "$teacher"
 probe distilled "$work/distilled"
 probe mlm-only "$work/mlm-only"
