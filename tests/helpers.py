@@ -227,3 +227,15 @@ class OneThread:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def text_batch(model, texts: list[str]) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``texts`` through ``model.tokenizer``'s template,
+    right-padded with 0 to the longest."""
+    rows = [model.tokenizer.build_inputs(ids)[0] for ids in model.tokenizer.encode_batch(texts)]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return {"input_ids": ids, "attention_mask": mask}

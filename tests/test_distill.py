@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, invoke, read_metrics
+from helpers import cli, invoke, read_metrics, text_batch
 from samp_helpers import TINY, VOCAB, tiny_classifier
 
 import pretrainkit
@@ -45,16 +45,6 @@ def teacher_dir(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def config(steps: int = 12, **extra) -> TrainConfig:
     values = {"steps": steps, "lr": 3e-3, "precision": "fp32", "progress": False}
     return TrainConfig(**{**values, **extra})
-
-
-def batch_of(model: pretrainkit.Model, texts: list[str]) -> dict[str, torch.Tensor]:
-    rows = [model.tokenizer.build_inputs(ids)[0] for ids in model.tokenizer.encode_batch(texts)]
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 TEXTS = ["the cat was good .", "it was bad and the dog was", "the"]
@@ -107,7 +97,7 @@ def test_teacher_stays_frozen_and_in_eval_mode(teacher_dir):
     assert all(not p.requires_grad for p in teacher.parameters())
     trained = {id(p) for p in model.trainable_parameters()}
     assert trained == {id(p) for p in student.parameters()}
-    out = model(**batch_of(teacher, TEXTS))
+    out = model(**text_batch(teacher, TEXTS))
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert out.metrics["distill_hidden"] > 0
@@ -149,7 +139,7 @@ def test_projection_is_checkpointed_beside_the_student_and_resumes_exactly(teach
 
 def test_losses_vanish_when_the_student_is_the_teacher(teacher_dir):
     teacher = load(teacher_dir[0]).eval()
-    batch = batch_of(teacher, TEXTS)
+    batch = text_batch(teacher, TEXTS)
     states = run_states(teacher, batch, attentions=True, targets={})
     assert SoftLabels(2.0)(states, states, batch).item() == pytest.approx(0.0, abs=1e-6)
     assert HiddenStates([(1, 1), (2, 2)], 64, 64)(states, states, batch).item() == 0.0
@@ -178,7 +168,7 @@ def test_soft_labels_match_the_kl_formula():
 
 def test_attention_recording_equals_the_fused_kernel(teacher_dir):
     teacher = load(teacher_dir[0]).eval()
-    batch = batch_of(teacher, TEXTS)
+    batch = text_batch(teacher, TEXTS)
     reference = teacher(**batch).logits
     with record_attention(teacher.encoder) as maps:
         recorded = teacher(**batch).logits
@@ -235,7 +225,7 @@ def test_student_layers_bottom_and_uniform(tmp_path):
         for j, i in enumerate(picked):
             ours, theirs = student.encoder.layers[j].state_dict(), teacher.encoder.layers[i]
             assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.items())
-    batch = batch_of(teacher, TEXTS)
+    batch = text_batch(teacher, TEXTS)
     # The bottom-2 student computes exactly the teacher's second layer.
     teacher.eval(), bottom.eval()
     expected = teacher.layer_outputs(**batch)[1]
@@ -247,7 +237,7 @@ def test_parameter_recurrence_applies_each_group_in_a_row(tmp_path):
     student = make_student(teacher, StudentOptions(student_layers=4, layer_groups=2)).eval()
     assert len(student.encoder.layers) == 2 and student.config.encoder.layer_groups == 2
     first, second = teacher.encoder.layers[0].eval(), teacher.encoder.layers[2].eval()
-    batch = batch_of(teacher, TEXTS)
+    batch = text_batch(teacher, TEXTS)
     x = student.embedding(batch["input_ids"])
     mask = batch["attention_mask"].bool()[:, None, None, :]
     for block in (first, first, second, second):
@@ -494,7 +484,7 @@ def test_crops_are_labelled_by_the_teacher_alone(teacher_dir, tmp_path):
 
 def test_a_batch_of_crops_only_has_a_zero_gold_loss(teacher_dir):
     teacher = load(teacher_dir[0]).eval()
-    batch = batch_of(teacher, TEXTS)
+    batch = text_batch(teacher, TEXTS)
     out = teacher(**batch, labels=torch.full((3,), -100))
     assert out.loss.item() == 0.0 and out.loss.requires_grad
     mixed = teacher(**batch, labels=torch.tensor([-100, 1, 0]))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_metrics
+from helpers import cli, read_metrics, text_batch
 from samp_helpers import tiny_classifier
 
 from pretrainkit.errors import ConfigError, DataError
@@ -29,13 +29,7 @@ def classifier(tmp_path_factory):
 
 
 def batch_of(model, texts: list[str], labels: list[int]) -> dict[str, torch.Tensor]:
-    rows = [model.tokenizer.build_inputs(ids)[0] for ids in model.tokenizer.encode_batch(texts)]
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(labels)}
+    return {**text_batch(model, texts), "labels": torch.tensor(labels)}
 
 
 TEXTS = ["the cat was good and it was fine .", "it was bad .", "the dog was"]
