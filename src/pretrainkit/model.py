@@ -24,6 +24,7 @@ from pretrainkit.encoders.transformer import TransformerEncoder
 from pretrainkit.errors import CheckpointError, ConfigError, check_tensor_keys, closest
 from pretrainkit.fileio import atomic_directory, read_safetensors
 from pretrainkit.targets import TARGETS, Target
+from pretrainkit.whitening import WHITENING, Whitening, load_whitening
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Model(nn.Module):
         # The downstream task a fine-tuned model solves (name, options, label set), as
         # pretrainkit.tasks records it; saved as task.json and read back by every command.
         self.task_record: dict[str, Any] | None = None
+        # A fitted sentence-vector whitening (pretrainkit.whitening) that `encode` applies;
+        # saved as whitening.safetensors.
+        self.whitening: Whitening | None = None
 
     def target_modules(self) -> dict[str, Target]:
         return {name: cast(Target, target) for name, target in self.targets.items()}
@@ -301,12 +305,17 @@ class Model(nn.Module):
         pooling: str | None = None,
         normalize: bool | None = None,
         max_length: int | None = None,
+        precision: str = "fp32",
+        whiten: bool = True,
     ) -> np.ndarray:
-        """Sentence embeddings ``[len(texts), hidden]`` (float32), like sentence-transformers.
+        """Sentence embeddings ``[len(texts), hidden]`` (float32), like sentence-transformers;
+        ``[len(texts), k]`` when the model has a whitening (``self.whitening``).
 
-        Runs in eval mode without gradients through ``self.tokenizer``. Options left as None take
-        the model's ``encode_defaults`` (recorded when converting a sentence-transformers folder),
-        else mean pooling, no normalisation and the position table's capacity.
+        Runs in eval mode without gradients through ``self.tokenizer``, in batches of texts of
+        similar length (longest first). Options left as None take the pooling the model's
+        whitening was fitted for, else the model's ``encode_defaults`` (recorded when converting
+        a sentence-transformers folder), else mean pooling, no normalisation and the position
+        table's capacity.
 
         Args:
             texts: the sentences.
@@ -316,10 +325,14 @@ class Model(nn.Module):
                 transformer layer's outputs, as in BERT-whitening).
             normalize: scale every embedding to unit L2 norm.
             max_length: longest input in tokens, special tokens included; longer texts are cut.
+            precision: ``fp32``; ``bf16`` (autocast, fastest on a CPU with bf16 instructions);
+                ``fp16`` on a GPU only (a ConfigError on CPU).
+            whiten: apply ``self.whitening`` when there is one (to the pooled vectors, before
+                normalising); False gives the plain pooled vectors.
         """
         from pretrainkit.encoding import encode
 
-        return encode(self, texts, batch_size, pooling, normalize, max_length)
+        return encode(self, texts, batch_size, pooling, normalize, max_length, precision, whiten)
 
     # -- persistence ---------------------------------------------------------------------
     def save(
@@ -352,6 +365,8 @@ class Model(nn.Module):
                 self.tokenizer.save(tmp / TOKENIZER)
             if self.encode_defaults:
                 (tmp / ENCODE_DEFAULTS).write_text(json.dumps(self.encode_defaults, indent=2))
+            if self.whitening is not None:
+                self.whitening.save(tmp / WHITENING)
             if self.task_record is not None:
                 (tmp / TASK).write_text(json.dumps(self.task_record, indent=2) + "\n")
             if self.hf_passthrough:
@@ -592,6 +607,8 @@ def load(
         model.tokenizer = load_tokenizer(directory / TOKENIZER)
     if (directory / PASSTHROUGH).is_file():
         model.hf_passthrough = read_safetensors(directory / PASSTHROUGH)
+    if (directory / WHITENING).is_file():
+        model.whitening = load_whitening(directory / WHITENING, model.config.hidden_size)
     if (directory / TASK).is_file():
         model.task_record = _read_json_object(directory / TASK)
     if (directory / ENCODE_DEFAULTS).is_file():

@@ -617,11 +617,14 @@ def _add_embed(p):
         required=True,
         help="one text per line; a .tsv task file (header label/text_a/text_b) gives text_a",
     )
-    p.add_argument("--out", required=True, help="output .npy file, float32 [rows, hidden]")
+    p.add_argument(
+        "--out", required=True, help="output .npy file, float32 [rows, hidden] ([rows, K] whitened)"
+    )
     p.add_argument(
         "--pooling",
         choices=["cls", "mean", "max", "first-last-avg"],
-        help="default: the model's recorded one (sentence-transformers), else mean",
+        help="default: the one the folder's whitening was fitted for, else the model's recorded "
+        "one (sentence-transformers), else mean",
     )
     p.add_argument(
         "--normalize",
@@ -632,6 +635,29 @@ def _add_embed(p):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--max-length", type=int, help="tokens per text incl. specials (default: the model's)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="bf16: autocast, faster on CPUs with bf16 instructions; fp16: GPU only",
+    )
+    p.add_argument(
+        "--whiten",
+        type=int,
+        metavar="K",
+        help="fit a whitening (BERT-whitening) on the pooled vectors and keep K directions; "
+        "replaces the folder's own",
+    )
+    p.add_argument(
+        "--whiten-fit",
+        metavar="FILE",
+        help="texts to fit the whitening on (default: --data); more than hidden-size of them",
+    )
+    p.add_argument(
+        "--whiten-out",
+        metavar="DIR",
+        help="write the model with the fitted whitening to this new folder (not --model)",
     )
     add_overwrite(p)
 
@@ -649,6 +675,10 @@ def embed(args):
         batch_size=args.batch_size,
         max_length=args.max_length,
         overwrite=args.overwrite,
+        precision=args.precision,
+        whiten=args.whiten,
+        whiten_fit=args.whiten_fit,
+        whiten_out=args.whiten_out,
     )
 
 
