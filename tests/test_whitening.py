@@ -221,3 +221,19 @@ def test_minilm_whitening_on_sts_sentences(tmp_path, monkeypatch):
     got = model.encode(texts[:20])  # its recorded defaults: mean, normalised
     assert got.shape == (20, 128)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_whitening_goes_with_quantization_and_is_refused_by_hf_export(tmp_path):
+    from pretrainkit.convert import convert_to_hf
+    from pretrainkit.samp.backends import clone_model
+    from pretrainkit.whitening import fit_whitening
+
+    torch.manual_seed(0)
+    model = pretrainkit.build_model("bert-tiny", {"hidden_size": 32, "encoder.num_heads": 2})
+    vectors = torch.randn(80, 32).numpy()
+    model.whitening = fit_whitening(vectors, 8, "mean")
+    assert clone_model(model).whitening is model.whitening
+    model.save(tmp_path / "whitened")
+    with pytest.raises(CheckpointError, match="cannot express yet"):
+        convert_to_hf(tmp_path / "whitened", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

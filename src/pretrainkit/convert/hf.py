@@ -339,6 +339,12 @@ def convert_to_hf(
         CheckpointError: the model uses something the HF family cannot compute (named).
     """
     model = load(model_dir)
+    if model.whitening is not None:
+        raise CheckpointError(
+            f"{model_dir}: the folder holds a sentence-vector whitening (whitening.safetensors), "
+            "which the HF / sentence-transformers files cannot express yet; export the folder "
+            "it was fitted on (embed --whiten-out wrote this one as a copy)"
+        )
     config = model.config
     fam = _family_of(config, family)
     head = fam.head_for_targets(tuple(t.name for t in config.targets))

@@ -71,6 +71,8 @@ def make_student(source: Model, options: StudentOptions) -> Model:
     student.tie_weights()
     student.tokenizer = tokenizer
     student.encode_defaults = dict(source.encode_defaults)
+    if source.whitening is not None:  # fitted to the folder's vectors, not the student's
+        log.info("the folder's whitening is not carried to the student; fit one for it")
     student.task_record = source.task_record
     if options.freeze_word_embeddings:
         _table(student).requires_grad_(False)

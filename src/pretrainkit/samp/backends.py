@@ -50,6 +50,7 @@ def clone_model(model: Model, share_float: bool = False) -> Model:
         copy.load_state_dict(model.state_dict())
     copy.tokenizer = model.tokenizer
     copy.encode_defaults = dict(model.encode_defaults)
+    copy.whitening = model.whitening  # the same vectors, so the same fitted whitening
     # The task goes with the weights: the quantized folder is evaluated and predicted with it.
     copy.task_record = deepcopy(model.task_record)
     return copy.eval()
