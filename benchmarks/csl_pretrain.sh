@@ -25,13 +25,7 @@ steps="${STEPS:-4000}"
 tune=()
 if [ "${SMOKE:-0}" = 1 ]; then steps=2; tune=(--steps 2); fi
 mkdir -p "$work/logs"
-pk() { python3 -m pretrainkit "$@" --threads 1; }
-run() {
-  local name="$1"; shift
-  if [ -s "$work/logs/$name.json" ]; then return 0; fi
-  "$@" > "$work/logs/.tmp-$name.json"
-  mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
-}
+source "$here/steps.sh"
 # The shapes of csl.py's SHAPES, as command-line overrides.
 body=(--model.hidden_size 128 --model.encoder.num_layers 2 --model.encoder.num_heads 4
   --model.encoder.ffn_size 512 --model.decoder.num_layers 2 --model.decoder.num_heads 4

@@ -13,13 +13,7 @@ work="${1:?usage: distill_sst2.sh WORK_DIR [DATA_DIR]}"
 data="${2:-${PRETRAINKIT_DATA:-../shared/data}}"
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$work/logs"
-pk() { python3 -m pretrainkit "$@" --threads 1; }
-run() {  # run NAME CMD...: skip when its log exists (a finished step)
-  local name="$1"; shift
-  if [ -s "$work/logs/$name.json" ]; then return 0; fi
-  "$@" > "$work/logs/.tmp-$name.json"
-  mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
-}
+source "$here/steps.sh"
 train=(--train "$data/sst2/train.tsv" --dev "$data/sst2/dev.tsv" --columns label,text_a)
 sst=(--data "$data/sst2/train.tsv" --dev "$data/sst2/dev.tsv" --columns label,text_a)
 common=(--precision bf16 --no-progress --batch-size 32 --steps 649 --lr 1e-4 --warmup 64)

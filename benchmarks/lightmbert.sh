@@ -19,13 +19,8 @@ steps="${LIGHT_STEPS:-1500}"
 # checkpoints when the run is still going.
 teacher="${TEACHER:-$mbert/pretrained}"
 mkdir -p "$work/logs"
-pk() { python3 -m pretrainkit "$@" --threads 1; }
-run() {  # run NAME CMD...: skip when its log exists (a finished step)
-  local name="$1"; shift
-  if [ -s "$work/logs/$name.json" ]; then return 0; fi
-  "$@" > "$work/logs/.tmp-$name.json"
-  mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
-}
+here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/steps.sh"
 cut=(--teacher "$teacher" --student "$teacher" --student-layers 2
   --freeze-word-embeddings --recipe layerwise --data "$mbert/shards" --steps "$steps"
   --batch-size 32 --lr 5e-4 --warmup $((steps / 10)) --precision bf16 --no-progress
