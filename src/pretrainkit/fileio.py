@@ -289,3 +289,20 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: not a valid safetensors file (truncated or damaged?): {error}"
         ) from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in a file a run or a model folder holds; a CheckpointError naming the
+    file when it cannot be read, is not UTF-8 JSON or holds something else than an object."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"cannot read {describe_os_error(error, path)}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

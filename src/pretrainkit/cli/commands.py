@@ -772,9 +772,10 @@ def generate(args):
     return None
 
 
-# SAMP's commands (quantize, bench), distill's and PEFT's (merge; finetune's --peft options)
-# live in their own modules and register here.
+# SAMP's commands (quantize, bench), distill's, continual learning's and PEFT's (merge;
+# finetune's --peft options) live in their own modules and register here.
 from pretrainkit.cli import (  # noqa: E402
+    continual_commands,  # noqa: F401
     distill_commands,  # noqa: F401
     peft_commands,  # noqa: F401
     samp_commands,  # noqa: F401

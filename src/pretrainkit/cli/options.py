@@ -73,6 +73,7 @@ def add_dataclass_options(
         flag = "--" + f.name.replace("_", "-")
         help_text = docs.get(f.name, "").replace("%", "%%")
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = str(default).replace("%", "%%")  # argparse formats help with %
         if hints[f.name] is bool:
             group.add_argument(
                 flag,

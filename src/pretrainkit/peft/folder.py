@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from pretrainkit.config import ModelConfig
 from pretrainkit.errors import CheckpointError, check_tensor_keys
-from pretrainkit.fileio import atomic_directory, read_safetensors
+from pretrainkit.fileio import atomic_directory, read_json_object, read_safetensors
 from pretrainkit.model import ENCODE_DEFAULTS, TASK, WEIGHTS, Model, build_model, model_folder
 from pretrainkit.peft.core import BODY, BaseReference, PeftModel, apply_peft
 from pretrainkit.peft.options import PEFT_RECORD
@@ -106,19 +106,9 @@ def load_trained(model: Model, trainable: list[str], directory: Path) -> None:
     model.load_state_dict(state, strict=False)  # the rest comes from the base
 
 
-def _json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{path}: cannot be read as JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_record(folder: Path) -> dict[str, Any]:
     path = folder / PEFT_RECORD
-    record = _json_object(path)
+    record = read_json_object(path)
     if record.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a PEFT record of format {FORMAT}")
     for key in ("method", "options", "base"):
@@ -180,9 +170,9 @@ def load_peft(directory: str | os.PathLike, base: str | os.PathLike | None = Non
     model.tie_weights()
     model.tokenizer = base_model.tokenizer
     if (folder / TASK).is_file():
-        model.task_record = _json_object(folder / TASK)
+        model.task_record = read_json_object(folder / TASK)
     if (folder / ENCODE_DEFAULTS).is_file():
-        model.encode_defaults = _json_object(folder / ENCODE_DEFAULTS)
+        model.encode_defaults = read_json_object(folder / ENCODE_DEFAULTS)
     peft = apply_peft(model, str(record["method"]), record["options"], reference)
     peft.load_weights(folder)
     return peft.eval()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +253,12 @@ def fit(
     source: dict[str, str],
     perturb: Any = None,
     peft: tuple[str, dict[str, Any], str] | None = None,
+    wrap: Callable[[Model], tuple[torch.nn.Module, dict[str, Any]]] | None = None,
 ) -> dict:
-    """Fine-tune ``base`` on rows already read (``finetune`` and each fold of ``--folds``);
-    ``peft``: (method, options, base folder) of a parameter-efficient run."""
+    """Fine-tune ``base`` on rows already read (``finetune``, each fold of ``--folds``, each
+    task of ``continual``); ``peft``: (method, options, base folder) of a parameter-efficient
+    run; ``wrap``: turns the task model into the TrainableModel the loop trains (a continual
+    task's chosen groups) and returns what run.json records of it."""
     from pretrainkit.training import Trainer
 
     plan = batch_plan(parallel, batch_size, _probe(train).accumulate)
@@ -277,6 +281,11 @@ def fit(
 
         trained = apply_peft(net, peft[0], peft[1], base_reference(peft[2]))
         peft = (peft[0], trained.method.record(), peft[2])  # every option, defaults included
+    wrapped: dict[str, Any] = {}
+    if wrap is not None:
+        if peft is not None or perturb is not None:
+            raise ConfigError("a wrapped task model cannot also take --peft or perturbed training")
+        trained, wrapped = wrap(net)
     run = {
         "command": "finetune",
         "task": spec.record(),
@@ -287,6 +296,7 @@ def fit(
         "warmup": config.warmup,
         **({"perturb": dataclasses.asdict(perturb)} if perturb is not None else {}),
         **({"peft": {"method": peft[0], "options": peft[1]}} if peft is not None else {}),
+        **wrapped,
         **plan,
     }
     stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pretrainkit.distributed import is_main_process
@@ -24,11 +24,16 @@ def _has_checkpoint(out: Path) -> bool:
 
 
 @contextlib.contextmanager
-def run_folder(out: str | os.PathLike, resume: bool, overwrite: bool) -> Iterator[Path]:
+def run_folder(
+    out: str | os.PathLike,
+    resume: bool,
+    overwrite: bool,
+    resumable: Callable[[Path], bool] = _has_checkpoint,
+) -> Iterator[Path]:
     """Yield the run folder ``out``, ready to be written.
 
     - A missing or empty folder is the run's own; on failure it is removed again unless it
-      holds a checkpoint to ``--resume`` from.
+      holds a checkpoint to ``--resume`` from (``resumable``: what counts as one).
     - An existing non-empty folder is continued with ``resume``, replaced with ``overwrite``
       (the old one is kept aside until the new run ends, and put back if it fails), and an
       ``OutputExistsError`` otherwise.
@@ -60,7 +65,7 @@ def run_folder(out: str | os.PathLike, resume: bool, overwrite: bool) -> Iterato
         yield out
     except BaseException as error:
         if main and not existed:
-            if _has_checkpoint(out) and aside is None:
+            if resumable(out) and aside is None:
                 log.warning("%s keeps its checkpoints: --resume continues from the latest", out)
             else:
                 shutil.rmtree(out, ignore_errors=True)
