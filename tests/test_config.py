@@ -81,3 +81,20 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     again = load_model_config(tmp_path / "c.yaml")
     assert again == config
     assert [t.name for t in again.targets] == ["mlm", "nsp"]
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-4", 1e-4), ("3E-5", 3e-5), (" 2e3 ", 2000.0)])
+def test_yaml_1_1_exponents_read_as_numbers(text, value) -> None:
+    # PyYAML (YAML 1.1) reads `lr: 1e-4` as the string "1e-4": a float field takes it as 1e-4.
+    from pretrainkit.config.typed import coerce, load_yaml
+
+    assert load_yaml("lr: 1e-4", "x")["lr"] == "1e-4"
+    assert coerce(text, float, "lr") == value
+
+
+@pytest.mark.parametrize("text", ["fast", "nan", "inf", "1e", "1,5", ""])
+def test_other_strings_are_not_numbers(text) -> None:
+    from pretrainkit.config.typed import coerce
+
+    with pytest.raises(ConfigError, match="expected a number"):
+        coerce(text, float, "lr")
