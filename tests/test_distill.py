@@ -490,3 +490,46 @@ def test_a_batch_of_crops_only_has_a_zero_gold_loss(teacher_dir):
     mixed = teacher(**batch, labels=torch.tensor([-100, 1, 0]))
     alone = teacher(**{k: v[1:] for k, v in batch.items()}, labels=torch.tensor([1, 0]))
     assert mixed.loss.item() == pytest.approx(alone.loss.item(), rel=1e-4)
+
+
+def test_distill_with_lora_trains_and_saves_only_the_adapters(teacher_dir, tmp_path, capsys):
+    # `distill --peft lora`: the student as made is the PEFT base (RUN/student-base); only the
+    # LoRA tensors and the head train; the run's model is a PEFT folder that loads on that base,
+    # merges into a plain student, and resumes exactly.
+    from safetensors.torch import load_file
+
+    from pretrainkit.peft.folder import merge_folder
+
+    teacher_path, files = teacher_dir
+    argv = [
+        "distill", "--teacher", teacher_path, "--student", teacher_path, "--student-layers", "1",
+        "--recipe", "task", "--data", files["train"], "--dev", files["select"],
+        "--batch-size", "16", "--precision", "fp32", "--no-progress", "--lr", "1e-2",
+        "--peft", "lora", "--lora-rank", "4", "--lora-targets", "query,value,up",
+        "--scheduler", "constant", "--save-every", "20",
+    ]  # fmt: skip
+    cli(*argv, "--out", tmp_path / "run", "--steps", "40")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["peft"]["method"] == "lora" and run["peft"]["options"]["lora_rank"] == 4
+    assert run["trained_parameters"] < 0.2 * run["student_parameters"]
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert saved and all("lora_" in k or k.startswith("targets.") for k in saved)
+    base = load(tmp_path / "run" / "student-base")
+    trained = load(tmp_path / "run")  # the PEFT folder on its base
+    assert trained.config.encoder.num_layers == 1
+    frozen = "encoder.layers.0.attention.query.weight"
+    assert torch.equal(trained.state_dict()[frozen], base.state_dict()[frozen])
+    score = pretrainkit.workflows.finetune.evaluate(tmp_path / "run", files["select"])
+    assert score["accuracy"] >= 0.8
+    merged = merge_folder(tmp_path / "run", tmp_path / "merged")
+    again = pretrainkit.workflows.finetune.evaluate(merged, files["select"])
+    assert again["accuracy"] == score["accuracy"]
+    # Stopped at step 20 and resumed: the same adapters as the uninterrupted run.
+    cli(*argv, "--out", tmp_path / "short", "--steps", "20")
+    cli(*argv, "--out", tmp_path / "short", "--steps", "40", "--resume")
+    resumed = load_file(tmp_path / "short" / "model" / "model.safetensors")
+    assert all(torch.equal(resumed[k], saved[k]) for k in saved)
+    code, _, err = invoke(
+        capsys, *argv, "--out", tmp_path / "bad", "--steps", "2", "--lora-rank", "0"
+    )
+    assert code != 0 and "lora_rank" in err and not (tmp_path / "bad").exists()

@@ -53,6 +53,9 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
     add_columns(p)
     add_dataclass_options(p, StudentOptions, title="student (how it is made from --student)")
     add_union_options(p, RECIPE_OPTIONS, RECIPE_PREFIX, "recipe options (--recipe NAME)")
+    from pretrainkit.cli.peft_commands import add_peft_options
+
+    add_peft_options(p)
     _train_options(p)
 
 
@@ -61,6 +64,7 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
 )
 def distill(args: argparse.Namespace) -> dict[str, Any]:
     from pretrainkit.cli.options import dataclass_from_args
+    from pretrainkit.cli.peft_commands import peft_choice
     from pretrainkit.distill.options import RECIPE_OPTIONS, StudentOptions
     from pretrainkit.workflows.distill import distill as run
 
@@ -68,6 +72,7 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
         args, RECIPE_PREFIX, RECIPE_OPTIONS[args.recipe], f"recipe {args.recipe}"
     )
     student = dataclass_from_args(StudentOptions, args)
+    peft, peft_options = peft_choice(args)
     return run(
         args.teacher,
         args.student,
@@ -85,4 +90,6 @@ def distill(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         columns=args.columns,
         eval_batches=args.eval_batches,
+        peft=peft,
+        peft_options=peft_options,
     )

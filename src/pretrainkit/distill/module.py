@@ -79,6 +79,13 @@ class Distiller(nn.Module):
         self._student_heads = "targets" in needs or self.hard_weight > 0
         self._teacher_heads = "targets" in needs
         self._token_level = bool(token_losses)
+        self.peft: Any = None  # see use_peft
+
+    def use_peft(self, peft: Any) -> None:
+        """Save and load the student through ``peft`` (a ``PeftModel`` around it: only the
+        method's tensors and the head train, ``distill --peft``). Kept outside the module tree:
+        its parameters are the student's, and must not appear twice in the state dict."""
+        object.__setattr__(self, "peft", peft)
 
     # -- the training contract ---------------------------------------------------------------
 
@@ -134,7 +141,8 @@ class Distiller(nn.Module):
         if state_dict is not None:  # gathered from shards: keep the student's and the losses'
             student_state = _under(state_dict, "student.")
             loss_state = _under(state_dict, "losses.")
-        path = self.student.save(directory, student_state, overwrite)
+        saver = self.student if self.peft is None else self.peft
+        path = saver.save(directory, student_state, overwrite)
         loss_state = loss_state if loss_state is not None else self.losses.state_dict()
         if loss_state:
             tensors = {k: v.detach().contiguous().cpu() for k, v in loss_state.items()}
@@ -143,7 +151,7 @@ class Distiller(nn.Module):
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """The student's weights and the losses' parameters, strictly."""
-        self.student.load_weights(directory)
+        (self.student if self.peft is None else self.peft).load_weights(directory)
         expected = self.losses.state_dict()
         if not expected:
             return

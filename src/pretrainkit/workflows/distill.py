@@ -68,6 +68,8 @@ def distill(
     overwrite: bool = False,
     columns: tuple[str, ...] | None = None,
     eval_batches: int = 20,
+    peft: str | None = None,
+    peft_options: dict[str, Any] | None = None,
 ) -> dict:
     """Distil ``teacher`` (a model folder) into a student made from ``student``.
 
@@ -78,6 +80,9 @@ def distill(
         data: the recipe's training input (a task file, a shard folder, parallel files).
         train: a ``TrainConfig`` (steps, lr, precision, ...).
         dev: the recipe's held-out input, scored every ``eval_every`` steps and at the end.
+        peft: train only a parameter-efficient method's tensors of the student (and its head;
+            ``peft_options`` the method's options). The student as made, before training, is
+            written to ``RUN/student-base`` and the run's model is a PEFT folder on it.
     """
     from pretrainkit.distill.options import StudentOptions
     from pretrainkit.distill.recipes import Context, build_recipe
@@ -95,6 +100,10 @@ def distill(
             "distill: strategy fsdp is not supported (its sharded checkpoints would hold the "
             "frozen teacher); use ddp or deepspeed"
         )
+    if peft is not None:
+        from pretrainkit.peft.core import build_method
+
+        build_method(peft, peft_options)  # the method's options, checked before any work
     teacher_model = teacher if isinstance(teacher, Model) else load(teacher)
     torch.manual_seed(train.seed)
     net = make_student(student_source(student, teacher_model), made)
@@ -110,6 +119,7 @@ def distill(
     )
     plan = chosen.plan(teacher_model, net, context)
     student_net = plan.model.student
+    student_parameters = sum(p.numel() for p in student_net.parameters())
     run = {
         "command": "distill",
         "recipe": recipe,
@@ -120,8 +130,7 @@ def distill(
         "data": context.data,
         "dev": dev,
         "teacher_parameters": sum(p.numel() for p in teacher_model.parameters()),
-        "student_parameters": sum(p.numel() for p in student_net.parameters()),
-        "trained_parameters": sum(p.numel() for p in plan.model.trainable_parameters()),
+        "student_parameters": student_parameters,
         "steps": train.steps,
         **plan.record,
         **batch_plan(parallel, batch_size, train.accumulate),
@@ -132,6 +141,9 @@ def distill(
         100 * run["student_parameters"] / run["teacher_parameters"],
     )
     with run_folder(out, resume, overwrite) as folder:
+        if peft is not None:
+            run["peft"] = _apply_peft(plan.model, folder, peft, peft_options)
+        run["trained_parameters"] = sum(p.numel() for p in plan.model.trainable_parameters())
         if is_main_process():
             (folder / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         trainer = Trainer(
@@ -144,3 +156,39 @@ def distill(
             strategy=parallel,
         )
         return {**trainer.fit(), "student_parameters": run["student_parameters"]}
+
+
+STUDENT_BASE = "student-base"
+
+
+def _apply_peft(
+    distiller: Any, folder: Path, method: str, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Save the untrained student as the PEFT base (``RUN/student-base``; a resumed run finds
+    it there and must have made the same student), then apply ``method`` to it in place."""
+    from pretrainkit.distributed import barrier
+    from pretrainkit.errors import CheckpointError
+    from pretrainkit.peft.core import apply_peft
+    from pretrainkit.peft.folder import base_reference, weights_sha256
+
+    student = distiller.student
+    base = folder / STUDENT_BASE
+    if is_main_process():
+        if base.is_dir():
+            made = folder / f".{STUDENT_BASE}-check"
+            student.save(made, overwrite=True)
+            same = weights_sha256(made) == weights_sha256(base)
+            import shutil
+
+            shutil.rmtree(made, ignore_errors=True)
+            if not same:
+                raise CheckpointError(
+                    f"{base}: the student made now differs from the one this run started from "
+                    "(other --student options or a changed --student folder)"
+                )
+        else:
+            student.save(base)
+    barrier()
+    peft = apply_peft(student, method, options, base_reference(base))
+    distiller.use_peft(peft)
+    return {"method": method, "options": peft.method.record(), "base": str(base)}
