@@ -50,8 +50,8 @@ for backbone in "$@"; do
   dir="${backbone#*=}"
   for task in $task_names; do
     columns=(--columns text_a,text_b,label)
-    for row in $rows; do
-      for seed in $seeds; do
+    for seed in $seeds; do  # every row of a seed before the next seed: early rows are whole
+      for row in $rows; do
         id="$name-$task-$row-$seed"
         out="$work/runs/$id"
         # shellcheck disable=SC2046  # the row's options are words without spaces
