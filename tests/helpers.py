@@ -239,3 +239,40 @@ def text_batch(model, texts: list[str]) -> dict[str, torch.Tensor]:
     for i, row in enumerate(rows):
         ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def torchrun(processes: int, *argv: str, log: Path, module: bool = True) -> None:
+    """``torchrun --standalone --nproc-per-node N [-m pretrainkit] ARGV`` on CPU (gloo, one
+    thread per process); fails with the end of its log."""
+    import pretrainkit
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(pretrainkit.__file__).parents[1])] + sys.path),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # DeepSpeed: the CPU accelerator; the one op it compiles (shared-memory all-reduce,
+        # about a minute, once) is cached inside the checkout.
+        "DS_ACCELERATOR": "cpu",
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions")
+        ),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    target = ["-m", "pretrainkit"] if module else []
+    with log.open("wb") as sink:
+        done = subprocess.run(
+            [*command, str(processes), *target, *argv],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=600,
+        )
+    assert done.returncode == 0, log.read_text(errors="replace")[-6000:]
+
+
+def run_losses(run: Path) -> dict[int, float]:
+    """Step → logged loss of a run folder's metrics.jsonl."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("loss") is not None}

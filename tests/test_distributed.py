@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUIET, TINY_MODEL, cli, needs, write_classification, write_corpus
+from helpers import QUIET, TINY_MODEL, cli, needs, torchrun, write_classification, write_corpus
+from helpers import run_losses as losses
 from safetensors.torch import load_file
 
 import pretrainkit
@@ -41,7 +40,6 @@ STRATEGIES = {
     "deepspeed": ["--strategy", "deepspeed", "--zero-stage", "2"],
 }
 NEEDS_DEEPSPEED = needs("deepspeed")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def pretrain_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
@@ -50,37 +48,6 @@ def pretrain_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(out), "--steps", str(STEPS), "--global-batch-size", str(GLOBAL_BATCH), "--lr", "1e-3",
         "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *extra,
     ]  # fmt: skip
-
-
-def torchrun(*argv: str, log: Path) -> None:
-    """``torchrun --standalone --nproc-per-node 2 -m pretrainkit ARGV``; fails with its log."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(pretrainkit.__file__).parents[1])] + sys.path),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        # DeepSpeed: the CPU accelerator; the one op it compiles (shared-memory all-reduce,
-        # about a minute, once) is cached inside the checkout.
-        "DS_ACCELERATOR": "cpu",
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")
-        ),
-    }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    with log.open("wb") as sink:
-        done = subprocess.run(
-            [*command, "2", "-m", "pretrainkit", *argv],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            timeout=600,
-        )
-    assert done.returncode == 0, log.read_text(errors="replace")[-6000:]
-
-
-def losses(run: Path) -> dict[int, float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("loss") is not None}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +79,7 @@ def run_of(strategy: str, data: dict[str, Path], runs: dict[str, Path]) -> Path:
         out = data["root"] / strategy
         try:
             torchrun(
+                2,
                 *pretrain_args(data, out, *STRATEGIES[strategy]),
                 log=data["root"] / f"{strategy}.log",
             )
@@ -225,6 +193,7 @@ def test_resume_on_two_processes_continues_exactly(
             torch.save(Plant(marker), state / name)
         write_manifest(checkpoint, 10)
     torchrun(
+        2,
         *pretrain_args(data, resumed, *STRATEGIES[strategy], "--resume"),
         log=data["root"] / f"{strategy}-resumed.log",
     )
@@ -256,6 +225,7 @@ def test_single_process_model_fine_tunes_on_two_processes(data: dict[str, Path])
     # The other direction: a model saved by one process, loaded and sharded over two (FSDP).
     out = data["root"] / "finetune-fsdp"
     torchrun(
+        2,
         "finetune", "--model", str(data["root"] / "single" / "model"), "--train",
         str(data["train"]), "--out", str(out), "--steps", "5", "--global-batch-size", "8",
         "--seq-length", "32", "--strategy", "fsdp", *QUIET,

@@ -37,6 +37,10 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     """Recompute each transformer layer's activations in the backward pass instead of storing
     them (less memory, about a third more compute)."""
+    tensor_parallel: int = 1
+    """Split every transformer layer (attention heads, FFN width) over this many processes;
+    the processes are then tensor_parallel × data-parallel, the data split over the latter.
+    Alone (strategy single) or with strategy fsdp; must divide the heads and the FFN width."""
     trust_checkpoint: bool = False
     """Resume from checkpoint files that cannot be checked: a checkpoint without manifest.json
     (written by an older pretrainkit) and DeepSpeed's own optimizer files, which DeepSpeed reads
@@ -64,11 +68,33 @@ class ParallelConfig:
                 f"cpu_offload needs strategy 'fsdp' or 'deepspeed' (strategy is {self.strategy!r}): "
                 "only sharding engines can keep their shards in CPU memory"
             )
+        self._check_tensor_parallel()
         if self.strategy == "deepspeed" and not deepspeed_installed():
             raise ConfigError(
                 "strategy 'deepspeed' needs the deepspeed package, which is not installed here; "
                 "`pip install deepspeed`, or use strategy 'fsdp' (ZeRO-3-like sharding built into "
                 "PyTorch) or 'ddp'"
+            )
+
+    def _check_tensor_parallel(self) -> None:
+        size = self.tensor_parallel
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"tensor_parallel must be a positive integer, got {size!r}")
+        if size == 1:
+            return
+        if self.strategy == "ddp":
+            raise ConfigError(
+                f"tensor_parallel {size} with strategy 'ddp' is not supported: "
+                "DistributedDataParallel cannot hold the split (DTensor) parameters tensor "
+                "parallelism makes (it fails when wrapping them). Use --strategy fsdp to add "
+                "data parallelism (FSDP over the data-parallel processes, TP within each "
+                "group), or --strategy single for tensor parallelism alone"
+            )
+        if self.strategy == "deepspeed":
+            raise ConfigError(
+                f"tensor_parallel {size} with strategy 'deepspeed' is not supported: DeepSpeed "
+                "ZeRO here works on whole (unsplit) parameters. Use --strategy fsdp (or single "
+                "for tensor parallelism alone)"
             )
 
     @property
@@ -78,8 +104,8 @@ class ParallelConfig:
 
     @property
     def distributed(self) -> bool:
-        """True for the strategies that run in a process group."""
-        return self.strategy != "single"
+        """True for the strategies that run in a process group (any tensor parallelism)."""
+        return self.strategy != "single" or self.tensor_parallel > 1
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -57,26 +57,140 @@ class Engine:
     trust_checkpoint = False
     """Resume from checkpoint files that cannot be verified or that only load with pickle
     (``ParallelConfig.trust_checkpoint``; ``parallelize`` sets it)."""
+    mesh: Any = None
+    """The ("dp", "tp") DeviceMesh of a tensor-parallel run; None otherwise."""
+    tensor_parallel = 1
+    """Processes that share one model's layers (the "tp" size)."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, precision: str):
+    @property
+    def data_rank(self) -> int:
+        """This process's index among the processes that read different data ("dp")."""
+        if self.mesh is not None:
+            return int(self.mesh["dp"].get_local_rank())
+        from pretrainkit.distributed.parallel import rank
+
+        return rank()
+
+    @property
+    def data_world(self) -> int:
+        """How many processes read different data (all of them without TP)."""
+        if self.mesh is not None:
+            return int(self.mesh["dp"].size())
+        from pretrainkit.distributed.parallel import world_size
+
+        return world_size()
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        device: torch.device,
+        precision: str,
+        mesh: Any = None,
+    ):
         # Imported here: pretrainkit.training imports this package.
         from pretrainkit.training.optim import build_optimizer
         from pretrainkit.training.precision import grad_scaler
 
         self.device = device
+        # The 2-D ("dp", "tp") DeviceMesh of a tensor-parallel run, else None. The processes
+        # of one "tp" row hold parts of one model and must see the same batches: the data is
+        # split over "dp" only.
+        self.mesh = mesh
+        self.tensor_parallel = mesh["tp"].size() if mesh is not None else 1
         self.model = self.place(model)
         self.module = self.wrap(self.model)
         self.optimizer = build_optimizer(self.module, config)
+        self.per_tensor_updates()
         self.scaler = grad_scaler(precision, device)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 
     def place(self, model: nn.Module) -> nn.Module:
-        """Move the model to the training device (before ``wrap``)."""
+        """Move the model to the training device (before ``wrap``).
+
+        A model on the meta device (TP ranks other than 0) is materialised by ``wrap``.
+        """
+        if any(p.is_meta for p in model.parameters()):
+            return model
         return model.to(self.device)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module the loop calls; the model itself here."""
+        """The module the loop calls; the model itself here (its blocks split under TP).
+
+        Under TP, processes other than rank 0 may have built the model on the meta device (no
+        memory): after splitting, each allocates only its parts and receives rank 0's values.
+        """
+        if self.tensor_parallel == 1:
+            return model
+        import torch.distributed as dist
+
+        on_meta = any(p.is_meta for p in model.parameters())
+        flag = torch.tensor([int(on_meta)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process takes the same path
+        if not flag.item():  # every process has real weights: rank 0's parts are scattered
+            return self.split(model, src_data_rank=0)
+        initial = rank0_weights(model, on_meta)
+        self.split(model, src_data_rank=None)
+        if on_meta:
+            materialize(model, self.device)
+        set_model_state_dict(
+            model,
+            initial,
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+        )
+        broadcast_buffers(model)
         return model
+
+    def per_tensor_updates(self) -> None:
+        """Under TP, update the parameters one by one instead of in one fused kernel.
+
+        The split parameters are DTensors (on the "tp" mesh, or the 2-D one under FSDP) and the
+        replicated ones plain tensors or DTensors on another mesh; the fused and multi-tensor
+        AdamW kernels refuse such a mixed list. The per-tensor loop computes the same update,
+        with more kernel launches. Called again after loading an optimizer state, which
+        carries the flags of the run that saved it.
+        """
+        if self.tensor_parallel == 1:
+            return
+        for group in [*self.optimizer.param_groups, self.optimizer.defaults]:
+            if "fused" in group or "foreach" in group:
+                group["fused"], group["foreach"] = False, False
+
+    def split(self, model: nn.Module, src_data_rank: int | None) -> nn.Module:
+        """Split the transformer blocks over the "tp" processes (no-op without TP).
+
+        ``src_data_rank``: 0 scatters the first process's values; None keeps each process's
+        own part, for callers that broadcast rank 0's weights afterwards (models on meta).
+        """
+        if self.tensor_parallel == 1:
+            return model
+        from pretrainkit.distributed.tensor_parallel import apply_tensor_parallel
+
+        return apply_tensor_parallel(model, self.mesh["tp"], src_data_rank)
+
+    def check_batch(self, batch: dict[str, Tensor]) -> None:
+        """Under TP, fail when the processes of one "tp" row were given different batches.
+
+        They compute parts of one model on one batch; a batch source split over all processes
+        (``rank()`` / ``world_size()`` instead of the data-parallel rank and size) would train
+        garbage silently. Checked on the first batch (one small collective).
+        """
+        if self.tensor_parallel == 1:
+            return
+        import torch.distributed as dist
+
+        from pretrainkit.distributed.tensor_parallel import batch_checksum
+
+        local = batch_checksum(batch).to(self.device)  # NCCL gathers GPU tensors only
+        gathered = [torch.zeros_like(local) for _ in range(self.tensor_parallel)]
+        dist.all_gather(gathered, local, group=self.mesh["tp"].get_group())
+        if any(not torch.equal(other, gathered[0]) for other in gathered):
+            raise ConfigError(
+                "tensor parallelism: the processes of one tensor-parallel group were given "
+                "different batches; the batch source must be split by the data-parallel rank "
+                "and size (pretrainkit.distributed.data_parallel_rank / data_parallel_size), "
+                "not by the global rank"
+            )
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         """Context of one micro-batch's forward and backward; ``last`` ends the step."""
@@ -88,6 +202,8 @@ class Engine:
 
     def grad_norm(self, max_norm: float | None) -> Tensor:
         """The global gradient L2 norm, clipping to ``max_norm`` when given."""
+        if self.tensor_parallel > 1:
+            return split_grad_norm(self.params, max_norm)
         if max_norm is not None:
             return full_tensor(nn.utils.clip_grad_norm_(self.params, max_norm))
         return full_tensor(
@@ -129,9 +245,12 @@ class Engine:
     def full_state_dict(self) -> dict[str, Tensor] | None:
         """The full weights on rank 0 when the model's own ``state_dict`` is not (sharded).
 
-        None means ``model.save`` can write its own ``state_dict`` (always the case here).
+        None means ``model.save`` can write its own ``state_dict`` (one process, DDP). Under
+        TP the split weights are gathered onto rank 0 (``full_tensor``).
         """
-        return None
+        if self.tensor_parallel == 1:
+            return None
+        return cast(dict[str, Tensor], get_model_state_dict(self.module, options=FULL))
 
     def optimizer_state(self) -> dict[str, Any] | None:
         """The full optimizer state keyed by parameter name (on rank 0; None elsewhere)."""
@@ -159,6 +278,7 @@ class Engine:
                 set_optimizer_state_dict(
                     self.module, self.optimizer, state["optimizer"], options=FULL
                 )
+                self.per_tensor_updates()
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, RuntimeError) as error:
@@ -170,6 +290,10 @@ class Engine:
 
         path = Path(directory) / WEIGHTS
         weights = read_safetensors(path)
+        if self.tensor_parallel > 1:  # full weights, each process keeps its part
+            full: dict[str, Any] = weights_with_aliases(self.model, weights)
+            set_model_state_dict(self.module, full, options=StateDictOptions(full_state_dict=True))
+            return
         if isinstance(self.model, Model):
             load_state_strict(self.model, weights, str(path))
         else:  # any other model loads its own way, from a file now known to be readable
@@ -194,6 +318,51 @@ class DDPEngine(Engine):
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if last else self.module.no_sync()  # type: ignore[operator]
+
+
+def rank0_weights(model: nn.Module, on_meta: bool) -> dict[str, Any]:
+    """Rank 0's initial weights in CPU memory, to broadcast once the model is split (an empty
+    dict on the other ranks, which may hold the model on the meta device)."""
+    import torch.distributed as dist
+
+    if dist.get_rank() != 0:
+        return {}
+    if on_meta:
+        raise ConfigError("rank 0 must build the model with real weights, not on meta")
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """``to_empty`` that keeps tied weights tied.
+
+    ``to_empty`` gives each module its own new parameter, so a word table shared with the
+    output head (or a decoder's embedding) would become two independent copies here and
+    train apart from rank 0's one. The sharing is recorded first and restored after.
+    """
+    first: dict[int, tuple[nn.Module, str]] = {}
+    aliases: list[tuple[nn.Module, str, nn.Module, str]] = []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in first:
+                aliases.append((module, name, *first[id(param)]))
+            else:
+                first[id(param)] = (module, name)
+    model.to_empty(device=device)
+    for module, name, source, source_name in aliases:
+        setattr(module, name, getattr(source, source_name))
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers to every process after a model left the meta device.
+
+    ``to_empty`` leaves buffers uninitialised and a state dict carries only the persistent
+    ones: the rotary frequencies, sinusoidal tables and the like (``persistent=False``) would
+    stay garbage on the other processes.
+    """
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def weights_with_aliases(model: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -225,24 +394,18 @@ class FSDPEngine(Engine):
         device: torch.device,
         precision: str,
         cpu_offload: bool = False,
+        mesh: Any = None,
     ):
         self.cpu_offload, self.precision = cpu_offload, precision
-        super().__init__(model, config, device, precision)
+        super().__init__(model, config, device, precision, mesh)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        import torch.distributed as dist
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         on_meta = any(p.is_meta for p in model.parameters())
         # Rank 0 holds the real initial weights (in CPU memory); the others receive them after
         # sharding, each only its own shard.
-        initial: dict[str, Any] = {}
-        if dist.get_rank() == 0:
-            if on_meta:
-                raise ConfigError(
-                    "FSDP: rank 0 must build the model with real weights, not on meta"
-                )
-            initial = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        initial = rank0_weights(model, on_meta)
         options: dict[str, Any] = {}
         if self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -251,6 +414,9 @@ class FSDPEngine(Engine):
             )
         if self.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy()
+        if self.mesh is not None:  # 2-D: TP inside each "dp" column, FSDP across them
+            self.split(model, src_data_rank=None)  # rank 0's weights are broadcast below
+            options["mesh"] = self.mesh["dp"]
         for layer in transformer_layers(model):
             fully_shard(layer, **options)
         fully_shard(model, **options)
@@ -262,6 +428,7 @@ class FSDPEngine(Engine):
             initial,
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
+        broadcast_buffers(model)  # every process enters: some may have come from meta
         return model
 
     def place(self, model: nn.Module) -> nn.Module:
@@ -289,3 +456,36 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
         if isinstance(blocks, nn.ModuleList):
             layers.update((id(block), block) for block in blocks)
     return list(layers.values())
+
+
+def split_grad_norm(params: list[nn.Parameter], max_norm: float | None) -> Tensor:
+    """The global gradient norm of parameters of several layouts, clipping when asked.
+
+    Under TP (and FSDP on top of it) some gradients are DTensors split over the "tp" (and
+    "dp") processes, on different meshes, while the replicated ones may be plain tensors that
+    every process holds whole. PyTorch's ``clip_grad_norm_`` cannot stack norms of mixed
+    layouts, so each group of one layout gets its norm (``full_tensor``: summed over the
+    processes that hold its parts) and the groups are combined here.
+    """
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[Any, list[Tensor]] = {}
+    for param in params:
+        grad = param.grad
+        if grad is None:
+            continue
+        key = (grad.device_mesh, grad.placements) if isinstance(grad, DTensor) else None
+        groups.setdefault(key, []).append(grad)
+    if not groups:
+        return torch.zeros(())
+    # Every process has the same groups in the same order (same model, same plan), so the
+    # collectives of full_tensor match up.
+    norms = [full_tensor(nn.utils.get_total_norm(grads)).float().cpu() for grads in groups.values()]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm is not None:
+        coefficient = float(max_norm / (total + 1e-6))
+        if coefficient < 1.0:
+            for grads in groups.values():
+                for grad in grads:
+                    grad.mul_(coefficient)
+    return total

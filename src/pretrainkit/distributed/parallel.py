@@ -73,7 +73,19 @@ def check_strategy(
             with several processes, or CPU offload of a model that is already on the CPU.
     """
     parallel = as_parallel(strategy)
-    if parallel.strategy == "single" and world_size() > 1:
+    tp, world = parallel.tensor_parallel, world_size()
+    if tp > 1 and parallel.strategy == "single" and world != tp:
+        raise ConfigError(
+            f"tensor_parallel {tp} with strategy 'single' needs exactly {tp} processes "
+            f"(launched with {world}): launch with torchrun --nproc-per-node {tp}, or add data "
+            "parallelism over more processes with --strategy fsdp"
+        )
+    if tp > 1 and world % tp:
+        raise ConfigError(
+            f"tensor_parallel {tp} does not divide the {world} process(es): the processes "
+            f"form groups of {tp} that each hold one model; launch a multiple of {tp}"
+        )
+    if parallel.strategy == "single" and world > 1 and tp == 1:
         raise ConfigError(
             f"strategy 'single' was launched with {world_size()} processes; each would train "
             "its own copy. Use one process, or --strategy ddp, fsdp or deepspeed"
@@ -84,6 +96,31 @@ def check_strategy(
             "the model is in CPU memory already; drop --cpu-offload"
         )
     return parallel
+
+
+def data_parallel_size(strategy: str | ParallelConfig) -> int:
+    """How many processes read different data: all of them, divided by the tensor-parallel
+    size (the processes of one tensor-parallel group compute on the same batch)."""
+    return max(1, world_size() // as_parallel(strategy).tensor_parallel)
+
+
+def data_parallel_rank(strategy: str | ParallelConfig) -> int:
+    """This process's index among the ``data_parallel_size`` data readers.
+
+    The process mesh is ``("dp", "tp")``, row-major as ``init_device_mesh`` lays it out:
+    global rank = dp × tensor_parallel + tp.
+    """
+    return rank() // as_parallel(strategy).tensor_parallel
+
+
+def check_model(strategy: str | ParallelConfig, model: nn.Module) -> None:
+    """The checks that need the built model (before anything is written): with tensor
+    parallelism, heads and FFN width divisible by it, and every layer of a known type."""
+    parallel = as_parallel(strategy)
+    if parallel.tensor_parallel > 1:
+        from pretrainkit.distributed.tensor_parallel import check_tensor_parallel
+
+        check_tensor_parallel(model, parallel.tensor_parallel)
 
 
 def check_run(
@@ -112,18 +149,22 @@ def check_run(
             "precision 'fp16' is not supported with strategy 'deepspeed' here (DeepSpeed would "
             "own the loss scaling); use --precision bf16 or fp32"
         )
-    micro = resolve_batch_size(batch_size, global_batch_size, train.accumulate, world_size())
+    micro = resolve_batch_size(
+        batch_size, global_batch_size, train.accumulate, data_parallel_size(parallel)
+    )
     return parallel, micro
 
 
 def batch_plan(parallel: ParallelConfig, batch_size: int, accumulate: int) -> dict[str, Any]:
     """What a run records (run.json) about its distribution and effective batch."""
+    readers = data_parallel_size(parallel)
     return {
         "strategy": asdict(parallel),
         "world_size": world_size(),
+        "data_parallel_size": readers,
         "batch_size": batch_size,
         "accumulate": accumulate,
-        "global_batch_size": batch_size * accumulate * world_size(),
+        "global_batch_size": batch_size * accumulate * readers,
     }
 
 
@@ -179,12 +220,14 @@ def shutdown(clean: bool = True) -> None:
 
 
 def init_device(strategy: str | ParallelConfig) -> contextlib.AbstractContextManager:
-    """Where to build the model: the meta device (no memory) on FSDP ranks other than 0.
+    """Where to build the model: the meta device (no memory) on FSDP and tensor-parallel
+    ranks other than 0.
 
-    FSDP materialises each process's shard and copies rank 0's weights into it, so only one
+    FSDP and TP materialise each process's part and copy rank 0's weights into it, so only one
     process ever holds the whole model, and that in CPU memory.
     """
-    if as_parallel(strategy).strategy == "fsdp" and rank() != 0:
+    parallel = as_parallel(strategy)
+    if (parallel.strategy == "fsdp" or parallel.tensor_parallel > 1) and rank() != 0:
         return torch.device("meta")
     return contextlib.nullcontext()
 
@@ -256,10 +299,21 @@ def _engine(
     if not parallel.distributed:
         return Engine(model, config, device, precision)
     init_process_group(device)
+    mesh = None
+    if parallel.tensor_parallel > 1:
+        check_model(parallel, model)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        tp = parallel.tensor_parallel
+        mesh = init_device_mesh(
+            device.type, (dist.get_world_size() // tp, tp), mesh_dim_names=("dp", "tp")
+        )
+    if parallel.strategy == "single":  # tensor parallelism alone
+        return Engine(model, config, device, precision, mesh)
     if parallel.strategy == "ddp":
         return DDPEngine(model, config, device, precision)
     if parallel.strategy == "fsdp":
-        return FSDPEngine(model, config, device, precision, parallel.cpu_offload)
+        return FSDPEngine(model, config, device, precision, parallel.cpu_offload, mesh)
     from pretrainkit.distributed.zero import DeepSpeedEngine
 
     return DeepSpeedEngine(

@@ -58,8 +58,8 @@ class MultiHeadAttention(nn.Module):
         Cross-attention computes them once from the encoder's output; generation caches them.
         """
         b, t, _ = context.shape
-        k = self.key(context).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.value(context).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        k = self.key(context).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.value(context).view(b, t, -1, self.head_dim).transpose(1, 2)
         return k, v
 
     def attend(
@@ -70,7 +70,7 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         """Queries from ``x`` ``[b, s, h]`` over given keys/values (cross-attention)."""
         b, s, _ = x.shape
-        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.query(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(
@@ -92,9 +92,11 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         """x ``[b, s, h]``; mask bool (True = attend) or additive, broadcastable to ``[b, h, s, s]``."""
         b, s, _ = x.shape
-        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [b, h, s, d]
-        k = self.key(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.value(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        # Heads counted from the projected width, not num_heads: under tensor parallelism a
+        # process projects only its own heads (num_heads / N), and the module stays the same.
+        q = self.query(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [b, h, s, d]
+        k = self.key(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.value(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         if rotary is not None:
             q = apply_rotary(q, *rotary)
             k = apply_rotary(k, *rotary)
@@ -164,9 +166,9 @@ class MultiHeadAttention(nn.Module):
             The output ``[b, s, h]`` and the keys/values ``[b, kv_heads, t + s, d]`` to cache.
         """
         b, s, _ = x.shape
-        q = self.query(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.key(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.value(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.query(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.key(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.value(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         if rotary is not None:
             q = apply_rotary(q, *rotary)
             k = apply_rotary(k, *rotary)

@@ -338,6 +338,9 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """This process's data position from ``data_state.json`` of a checkpoint.
 
+    ``rank`` and ``world_size`` are data-parallel: under tensor parallelism each group of
+    processes that shares one batch has one position.
+
     Raises:
         CheckpointError: The file is unreadable, or was written by another number of processes
             (each process reads its own part of the data, so the positions do not carry over).
@@ -351,7 +354,8 @@ def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dic
     if len(ranks) != world_size:
         raise CheckpointError(
             f"{path}: written by {len(ranks)} process(es), resumed with {world_size}; resume "
-            f"with {len(ranks)} (the model in the checkpoint loads anywhere with pretrainkit.load)"
+            f"with {len(ranks)} (the model in the checkpoint loads anywhere with pretrainkit.load). "
+            "Processes count here as data readers: a tensor-parallel group reads as one"
         )
     return ranks[rank]
 

@@ -110,6 +110,7 @@ class Trainer:
         self._saved_step = -1
         self._eval_step = -1
         self._resumed_from: Path | None = None
+        self._batch_checked = False
 
     # -- setup -------------------------------------------------------------------------
 
@@ -174,7 +175,9 @@ class Trainer:
 
     def _load(self, directory: Path) -> None:
         state = ckpt.load_trainer_state(directory)
-        data_state = ckpt.load_data_state(directory, self.rank, self.world_size)
+        # Positions are per data-parallel reader (under TP, one per tensor-parallel group).
+        engine = self.engine
+        data_state = ckpt.load_data_state(directory, engine.data_rank, engine.data_world)
         self.engine.load(directory, state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(data_state)
@@ -210,15 +213,17 @@ class Trainer:
         window = Window()
         final_loss = None
         started = time.perf_counter()
+        readers = self.engine.data_world
         logger.info(
-            "%d process(es), strategy %s; effective batch per optimizer step: %d × accumulate "
-            "%d × %d process(es) = %d sequences",
+            "%d process(es), strategy %s, tensor parallel %d; effective batch per optimizer "
+            "step: %d × accumulate %d × %d data-parallel process(es) = %d sequences",
             self.world_size,
             self.engine.strategy_name,
+            self.engine.tensor_parallel,
             getattr(self.train_data, "batch_size", 0),
             cfg.accumulate,
-            self.world_size,
-            getattr(self.train_data, "batch_size", 0) * cfg.accumulate * self.world_size,
+            readers,
+            getattr(self.train_data, "batch_size", 0) * cfg.accumulate * readers,
         )
         self.engine.module.train()
         try:
@@ -274,6 +279,9 @@ class Trainer:
         tokens = 0
         for micro in range(cfg.accumulate):
             batch = self.train_data.next_batch()
+            if not self._batch_checked:  # TP: one tensor-parallel group, one batch
+                self.engine.check_batch(batch)
+                self._batch_checked = True
             tokens += count_tokens(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             # DDP all-reduces gradients only in the last micro-batch's backward.
@@ -298,7 +306,8 @@ class Trainer:
         totals = all_reduce_sum(torch.cat([local, count]))
         values = totals[:-1] / self.world_size
         metrics = dict(zip(names, values[1:]))
-        loss_value, tokens = float(values[0]), int(totals[-1])
+        # Under TP every process of a tensor-parallel group saw the same tokens.
+        loss_value, tokens = float(values[0]), int(totals[-1]) // self.engine.tensor_parallel
         step = self.step + 1
         if not math.isfinite(loss_value):
             self._nonfinite(step, f"loss ({loss_value})")
@@ -350,7 +359,9 @@ class Trainer:
         self._saved_step = self.step
         weights = self.engine.full_state_dict()
         optimizer = self.engine.optimizer_state()
-        positions = gather_objects(self.train_data.state_dict())
+        # One position per data-parallel reader: under TP, that of each group's first process
+        # (global rank = dp × tensor_parallel + tp).
+        positions = gather_objects(self.train_data.state_dict())[:: self.engine.tensor_parallel]
         rngs = gather_objects(ckpt.rng_state())
         state = None
         if self.is_main:

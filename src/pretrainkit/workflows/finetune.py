@@ -23,10 +23,11 @@ from pretrainkit.data import BatchIterator
 from pretrainkit.distributed import (
     ParallelConfig,
     batch_plan,
+    check_model,
     check_run,
+    data_parallel_rank,
+    data_parallel_size,
     is_main_process,
-    rank,
-    world_size,
 )
 from pretrainkit.errors import CheckpointError, ConfigError, DataError
 from pretrainkit.fileio import check_output, write_text_file
@@ -299,7 +300,15 @@ def fit(
         **wrapped,
         **plan,
     }
-    stream = spec.stream(train_data, base.tokenizer, config.seed, rank(), world_size())
+    check_model(parallel, net)  # tensor parallelism: heads and FFN width it must divide
+    # Split over the data-parallel processes: a tensor-parallel group reads one batch.
+    stream = spec.stream(
+        train_data,
+        base.tokenizer,
+        config.seed,
+        data_parallel_rank(parallel),
+        data_parallel_size(parallel),
+    )
     pad_id = base.tokenizer.pad_id if base.tokenizer is not None else 0  # no ids to pad: images
     batches = BatchIterator(stream, batch_size, pad_id, collate_fn=spec.collate)
 

@@ -15,11 +15,12 @@ from pretrainkit.data.objectives import get_objective
 from pretrainkit.distributed import (
     ParallelConfig,
     batch_plan,
+    check_model,
     check_run,
+    data_parallel_rank,
+    data_parallel_size,
     init_device,
     is_main_process,
-    rank,
-    world_size,
 )
 from pretrainkit.errors import ConfigError
 from pretrainkit.model import build_model
@@ -156,6 +157,7 @@ def pretrain(
     torch.manual_seed(train.seed)
     with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
         net = build_model(config)
+    check_model(parallel, net)  # tensor parallelism: heads and FFN width it must divide
     net.tokenizer = tokenizer
     run = {
         "command": "pretrain",
@@ -172,8 +174,9 @@ def pretrain(
     stream = pretraining_stream(
         shards,
         seed=train.seed,
-        rank=rank(),
-        world_size=world_size(),
+        # Split over the data-parallel processes: a tensor-parallel group reads one batch.
+        rank=data_parallel_rank(parallel),
+        world_size=data_parallel_size(parallel),
         options=options,
     )
     collate = get_objective(objective).collate
