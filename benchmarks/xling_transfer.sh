@@ -9,12 +9,17 @@
 #            centroids from the STS-B multi-mt *train* sentences of 10 languages)
 #   ep-ap    EP + Attention-Pull (weight 1, MSE, all layers)
 #   ep-ap-r  EP + AP + Robust targets (weight 1)
+# Zero-shot scores are on the first $EVAL_ROWS rows of each language's file (default 1000, the
+# same rows for every model; all rows: EVAL_ROWS=all), English on the whole select part.
 # Then the alignment figure (English→translation retrieval on STS-B multi-mt dev, xling_sts.py)
-# of the backbone and of seed 1's plain and ep-ap-r models, and the table
+# of the backbone and of the first seed's plain and ep-ap-r models (ALIGN=0 skips it: for a
+# second instance running other seeds beside the first), and the table
 # (benchmarks/xling_transfer_table.py).
 #
 # Usage: bash benchmarks/xling_transfer.sh WORK_DIR DATA_DIR NAME=BACKBONE_DIR [NAME=DIR ...]
-# Environment: SEEDS ("1 2 3"), ROWS ("plain fgm ep ep-ap ep-ap-r"), TASKS ("xnli pawsx").
+# Environment: SEEDS ("1 2 3"), ROWS ("plain fgm ep ep-ap ep-ap-r"), TASKS ("xnli pawsx"),
+# EVAL_ROWS (1000), ALIGN (1). Instances with different SEEDS may run side by side (one core
+# each); every step's JSON lands in WORK_DIR/logs and a finished step is never run again.
 set -euo pipefail
 work="${1:?usage: xling_transfer.sh WORK_DIR DATA_DIR NAME=DIR ...}"
 data="${2:?usage: xling_transfer.sh WORK_DIR DATA_DIR NAME=DIR ...}"
@@ -23,6 +28,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 seeds="${SEEDS:-1 2 3}"
 rows="${ROWS:-plain fgm ep ep-ap ep-ap-r}"
 task_names="${TASKS:-xnli pawsx}"
+eval_rows="${EVAL_ROWS:-1000}"
+align="${ALIGN:-1}"
 mkdir -p "$work/logs" "$work/data"
 source "$here/steps.sh"
 
@@ -44,6 +51,14 @@ options() {
   esac
 }
 languages() { if [ "$1" = xnli ]; then echo de es fr ru zh; else echo de es fr zh; fi; }
+# The zero-shot file of a task and language: its first $eval_rows rows, or all of it.
+zero_shot() {
+  local file="$data/$1/dev-$2.tsv"
+  if [ "$eval_rows" = all ]; then echo "$file"; return; fi
+  local part="$work/data/$1-$2-$eval_rows.tsv"
+  if [ ! -s "$part" ]; then head -n "$eval_rows" "$file" > "$part.$$" && mv "$part.$$" "$part"; fi
+  echo "$part"
+}
 
 for backbone in "$@"; do
   name="${backbone%%=*}"
@@ -62,11 +77,12 @@ for backbone in "$@"; do
         run "eval-$id-en" pk evaluate --model "$out" --data "$work/data/$task-select.tsv" \
           "${columns[@]}"
         for lang in $(languages "$task"); do
-          run "eval-$id-$lang" pk evaluate --model "$out" --data "$data/$task/dev-$lang.tsv" \
+          run "eval-$id-$lang" pk evaluate --model "$out" --data "$(zero_shot "$task" "$lang")" \
             "${columns[@]}"
         done
       done
     done
+    if [ "$align" != 1 ]; then continue; fi
     first="${seeds%% *}"
     models=("$dir")
     for row in plain ep-ap-r; do
@@ -78,4 +94,4 @@ for backbone in "$@"; do
       --threads 1
   done
 done
-python3 "$here/xling_transfer_table.py" "$work"
+if [ "$align" = 1 ]; then python3 "$here/xling_transfer_table.py" "$work"; fi
