@@ -9,8 +9,9 @@
 #            centroids from the STS-B multi-mt *train* sentences of 10 languages)
 #   ep-ap    EP + Attention-Pull (weight 1, MSE, all layers)
 #   ep-ap-r  EP + AP + Robust targets (weight 1)
-# Zero-shot scores are on the first $EVAL_ROWS rows of each language's file (default 1000, the
-# same rows for every model; all rows: EVAL_ROWS=all), English on the whole select part.
+# The splits keep an XNLI premise's three rows together, and the zero-shot files hold only the
+# held-out rows of each language (dev-xx files are row-aligned translations of dev-en: scoring
+# the whole file would score translations of the training rows).
 # Then the alignment figure (English→translation retrieval on STS-B multi-mt dev, xling_sts.py)
 # of the backbone and of the first seed's plain and ep-ap-r models (ALIGN=0 skips it: for a
 # second instance running other seeds beside the first), and the table
@@ -18,7 +19,7 @@
 #
 # Usage: bash benchmarks/xling_transfer.sh WORK_DIR DATA_DIR NAME=BACKBONE_DIR [NAME=DIR ...]
 # Environment: SEEDS ("1 2 3"), ROWS ("plain fgm ep ep-ap ep-ap-r"), TASKS ("xnli pawsx"),
-# EVAL_ROWS (1000), ALIGN (1). Instances with different SEEDS may run side by side (one core
+# ALIGN (1). Instances with different SEEDS may run side by side (one core
 # each); every step's JSON lands in WORK_DIR/logs and a finished step is never run again.
 set -euo pipefail
 work="${1:?usage: xling_transfer.sh WORK_DIR DATA_DIR NAME=DIR ...}"
@@ -28,15 +29,22 @@ here="$(cd "$(dirname "$0")" && pwd)"
 seeds="${SEEDS:-1 2 3}"
 rows="${ROWS:-plain fgm ep ep-ap ep-ap-r}"
 task_names="${TASKS:-xnli pawsx}"
-eval_rows="${EVAL_ROWS:-1000}"
 align="${ALIGN:-1}"
 mkdir -p "$work/logs" "$work/data"
 source "$here/steps.sh"
 
+aligned() {  # the held-out rows of each language's file of task $1
+  local task="$1"; shift
+  for lang in "$@"; do echo "$data/$task/dev-$lang.tsv=$work/data/$task-test-$lang.tsv"; done
+}
+# shellcheck disable=SC2046  # file=out pairs without spaces
 run split-xnli python3 "$here/split_rows.py" "$data/xnli/dev-en.tsv" --train-rows 1990 \
-  --seed 13 --out-train "$work/data/xnli-train.tsv" --out-test "$work/data/xnli-select.tsv"
+  --seed 13 --group-column 0 --out-train "$work/data/xnli-train.tsv" \
+  --out-test "$work/data/xnli-select.tsv" --aligned $(aligned xnli de es fr ru zh)
+# shellcheck disable=SC2046
 run split-pawsx python3 "$here/split_rows.py" "$data/pawsx/dev-en.tsv" --train-rows 1600 \
-  --seed 13 --out-train "$work/data/pawsx-train.tsv" --out-test "$work/data/pawsx-select.tsv"
+  --seed 13 --out-train "$work/data/pawsx-train.tsv" --out-test "$work/data/pawsx-select.tsv" \
+  --aligned $(aligned pawsx de es fr zh)
 run tagged python3 "$here/parallel_pairs.py" --data "$data" --out "$work/data/tagged.tsv" --tagged
 
 options() {
@@ -51,14 +59,6 @@ options() {
   esac
 }
 languages() { if [ "$1" = xnli ]; then echo de es fr ru zh; else echo de es fr zh; fi; }
-# The zero-shot file of a task and language: its first $eval_rows rows, or all of it.
-zero_shot() {
-  local file="$data/$1/dev-$2.tsv"
-  if [ "$eval_rows" = all ]; then echo "$file"; return; fi
-  local part="$work/data/$1-$2-$eval_rows.tsv"
-  if [ ! -s "$part" ]; then head -n "$eval_rows" "$file" > "$part.$$" && mv "$part.$$" "$part"; fi
-  echo "$part"
-}
 
 for backbone in "$@"; do
   name="${backbone%%=*}"
@@ -77,7 +77,7 @@ for backbone in "$@"; do
         run "eval-$id-en" pk evaluate --model "$out" --data "$work/data/$task-select.tsv" \
           "${columns[@]}"
         for lang in $(languages "$task"); do
-          run "eval-$id-$lang" pk evaluate --model "$out" --data "$(zero_shot "$task" "$lang")" \
+          run "eval-$id-$lang" pk evaluate --model "$out" --data "$work/data/$task-test-$lang.tsv" \
             "${columns[@]}"
         done
       done
