@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import traceback
@@ -276,3 +277,15 @@ def run_losses(run: Path) -> dict[int, float]:
     """Step → logged loss of a run folder's metrics.jsonl."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("loss") is not None}
+
+
+def cut_at_step_10(run: Path, copy: Path) -> Path:
+    """A copy of a 20-step ``run`` (saved every 10) as if killed right after its step-10
+    checkpoint: the later checkpoint, the final model and the later metrics are gone."""
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-00000020")
+    shutil.rmtree(copy / "model")
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 10]
+    (copy / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    return copy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, invoke, read_metrics, text_batch
+from helpers import cli, invoke, read_metrics, text_batch, torchrun
 from samp_helpers import TINY, VOCAB, tiny_classifier
 
 import pretrainkit
@@ -433,11 +433,9 @@ def test_layerwise_recipe_on_shards_with_a_frozen_word_table(tmp_path):
 
 
 def test_distill_runs_under_ddp_on_two_processes(teacher_dir, tmp_path):
-    from test_distributed import torchrun
-
     teacher_path, files = teacher_dir
     torchrun(
-        "distill", "--teacher", str(teacher_path), "--student", str(teacher_path),
+        2, "distill", "--teacher", str(teacher_path), "--student", str(teacher_path),
         "--student-layers", "1", "--recipe", "task", "--data", str(files["train"]),
         "--out", str(tmp_path / "run"), "--steps", "12", "--global-batch-size", "16",
         "--lr", "3e-3", "--log-every", "1", "--precision", "fp32", "--no-progress",

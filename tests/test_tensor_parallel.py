@@ -16,12 +16,11 @@ attention; BART: cross-attention) runs in ``tensor_parallel_worker.py``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUIET, TINY_MODEL, cli, invoke, torchrun, write_corpus
+from helpers import QUIET, TINY_MODEL, cli, cut_at_step_10, invoke, torchrun, write_corpus
 from helpers import run_losses as losses
 from safetensors.torch import load_file
 
@@ -43,17 +42,6 @@ def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
         str(out), "--steps", str(STEPS), "--global-batch-size", str(GLOBAL_BATCH), "--lr", "1e-3",
         "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *extra,
     ]  # fmt: skip
-
-
-def cut_at_step_10(run: Path, copy: Path) -> Path:
-    """A copy of ``run`` as if killed right after its step-10 checkpoint."""
-    shutil.copytree(run, copy)
-    shutil.rmtree(copy / "checkpoints" / "step-00000020")
-    shutil.rmtree(copy / "model")
-    lines = (copy / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in lines if json.loads(line)["step"] <= 10]
-    (copy / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-    return copy
 
 
 @pytest.fixture(scope="module")

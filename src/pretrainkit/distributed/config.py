@@ -10,6 +10,8 @@ from pretrainkit.errors import ConfigError, closest
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 DEFAULT_ZERO_STAGE = 2
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")
+DEFAULT_PIPELINE_SCHEDULE = "1f1b"
 
 
 def deepspeed_installed() -> bool:
@@ -41,6 +43,19 @@ class ParallelConfig:
     """Split every transformer layer (attention heads, FFN width) over this many processes;
     the processes are then tensor_parallel × data-parallel, the data split over the latter.
     Alone (strategy single) or with strategy fsdp; must divide the heads and the FFN width."""
+    pipeline_parallel: int = 1
+    """Split the encoder's layer stack into this many consecutive stages, one per process
+    (torch.distributed.pipelining): the first also embeds, the last also computes the targets.
+    Alone (strategy single, exactly this many processes) or with strategy ddp over several
+    pipelines (a multiple of it); pretrain only."""
+    pipeline_schedule: str | None = None
+    """How the micro-batches flow through the stages: 1f1b (one forward, one backward in the
+    steady state; at most pipeline_parallel micro-batches' activations held) or gpipe (all
+    forwards, then all backwards). Default 1f1b; with pipeline_parallel > 1 only."""
+    microbatches: int | None = None
+    """Micro-batches each batch is cut into for the pipeline; must divide the per-process batch
+    (default: the smallest number ≥ pipeline_parallel that does). With pipeline_parallel > 1
+    only."""
     trust_checkpoint: bool = False
     """Resume from checkpoint files that cannot be checked: a checkpoint without manifest.json
     (written by an older pretrainkit) and DeepSpeed's own optimizer files, which DeepSpeed reads
@@ -69,6 +84,7 @@ class ParallelConfig:
                 "only sharding engines can keep their shards in CPU memory"
             )
         self._check_tensor_parallel()
+        self._check_pipeline_parallel()
         if self.strategy == "deepspeed" and not deepspeed_installed():
             raise ConfigError(
                 "strategy 'deepspeed' needs the deepspeed package, which is not installed here; "
@@ -97,6 +113,58 @@ class ParallelConfig:
                 "for tensor parallelism alone)"
             )
 
+    def _check_pipeline_parallel(self) -> None:
+        size = self.pipeline_parallel
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"pipeline_parallel must be a positive integer, got {size!r}")
+        for name in ("pipeline_schedule", "microbatches"):
+            if size == 1 and getattr(self, name) is not None:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} applies to pipeline parallelism only "
+                    "(pipeline_parallel is 1); drop it or set --pipeline-parallel"
+                )
+        schedule = self.pipeline_schedule
+        if schedule is not None and schedule not in PIPELINE_SCHEDULES:
+            hint = closest(schedule, PIPELINE_SCHEDULES) if isinstance(schedule, str) else ""
+            raise ConfigError(
+                f"unknown pipeline_schedule {schedule!r}{hint}; valid choices: "
+                f"{', '.join(PIPELINE_SCHEDULES)}"
+            )
+        count = self.microbatches
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ConfigError(f"microbatches must be a positive integer, got {count!r}")
+            if self.schedule == "1f1b" and count < size:
+                raise ConfigError(
+                    f"microbatches {count} is fewer than the {size} pipeline stages, which "
+                    "schedule 1f1b needs at least (every stage must hold a micro-batch in its "
+                    "steady state); give --microbatches ≥ "
+                    f"{size} or --pipeline-schedule gpipe"
+                )
+        if size == 1:
+            return
+        if self.tensor_parallel > 1:
+            raise ConfigError(
+                f"pipeline_parallel {size} with tensor_parallel {self.tensor_parallel} is not "
+                "supported yet; use one of them"
+            )
+        if self.strategy not in ("single", "ddp"):
+            raise ConfigError(
+                f"pipeline_parallel {size} with strategy {self.strategy!r} is not supported "
+                "yet: use --strategy single (one pipeline of exactly "
+                f"{size} processes) or ddp (data parallelism over several pipelines)"
+            )
+
+    @property
+    def schedule(self) -> str:
+        """The pipeline schedule in force (the default when none was given)."""
+        return self.pipeline_schedule or DEFAULT_PIPELINE_SCHEDULE
+
+    @property
+    def model_parallel(self) -> int:
+        """Processes that together hold one copy of the model and read one batch."""
+        return self.tensor_parallel * self.pipeline_parallel
+
     @property
     def stage(self) -> int:
         """The ZeRO stage DeepSpeed runs with (the default when none was given)."""
@@ -104,8 +172,9 @@ class ParallelConfig:
 
     @property
     def distributed(self) -> bool:
-        """True for the strategies that run in a process group (any tensor parallelism)."""
-        return self.strategy != "single" or self.tensor_parallel > 1
+        """True for the strategies that run in a process group (any tensor or pipeline
+        parallelism)."""
+        return self.strategy != "single" or self.model_parallel > 1
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -148,3 +217,34 @@ def resolve_batch_size(
             "give only one of them"
         )
     return micro
+
+
+def resolve_microbatches(parallel: ParallelConfig, batch_size: int) -> int:
+    """How many micro-batches the pipeline cuts each per-process batch into.
+
+    The given number, or the smallest one from ``pipeline_parallel`` up that divides the batch
+    (1F1B needs at least one micro-batch per stage; fewer leave stages idle anyway).
+
+    Raises:
+        ConfigError: A number that does not divide the batch, or a batch too small to give
+            every stage a micro-batch.
+    """
+    stages = parallel.pipeline_parallel
+    if stages == 1:
+        return 1
+    if parallel.microbatches is not None:
+        if batch_size % parallel.microbatches:
+            raise ConfigError(
+                f"microbatches {parallel.microbatches} does not divide the per-process batch of "
+                f"{batch_size} sequences: every micro-batch must have the same size; choose a "
+                "divisor of the batch"
+            )
+        return parallel.microbatches
+    for count in range(stages, batch_size + 1):
+        if batch_size % count == 0:
+            return count
+    raise ConfigError(
+        f"the per-process batch of {batch_size} sequences is smaller than pipeline_parallel "
+        f"{stages}: each of the {stages} stages needs a micro-batch of at least one sequence; "
+        "raise --batch-size / --global-batch-size"
+    )

@@ -1,8 +1,9 @@
 """Engines: the one interface through which the training loop uses a distribution strategy.
 
-The loop calls ``backward``, ``step``, ``accumulating`` and the state-dict methods and never asks
-which engine it holds. ``Engine`` itself is one process; ``DDPEngine`` and ``FSDPEngine`` wrap
-PyTorch's engines; ``distributed.zero.DeepSpeedEngine`` wraps DeepSpeed ZeRO.
+The loop calls ``forward_backward``, ``step`` and the state-dict methods and never asks which
+engine it holds. ``Engine`` itself is one process; ``DDPEngine`` and ``FSDPEngine`` wrap
+PyTorch's engines; ``distributed.zero.DeepSpeedEngine`` wraps DeepSpeed ZeRO;
+``distributed.pipeline.PipelineEngine`` runs PyTorch's pipeline schedules.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class Engine:
     """The ("dp", "tp") DeviceMesh of a tensor-parallel run; None otherwise."""
     tensor_parallel = 1
     """Processes that share one model's layers (the "tp" size)."""
+    pipeline_parallel = 1
+    """Processes that hold one stage each of one model's layer stack (the pipeline's length)."""
+
+    @property
+    def model_parallel(self) -> int:
+        """Processes that together hold one copy of the model and read the same batches."""
+        return self.tensor_parallel * self.pipeline_parallel
 
     @property
     def data_rank(self) -> int:
@@ -93,6 +101,7 @@ class Engine:
         from pretrainkit.training.precision import grad_scaler
 
         self.device = device
+        self.precision = precision
         # The 2-D ("dp", "tp") DeviceMesh of a tensor-parallel run, else None. The processes
         # of one "tp" row hold parts of one model and must see the same batches: the data is
         # split over "dp" only.
@@ -195,6 +204,36 @@ class Engine:
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         """Context of one micro-batch's forward and backward; ``last`` ends the step."""
         return contextlib.nullcontext()
+
+    def forward_backward(
+        self, batch: dict[str, Tensor], accumulate: int, last: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One micro-batch's forward and backward: the loss (divided by ``accumulate``, as
+        back-propagated) and the model's metrics (divided likewise), both detached.
+
+        Every engine but the pipeline's runs the model as a whole here; a pipeline schedule
+        owns both passes, which is why the loop hands over the batch rather than the loss.
+
+        Args:
+            batch: The micro-batch, on the device.
+            accumulate: Micro-batches per optimizer step.
+            last: This is the step's last micro-batch (DDP all-reduces gradients in it).
+        """
+        from pretrainkit.errors import PretrainkitError
+        from pretrainkit.training.precision import autocast
+
+        with self.accumulating(last):
+            with autocast(self.precision, self.device):
+                output = self.module(**batch)
+            if getattr(output, "loss", None) is None:
+                raise PretrainkitError("the model returned no loss; does the batch have labels?")
+            loss = output.loss.float() / accumulate
+            self.backward(loss)
+        metrics = {
+            name: value.detach().float() / accumulate
+            for name, value in (getattr(output, "metrics", None) or {}).items()
+        }
+        return loss.detach(), metrics
 
     def backward(self, loss: Tensor) -> None:
         """Back-propagate a micro-batch's loss (already divided by the accumulation steps)."""

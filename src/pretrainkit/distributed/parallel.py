@@ -15,7 +15,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrainkit.distributed.config import ParallelConfig, resolve_batch_size
+from pretrainkit.distributed.config import (
+    ParallelConfig,
+    resolve_batch_size,
+    resolve_microbatches,
+)
 from pretrainkit.distributed.engines import DDPEngine, Engine, FSDPEngine, transformer_layers
 from pretrainkit.errors import ConfigError
 
@@ -74,6 +78,18 @@ def check_strategy(
     """
     parallel = as_parallel(strategy)
     tp, world = parallel.tensor_parallel, world_size()
+    pp = parallel.pipeline_parallel
+    if pp > 1 and parallel.strategy == "single" and world != pp:
+        raise ConfigError(
+            f"pipeline_parallel {pp} with strategy 'single' needs exactly {pp} processes "
+            f"(launched with {world}), one per stage; add data parallelism over several "
+            "pipelines with --strategy ddp"
+        )
+    if pp > 1 and world % pp:
+        raise ConfigError(
+            f"pipeline_parallel {pp} does not divide the {world} process(es): each process "
+            f"holds one of the {pp} stages of a pipeline; launch a multiple of {pp}"
+        )
     if tp > 1 and parallel.strategy == "single" and world != tp:
         raise ConfigError(
             f"tensor_parallel {tp} with strategy 'single' needs exactly {tp} processes "
@@ -85,7 +101,7 @@ def check_strategy(
             f"tensor_parallel {tp} does not divide the {world} process(es): the processes "
             f"form groups of {tp} that each hold one model; launch a multiple of {tp}"
         )
-    if parallel.strategy == "single" and world > 1 and tp == 1:
+    if parallel.strategy == "single" and world > 1 and parallel.model_parallel == 1:
         raise ConfigError(
             f"strategy 'single' was launched with {world_size()} processes; each would train "
             "its own copy. Use one process, or --strategy ddp, fsdp or deepspeed"
@@ -99,28 +115,34 @@ def check_strategy(
 
 
 def data_parallel_size(strategy: str | ParallelConfig) -> int:
-    """How many processes read different data: all of them, divided by the tensor-parallel
-    size (the processes of one tensor-parallel group compute on the same batch)."""
-    return max(1, world_size() // as_parallel(strategy).tensor_parallel)
+    """How many processes read different data: all of them, divided by the model-parallel
+    size (the processes of one tensor-parallel group, or the stages of one pipeline, compute
+    on the same batch)."""
+    return max(1, world_size() // as_parallel(strategy).model_parallel)
 
 
 def data_parallel_rank(strategy: str | ParallelConfig) -> int:
     """This process's index among the ``data_parallel_size`` data readers.
 
     The process mesh is ``("dp", "tp")``, row-major as ``init_device_mesh`` lays it out:
-    global rank = dp × tensor_parallel + tp.
+    global rank = dp × tensor_parallel + tp; a pipeline's stages are consecutive ranks too.
     """
-    return rank() // as_parallel(strategy).tensor_parallel
+    return rank() // as_parallel(strategy).model_parallel
 
 
 def check_model(strategy: str | ParallelConfig, model: nn.Module) -> None:
     """The checks that need the built model (before anything is written): with tensor
-    parallelism, heads and FFN width divisible by it, and every layer of a known type."""
+    parallelism, heads and FFN width divisible by it, and every layer of a known type; with
+    pipeline parallelism, a layer stack the stages can split."""
     parallel = as_parallel(strategy)
     if parallel.tensor_parallel > 1:
         from pretrainkit.distributed.tensor_parallel import check_tensor_parallel
 
         check_tensor_parallel(model, parallel.tensor_parallel)
+    if parallel.pipeline_parallel > 1:
+        from pretrainkit.distributed.pipeline_plan import check_pipeline
+
+        check_pipeline(model, parallel.pipeline_parallel)
 
 
 def check_run(
@@ -128,6 +150,7 @@ def check_run(
     train,
     batch_size: int | None,
     global_batch_size: int | None = None,
+    pipeline: bool = False,
 ) -> tuple[ParallelConfig, int]:
     """Every check a training command makes before it writes anything.
 
@@ -136,6 +159,8 @@ def check_run(
         train: The ``TrainConfig`` (device, precision, accumulation).
         batch_size: Sequences per micro-batch and process, or None.
         global_batch_size: Sequences per optimizer step over all processes, or None.
+        pipeline: The command trains through a pipeline when asked (``pretrain``); the
+            others refuse ``pipeline_parallel`` > 1.
 
     Returns:
         The validated options and the micro-batch size of each process.
@@ -144,21 +169,34 @@ def check_run(
 
     device = train.resolved_device()
     parallel = check_strategy(strategy, device)
-    if parallel.strategy == "deepspeed" and resolve_precision(train.precision, device) == "fp16":
+    precision = resolve_precision(train.precision, device)
+    if parallel.strategy == "deepspeed" and precision == "fp16":
         raise ConfigError(
             "precision 'fp16' is not supported with strategy 'deepspeed' here (DeepSpeed would "
             "own the loss scaling); use --precision bf16 or fp32"
         )
+    pp = parallel.pipeline_parallel
+    if pp > 1 and not pipeline:
+        raise ConfigError(
+            f"pipeline_parallel {pp}: only pretrain trains through a pipeline so far; run this "
+            "command with pipeline_parallel 1 (the model a pipeline run writes loads anywhere)"
+        )
+    if pp > 1 and precision == "fp16":
+        raise ConfigError(
+            "precision 'fp16' is not supported with pipeline_parallel (each stage would skip "
+            "overflowing steps on its own loss scale); use --precision bf16 or fp32"
+        )
     micro = resolve_batch_size(
         batch_size, global_batch_size, train.accumulate, data_parallel_size(parallel)
     )
+    resolve_microbatches(parallel, micro)  # the pipeline's micro-batches divide the batch
     return parallel, micro
 
 
 def batch_plan(parallel: ParallelConfig, batch_size: int, accumulate: int) -> dict[str, Any]:
     """What a run records (run.json) about its distribution and effective batch."""
     readers = data_parallel_size(parallel)
-    return {
+    plan = {
         "strategy": asdict(parallel),
         "world_size": world_size(),
         "data_parallel_size": readers,
@@ -166,6 +204,9 @@ def batch_plan(parallel: ParallelConfig, batch_size: int, accumulate: int) -> di
         "accumulate": accumulate,
         "global_batch_size": batch_size * accumulate * readers,
     }
+    if parallel.pipeline_parallel > 1:
+        plan["microbatches"] = resolve_microbatches(parallel, batch_size)
+    return plan
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -220,14 +261,14 @@ def shutdown(clean: bool = True) -> None:
 
 
 def init_device(strategy: str | ParallelConfig) -> contextlib.AbstractContextManager:
-    """Where to build the model: the meta device (no memory) on FSDP and tensor-parallel
-    ranks other than 0.
+    """Where to build the model: the meta device (no memory) on FSDP, tensor- and
+    pipeline-parallel ranks other than 0.
 
-    FSDP and TP materialise each process's part and copy rank 0's weights into it, so only one
-    process ever holds the whole model, and that in CPU memory.
+    FSDP, TP and PP materialise each process's part and copy rank 0's weights into it, so only
+    one process ever holds the whole model, and that in CPU memory.
     """
     parallel = as_parallel(strategy)
-    if (parallel.strategy == "fsdp" or parallel.tensor_parallel > 1) and rank() != 0:
+    if (parallel.strategy == "fsdp" or parallel.model_parallel > 1) and rank() != 0:
         return torch.device("meta")
     return contextlib.nullcontext()
 
@@ -267,11 +308,14 @@ def parallelize(
         config: The ``TrainConfig`` (optimizer, clipping, accumulation); defaults to one step.
         device: The training device (``cuda`` means this process's GPU).
         precision: The resolved precision: fp32, bf16 or fp16.
-        micro_batch: Sequences per micro-batch on each process (DeepSpeed checks its batch).
+        micro_batch: Sequences per micro-batch on each process (DeepSpeed checks its batch;
+            a pipeline cuts it into its micro-batches).
 
     Returns:
-        The ``Engine``: ``.module`` is what the loop calls, ``.model`` the plain model,
-        ``.optimizer`` the optimizer whose learning rate the schedule drives.
+        The ``Engine``: ``.forward_backward`` runs a micro-batch, ``.module`` is the
+        (wrapped) model it calls, ``.model`` the plain model (under pipeline parallelism, this
+        process's stage of it), ``.optimizer`` the optimizer whose learning rate the schedule
+        drives.
 
     Raises:
         ConfigError: See ``check_strategy``.
@@ -299,6 +343,11 @@ def _engine(
     if not parallel.distributed:
         return Engine(model, config, device, precision)
     init_process_group(device)
+    if parallel.pipeline_parallel > 1:
+        from pretrainkit.distributed.pipeline import PipelineEngine
+
+        check_model(parallel, model)
+        return PipelineEngine(model, config, device, precision, parallel, micro_batch)
     mesh = None
     if parallel.tensor_parallel > 1:
         check_model(parallel, model)

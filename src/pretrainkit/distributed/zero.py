@@ -104,7 +104,7 @@ class DeepSpeedEngine(Engine):
             # DeepSpeed insists on a launcher's LOCAL_RANK even in a process group of one.
             os.environ.setdefault("LOCAL_RANK", "0")
 
-        self.device = device
+        self.device, self.precision = device, precision
         self.model = model.to(device)
         self.scaler = None
         world = dist.get_world_size()

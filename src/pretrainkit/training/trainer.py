@@ -29,7 +29,7 @@ from pretrainkit.training import checkpoint as ckpt
 from pretrainkit.training.config import TrainConfig
 from pretrainkit.training.contract import check_trainable
 from pretrainkit.training.optim import build_scheduler
-from pretrainkit.training.precision import autocast, resolve_precision
+from pretrainkit.training.precision import resolve_precision
 from pretrainkit.training.progress import ProgressBar
 from pretrainkit.training.runlog import RunLog
 from pretrainkit.training.stats import StepResult, Window, count_tokens
@@ -93,6 +93,11 @@ class Trainer:
         micro_batch = int(getattr(train_data, "batch_size", 1))
         # The only backend-specific call; afterwards the loop talks to the engine.
         self.engine = parallelize(model, strategy, config, device, self.precision, micro_batch)
+        if evaluate is not None and self.engine.pipeline_parallel > 1:
+            raise ConfigError(
+                "evaluate with pipeline parallelism is not supported yet: each process holds "
+                "one stage of the model, which cannot score a batch alone"
+            )
         self.device = self.engine.device
         self.model = self.engine.model
         self.optimizer = self.engine.optimizer
@@ -214,12 +219,22 @@ class Trainer:
         final_loss = None
         started = time.perf_counter()
         readers = self.engine.data_world
+        # The model-parallel layout is named only when there is one, so a plain run's line
+        # reads as before.
+        layout = "".join(
+            f", {name} parallel {size}"
+            for name, size in (
+                ("tensor", self.engine.tensor_parallel),
+                ("pipeline", self.engine.pipeline_parallel),
+            )
+            if size > 1
+        )
         logger.info(
-            "%d process(es), strategy %s, tensor parallel %d; effective batch per optimizer "
-            "step: %d × accumulate %d × %d data-parallel process(es) = %d sequences",
+            "%d process(es), strategy %s%s; effective batch per optimizer step: %d × accumulate "
+            "%d × %d data-parallel process(es) = %d sequences",
             self.world_size,
             self.engine.strategy_name,
-            self.engine.tensor_parallel,
+            layout,
             getattr(self.train_data, "batch_size", 0),
             cfg.accumulate,
             readers,
@@ -279,24 +294,17 @@ class Trainer:
         tokens = 0
         for micro in range(cfg.accumulate):
             batch = self.train_data.next_batch()
-            if not self._batch_checked:  # TP: one tensor-parallel group, one batch
+            if not self._batch_checked:  # TP / PP: one group (pipeline), one batch
                 self.engine.check_batch(batch)
                 self._batch_checked = True
             tokens += count_tokens(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            # DDP all-reduces gradients only in the last micro-batch's backward.
-            with self.engine.accumulating(last=micro == cfg.accumulate - 1):
-                with autocast(self.precision, self.device):
-                    output = self.engine.module(**batch)
-                if getattr(output, "loss", None) is None:
-                    raise PretrainkitError(
-                        "the model returned no loss; does the batch have labels?"
-                    )
-                loss = output.loss.float() / cfg.accumulate
-                self.engine.backward(loss)
-            loss_sum += loss.detach()
-            for name, value in (getattr(output, "metrics", None) or {}).items():
-                value = value.detach().float() / cfg.accumulate
+            # The engine runs forward and backward (a pipeline schedule owns both).
+            loss, micro_metrics = self.engine.forward_backward(
+                batch, cfg.accumulate, last=micro == cfg.accumulate - 1
+            )
+            loss_sum += loss
+            for name, value in micro_metrics.items():
                 metrics[name] = metrics[name] + value if name in metrics else value
         # Means over processes, in one collective: every process then takes the same decision
         # on a non-finite loss, and the log shows the whole global batch.
@@ -306,8 +314,9 @@ class Trainer:
         totals = all_reduce_sum(torch.cat([local, count]))
         values = totals[:-1] / self.world_size
         metrics = dict(zip(names, values[1:]))
-        # Under TP every process of a tensor-parallel group saw the same tokens.
-        loss_value, tokens = float(values[0]), int(totals[-1]) // self.engine.tensor_parallel
+        # Under TP (PP) every process of a tensor-parallel group (pipeline) saw the same tokens,
+        # and holds the same loss.
+        loss_value, tokens = float(values[0]), int(totals[-1]) // self.engine.model_parallel
         step = self.step + 1
         if not math.isfinite(loss_value):
             self._nonfinite(step, f"loss ({loss_value})")
@@ -359,9 +368,9 @@ class Trainer:
         self._saved_step = self.step
         weights = self.engine.full_state_dict()
         optimizer = self.engine.optimizer_state()
-        # One position per data-parallel reader: under TP, that of each group's first process
-        # (global rank = dp × tensor_parallel + tp).
-        positions = gather_objects(self.train_data.state_dict())[:: self.engine.tensor_parallel]
+        # One position per data-parallel reader: under TP (PP), that of each group's
+        # (pipeline's) first process (global rank = dp × model_parallel + tp or stage).
+        positions = gather_objects(self.train_data.state_dict())[:: self.engine.model_parallel]
         rngs = gather_objects(ckpt.rng_state())
         state = None
         if self.is_main:

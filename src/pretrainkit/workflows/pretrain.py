@@ -123,7 +123,13 @@ def pretrain(
     from pretrainkit.training import Trainer
 
     # Before anything is written.
-    parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size)
+    parallel, batch_size = check_run(strategy, train, batch_size, global_batch_size, pipeline=True)
+    if parallel.pipeline_parallel > 1 and dev is not None:
+        raise ConfigError(
+            f"--dev with pipeline_parallel {parallel.pipeline_parallel}: held-out evaluation "
+            "through the pipeline is not supported yet (each process holds one stage); drop "
+            "--dev and score the final model (RUN/model) in one process"
+        )
     if train.eval_every and dev is None:
         raise ConfigError(
             "--eval-every needs held-out shards to score: pass --dev DIR "
@@ -157,7 +163,7 @@ def pretrain(
     torch.manual_seed(train.seed)
     with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
         net = build_model(config)
-    check_model(parallel, net)  # tensor parallelism: heads and FFN width it must divide
+    check_model(parallel, net)  # TP: heads and FFN width it must divide; PP: a stack to split
     net.tokenizer = tokenizer
     run = {
         "command": "pretrain",
@@ -174,7 +180,8 @@ def pretrain(
     stream = pretraining_stream(
         shards,
         seed=train.seed,
-        # Split over the data-parallel processes: a tensor-parallel group reads one batch.
+        # Split over the data-parallel processes: a tensor-parallel group (or a pipeline,
+        # every stage) reads one batch.
         rank=data_parallel_rank(parallel),
         world_size=data_parallel_size(parallel),
         options=options,

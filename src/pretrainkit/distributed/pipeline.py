@@ -1,0 +1,501 @@
+"""Pipeline parallelism: the encoder's layer stack cut into consecutive stages, one per process.
+
+PyTorch's own engine runs the pipeline (``torch.distributed.pipelining``: ``PipelineStage`` and
+the ``ScheduleGPipe`` / ``Schedule1F1B`` schedules); this module decides the split, keeps each
+process's part of the five-slot model and connects the model's targets to the schedule:
+
+- **the split**: stage 0 holds the embedding and the first layers of ``model.encoder.layers``,
+  the last stage the last layers, the encoder's final norm and the targets, the stages between
+  only layers. The layers are cut into consecutive runs that minimise the largest run's
+  parameter count (``stage_layers``); the embedding and the heads do not count there, because
+  a lookup and the MLM head (at the masked 15 % of positions) cost little time next to the
+  layers, and the pipeline runs at the pace of its slowest stage. Each process drops the
+  modules of the other stages (never allocated off rank 0: those processes build on meta).
+- **the loss**: the targets compute it from the labels in the batch. The last stage gets the
+  rows of each micro-batch as the schedule's ``target`` and reads their labels from the batch
+  it was given; each target's micro-batch mean is weighted by its share of the labelled
+  tokens (rows, for NSP) of the whole batch, so the sum over micro-batches is the mean over
+  the batch, exactly as one process computes it.
+- **tied weights**: the MLM (or LM) head tied to the word embedding has one copy on stage 0
+  and one on the last stage; their gradients are summed between the two before every update,
+  so both copies take the same steps, and the gradient norm counts the pair once.
+- **data parallelism** (strategy ddp): several pipelines, each reading its own part of the
+  data; each stage's gradients are averaged over the same stage of every pipeline.
+- **checkpoints**: every stage's weights and optimizer state are gathered onto rank 0 and
+  written in the usual format (the full ``model.safetensors``, the name-keyed optimizer
+  state), which loads in one process and resumes on any layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from pretrainkit.distributed.config import ParallelConfig, resolve_microbatches
+from pretrainkit.distributed.engines import WEIGHTS, Engine, materialize
+from pretrainkit.distributed.pipeline_plan import (
+    BATCH_KEYS,
+    SIDE_INPUTS,
+    check_pipeline,
+    keep_stage,
+    label_count,
+    merge_optimizer_states,
+    pad_batch,
+    stage_layers,
+    stage_optimizer_state,
+)
+from pretrainkit.encoders.transformer import TransformerEncoder
+from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError, check_tensor_keys
+from pretrainkit.fileio import read_safetensors
+from pretrainkit.model import Model
+
+# Full (unsharded) per-stage optimizer state keyed by parameter name.
+STAGE_STATE = StateDictOptions(full_state_dict=True)
+
+
+class _StageModule(nn.Module):
+    """What ``PipelineStage`` runs: this stage's part of embedding → encoder.
+
+    Stage 0 takes the token ids, the others the previous stage's hidden states ``[b, s, h]``;
+    every stage gets the batch's side inputs (mask, segments, positions) as keywords. The
+    encoder runs whole: the layers of other stages pass the input on, its final norm is only
+    on the last stage.
+    """
+
+    def __init__(self, model: Model, first: bool, precision: str, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.first = first
+        self.precision, self.device = precision, device
+
+    def forward(
+        self,
+        inputs: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        example_ids: Tensor | None = None,
+        prefix_lengths: Tensor | None = None,
+    ) -> Tensor:
+        from pretrainkit.training.precision import autocast
+
+        with autocast(self.precision, self.device):
+            hidden = inputs
+            if self.first:
+                hidden = self.model.embedding(inputs, token_type_ids, position_ids)
+            return self.model.encoder(
+                hidden,
+                attention_mask,
+                positions=position_ids,
+                example_ids=example_ids,
+                prefix_lengths=prefix_lengths,
+            )
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cpu(v) for v in value]
+    return value
+
+
+class PipelineEngine(Engine):
+    """One stage of a pipeline per process, trained by a ``torch.distributed.pipelining``
+    schedule (GPipe or 1F1B) over micro-batches of each batch.
+
+    Every process of the pipeline reads the same batch; stage 0 feeds the token ids in, the
+    last stage computes the targets' loss, and the loss and metrics are then shared with the
+    other stages (every process logs and decides on non-finite values alike). With strategy
+    ddp there are several pipelines, each reading its own part of the data, and each stage's
+    gradients are averaged over the pipelines before the update.
+
+    Args:
+        parallel: The options (``pipeline_parallel``, schedule, micro-batches).
+        micro_batch: Sequences per batch and process (cut into the micro-batches).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any,
+        device: torch.device,
+        precision: str,
+        parallel: ParallelConfig,
+        micro_batch: int,
+    ):
+        from torch.distributed.device_mesh import init_device_mesh
+
+        stages = self.pipeline_parallel = parallel.pipeline_parallel
+        self.strategy_name = parallel.strategy  # single: one pipeline; ddp: several
+        self.schedule_name = parallel.schedule
+        self.microbatches = resolve_microbatches(parallel, micro_batch)
+        # The processes form a ("dp", "pp") mesh, row-major: global rank = pipeline × stages
+        # + stage. One pipeline per row; the same stage of every pipeline in a column.
+        self.pipelines = dist.get_world_size() // stages
+        self.pipeline_index, self.stage_index = divmod(dist.get_rank(), stages)
+        mesh = init_device_mesh(device.type, (self.pipelines, stages), mesh_dim_names=("dp", "pp"))
+        self.pp_group, self.dp_group = mesh["pp"].get_group(), mesh["dp"].get_group()
+        self.first = self.stage_index == 0
+        self.last = self.stage_index == stages - 1
+        self._length = 0  # sequence length the stage's buffers were built for
+        self._schedule: Any = None
+        self._metric_names: list[str] | None = None
+        self._records: dict[int, dict[str, Tensor]] = {}
+        self._batch: dict[str, Tensor] = {}
+        self._totals: dict[str, float] = {}
+        self._accumulate = 1
+        super().__init__(model, config, device, precision)
+
+    # -- the split ---------------------------------------------------------------------
+
+    @property
+    def data_rank(self) -> int:
+        return self.pipeline_index
+
+    @property
+    def data_world(self) -> int:
+        return self.pipelines
+
+    def peer(self, stage: int) -> int:
+        """The global rank of ``stage`` in this process's pipeline."""
+        return self.pipeline_index * self.pipeline_parallel + stage
+
+    def place(self, model: nn.Module) -> nn.Module:
+        # Moved to the device once pruned: the whole model never lands on one GPU.
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Keep this stage's modules, then copy rank 0's initial weights into them."""
+        check_pipeline(model, self.pipeline_parallel)
+        assert isinstance(model, Model)
+        self.aliases = model.tied_parameters()
+        layers = cast(TransformerEncoder, model.encoder).layers
+        sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+        self.ranges = stage_layers(sizes, self.pipeline_parallel)
+        on_meta = any(p.is_meta for p in model.parameters())
+        initial: dict[str, Tensor] = {}
+        if dist.get_rank() == 0:  # its weights, before its own stage drops the others' modules
+            if on_meta:
+                raise ConfigError("rank 0 must build the model with real weights, not on meta")
+            named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
+            initial = {name: value.detach() for name, value in named}
+        keep_stage(model, self.ranges[self.stage_index], self.first, self.last)
+        if on_meta:
+            materialize(model, self.device)
+        else:
+            model.to(self.device)
+        own = dict([*model.named_parameters(), *model.named_buffers()])
+        wanted = gather_from_stages(sorted(own))
+        # Every process starts from rank 0's values (buffers included: a process that built on
+        # meta has none, and one that built real weights may have drawn other ones).
+        if dist.get_rank() == 0:
+            for other in range(1, dist.get_world_size()):
+                for name in wanted[other]:
+                    dist.send(initial[name].to(self.device).contiguous(), dst=other)
+        else:
+            for name in sorted(own):
+                received = torch.empty_like(own[name])
+                dist.recv(received, src=0)
+                with torch.no_grad():
+                    own[name].copy_(received)
+        del initial
+        # What each process saves (tied copies once), for gathering the first pipeline's
+        # stages (global ranks 0 … stages − 1) onto rank 0.
+        state = [
+            (name, tuple(value.shape), value.dtype)
+            for name, value in model.state_dict().items()
+            if name not in self.aliases
+        ]
+        self.layout: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = gather_from_stages(
+            state
+        )
+        self._tie_groups(model, wanted[: self.pipeline_parallel])
+        self.stage_module = _StageModule(model, self.first, self.precision, self.device)
+        return model
+
+    def _tie_groups(self, model: nn.Module, wanted: list[list[str]]) -> None:
+        """The tied pairs split over two stages, and a process group for each pair in each
+        pipeline (``wanted``: each stage's names)."""
+        holder = {name: stage for stage, names in enumerate(wanted) for name in names}
+        params = dict(model.named_parameters())
+        stages = self.pipeline_parallel
+        self.tied: list[tuple[nn.Parameter, Any]] = []
+        self.tied_copies: set[int] = set()  # parameters the norm must not count twice
+        for alias, source in sorted(self.aliases.items()):
+            pair = sorted({holder.get(alias, -1), holder.get(source, -1)})
+            if -1 in pair or len(pair) == 1:
+                continue
+            if pair == list(range(stages)):  # the whole pipeline
+                group = self.pp_group
+            else:  # every process creates every pipeline's group, in the same order
+                groups = [
+                    dist.new_group([row * stages + stage for stage in pair])
+                    for row in range(self.pipelines)
+                ]
+                group = groups[self.pipeline_index]
+            if alias in params:
+                self.tied.append((params[alias], group))
+                self.tied_copies.add(id(params[alias]))
+            elif source in params:
+                self.tied.append((params[source], group))
+
+    # -- one step ------------------------------------------------------------------------
+
+    def _schedule_for(self, length: int) -> Any:
+        """The schedule whose stage buffers fit ``length`` positions (built on first use and
+        again when a longer batch comes; every stage sees the same batch, so all agree)."""
+        if self._schedule is not None and length == self._length:
+            return self._schedule
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        stage = PipelineStage(
+            self.stage_module,
+            self.stage_index,
+            self.pipeline_parallel,
+            self.device,
+            group=self.pp_group,
+        )
+        kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
+        # The loss function on every stage: it tells the schedule there is a backward pass.
+        # scale_grads=False: the loss is already the batch mean (weighted micro-batch means).
+        self._schedule = kind(stage, self.microbatches, loss_fn=self._loss, scale_grads=False)
+        self._length = length
+        return self._schedule
+
+    def forward_backward(
+        self, batch: dict[str, Tensor], accumulate: int, last: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        unknown = sorted(set(batch) - set(BATCH_KEYS))
+        if "input_ids" not in batch or unknown:
+            raise ConfigError(
+                "pipeline parallelism takes token batches (input_ids, labels, pair_labels, "
+                f"{', '.join(SIDE_INPUTS)}); this batch has {', '.join(sorted(batch))}"
+            )
+        rows = batch["input_ids"].shape[0]
+        if rows % self.microbatches:
+            raise ConfigError(
+                f"a batch of {rows} sequences does not split into {self.microbatches} equal "
+                "micro-batches"
+            )
+        length = max(self._length, batch["input_ids"].shape[1])
+        batch = pad_batch(batch, length)
+        schedule = self._schedule_for(length)
+        side = {key: batch[key] for key in SIDE_INPUTS if key in batch}
+        self._records = {}
+        losses: list[Tensor] = []
+        if self.first:
+            schedule.step(batch["input_ids"], **side)
+        elif self.last:
+            self._batch, self._accumulate = batch, accumulate
+            self._totals = {
+                name: max(1, int(label_count(target, batch[target.label_key])))
+                for name, target in self.model.target_modules().items()  # type: ignore[operator]
+                if target.label_key in batch
+            }
+            index = torch.arange(rows, device=self.device)
+            schedule.step(target=index, losses=losses, return_outputs=False, **side)
+            self._batch = {}
+        else:
+            schedule.step(**side)
+        return self._share(losses)
+
+    def _loss(self, hidden: Tensor, rows: Tensor) -> Tensor:
+        """The targets' loss on one micro-batch (``rows`` of the batch), as its share of the
+        batch mean: each target's micro-batch mean × its labelled entries here / in the batch.
+        """
+        from pretrainkit.training.precision import autocast
+
+        batch = self._batch
+        mask = batch["attention_mask"][rows]
+        total: Tensor | None = None
+        metrics: dict[str, Tensor] = {}
+        with autocast(self.precision, self.device):
+            for name, target in self.model.target_modules().items():  # type: ignore[operator]
+                labels = batch.get(target.label_key)
+                if labels is None:
+                    continue
+                labels = labels[rows]
+                out = target(hidden, mask, labels)
+                if out.loss is None:
+                    continue
+                weight = label_count(target, labels).float() / self._totals[name]
+                weight = weight / self._accumulate
+                part = out.loss.float() * weight
+                total = part if total is None else total + part
+                for metric, value in out.metrics.items():
+                    metrics[metric] = value.detach().float() * weight
+        if total is None:
+            raise PretrainkitError("the model returned no loss; does the batch have labels?")
+        # Keyed by the micro-batch's first row: the schedule's shape probe on its first step
+        # computes micro-batch 0 once more beforehand, and is overwritten here.
+        self._records[int(rows[0])] = metrics
+        return total
+
+    def _share(self, losses: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The last stage's loss and metrics, on every stage (one broadcast)."""
+        source = self.peer(self.pipeline_parallel - 1)
+        sums: dict[str, Tensor] = {}
+        for record in self._records.values():
+            for name, value in record.items():
+                sums[name] = sums[name] + value if name in sums else value
+        if self._metric_names is None:
+            box = [sorted(sums)]
+            dist.broadcast_object_list(box, src=source, group=self.pp_group)
+            self._metric_names = list(box[0])
+        names = self._metric_names
+        values = torch.zeros(1 + len(names), device=self.device)
+        if self.last:
+            if sorted(sums) != names:
+                raise PretrainkitError(
+                    f"the targets' metrics changed between steps: {names} → {sorted(sums)}"
+                )
+            loss = torch.stack(losses).detach().sum()
+            values = torch.stack([loss, *(sums[n] for n in names)]).float()
+        dist.broadcast(values, src=source, group=self.pp_group)
+        return values[0], dict(zip(names, values[1:]))
+
+    def check_batch(self, batch: dict[str, Tensor]) -> None:
+        """Fail when the stages were given different batches (a data source split by the
+        global rank instead of the data-parallel one); checked on the first batch."""
+        from pretrainkit.distributed.tensor_parallel import batch_checksum
+
+        local = batch_checksum(batch).to(self.device)
+        gathered = [torch.zeros_like(local) for _ in range(self.pipeline_parallel)]
+        dist.all_gather(gathered, local, group=self.pp_group)
+        if any(not torch.equal(other, gathered[0]) for other in gathered):
+            raise ConfigError(
+                "pipeline parallelism: the stages of one pipeline were given different batches; "
+                "the batch source must be split by the data-parallel rank and size "
+                "(pretrainkit.distributed.data_parallel_rank / data_parallel_size), not by the "
+                "global rank"
+            )
+
+    def step(self, max_norm: float | None) -> tuple[float, bool]:
+        self._sum_tied_gradients()
+        self._average_over_pipelines()
+        return super().step(max_norm)
+
+    def _average_over_pipelines(self) -> None:
+        """With several pipelines (strategy ddp), each stage's gradients averaged over the
+        same stage of every pipeline, once per optimizer step (as DDP does, without its
+        overlap of communication and backward: the schedule owns the backward)."""
+        if self.pipelines == 1:
+            return
+        for param in self.params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, group=self.dp_group)
+            param.grad.div_(self.pipelines)
+
+    def _sum_tied_gradients(self) -> None:
+        """A weight held by two stages (word embedding, tied head) gets the sum of both
+        stages' gradients on both, as the one shared tensor would in one process."""
+        for param, group in self.tied:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, group=group)
+
+    def grad_norm(self, max_norm: float | None) -> Tensor:
+        """The norm over every stage's gradients (a tied pair once), clipping when asked."""
+        counted = [
+            p.grad for p in self.params if p.grad is not None and id(p) not in self.tied_copies
+        ]
+        local = nn.utils.get_total_norm(counted) if counted else torch.zeros((), device=self.device)
+        squares = local.double().pow(2).reshape(1).to(self.device)
+        dist.all_reduce(squares, group=self.pp_group)  # pipelines hold equal gradients
+        total = squares.sqrt().float().cpu().reshape(())
+        if max_norm is not None:
+            coefficient = float(max_norm / (total + 1e-6))
+            if coefficient < 1.0:
+                for param in self.params:
+                    if param.grad is not None:
+                        param.grad.mul_(coefficient)
+        return total
+
+    # -- checkpoints (every method is called on every process) ---------------------------
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """Every stage's weights gathered onto rank 0 (tied copies once), from the first
+        pipeline (the others hold the same weights); None elsewhere."""
+        if self.pipeline_index > 0:
+            return None
+        own = self.model.state_dict()
+        if not self.first:
+            for name, _, _ in self.layout[self.stage_index]:
+                dist.send(own[name].detach().contiguous(), dst=0)
+            return None
+        full = {name: own[name].detach().cpu() for name, _, _ in self.layout[0]}
+        for stage in range(1, self.pipeline_parallel):
+            for name, shape, dtype in self.layout[stage]:
+                received = torch.empty(shape, dtype=dtype, device=self.device)
+                dist.recv(received, src=stage)
+                full[name] = received.cpu()
+        return full
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """Every stage's optimizer state, keyed by parameter name, merged on rank 0 (from the
+        first pipeline)."""
+        if self.pipeline_index > 0:
+            return None
+        own = _cpu(get_optimizer_state_dict(self.model, self.optimizer, options=STAGE_STATE))
+        if not self.first:
+            dist.send_object_list([own], dst=0)
+            return None
+        parts = [own]
+        for stage in range(1, self.pipeline_parallel):
+            box: list[Any] = [None]
+            dist.recv_object_list(box, src=stage)
+            parts.append(box[0])
+        return merge_optimizer_states(parts, self.aliases)
+
+    def load(self, directory: Path, state: dict[str, Any]) -> None:
+        self.load_weights(directory)
+        try:
+            if state.get("format", 1) == 1:
+                raise CheckpointError(
+                    f"{directory}: its optimizer state is keyed by parameter index (an older "
+                    "pretrainkit); resume it with pipeline_parallel 1"
+                )
+            names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+            own = stage_optimizer_state(state["optimizer"], names, self.aliases)
+            set_optimizer_state_dict(self.model, self.optimizer, own, options=STAGE_STATE)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"{directory}: optimizer state does not fit: {error}") from None
+
+    def load_weights(self, directory: Path) -> None:
+        """This stage's part of a full ``model.safetensors`` (checked against the whole
+        model, so a file of another shape fails on every stage alike)."""
+        path = Path(directory) / WEIGHTS
+        weights = read_safetensors(path)
+        expected = {name: shape for stage in self.layout for name, shape, _ in stage}
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        wrong = [
+            f"{name}: file {tuple(weights[name].shape)} vs model {shape}"
+            for name, shape in expected.items()
+            if name in weights and tuple(weights[name].shape) != shape
+        ]
+        check_tensor_keys(f"{path} does not match its config", missing, unexpected, wrong)
+        own = {name: weights[self.aliases.get(name, name)] for name in self.model.state_dict()}
+        self.model.load_state_dict(own)
+
+
+def gather_from_stages(value: Any) -> list[Any]:
+    """Every stage's ``value`` (small, picklable), in stage order, on every stage."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
