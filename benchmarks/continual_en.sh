@@ -9,12 +9,14 @@
 #   full-ewc   every parameter trains, EWC toward the previous values (old tasks' Fisher)
 #   random-5   5 % of the backbone, groups drawn at random, EWC
 #   method-5   5 % of the backbone, groups chosen by importance (Fisher new / Fisher old), EWC
+#   lora-5     the same, each matrix of the layer stack also offered as a LoRA slot of rank
+#              $LORA_RANK (trained as B·A, stored as its two factors)
 # Then benchmarks/continual_table.py prints the accuracy matrices and the summary. Simple
 # baselines per task (TF-IDF + LR, TF-IDF cosine for STS-B) come from their scripts.
 #
 # Usage: bash benchmarks/continual_en.sh WORK_DIR [DATA_DIR]
 # Environment: LR_FULL (1e-4) and LR_PART (1e-3), the learning rates of full and 5 % runs;
-# EWC_WEIGHT (1.0). Budget on this 2-core CPU (--threads 1): ~8-10 min per row.
+# EWC_WEIGHT (1.0); LORA_RANK (8). Budget on this 2-core CPU (--threads 1): ~8-10 min per row.
 set -euo pipefail
 work="${1:?usage: continual_en.sh WORK_DIR [DATA_DIR]}"
 data="${2:-${PRETRAINKIT_DATA:-../shared/data}}"
@@ -23,6 +25,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 lr_full="${LR_FULL:-1e-4}"
 lr_part="${LR_PART:-1e-3}"
 ewc="${EWC_WEIGHT:-1.0}"
+lora_rank="${LORA_RANK:-8}"
 mkdir -p "$work/logs" "$work/data"
 source "$here/steps.sh"
 
@@ -84,10 +87,13 @@ run random-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$wor
   --budget 5% --selection random --regularizer ewc --reg-weight "$ewc"
 run method-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$work/method-5" \
   --budget 5% --selection importance --regularizer ewc --reg-weight "$ewc"
+run lora-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$work/lora-5" \
+  --budget 5% --selection importance --regularizer ewc --reg-weight "$ewc" \
+  --lora-rank "$lora_rank"
 run tfidf-sst2 python3 "$here/tfidf_baseline.py" --train "$data/sst2/train.tsv" \
   --dev "$data/sst2/dev.tsv" --columns label,text_a
 run tfidf-xnli python3 "$here/tfidf_baseline.py" --train "$work/data/xnli-train.tsv" \
   --dev "$work/data/xnli-test.tsv" --columns text_a,text_b,label
 run tfidf-stsb python3 "$here/sts_tfidf_baseline.py" \
   --train "$data/stsb-multi-mt/stsb-en-train.csv" --dev "$data/stsb-multi-mt/stsb-en-dev.csv"
-python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5}
+python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5,lora-5}

@@ -19,10 +19,22 @@ from safetensors.torch import load_file
 from samp_helpers import TINY, VOCAB
 
 import pretrainkit
-from pretrainkit.continual.deltas import apply_delta, body_state, read_delta, state_sha256
-from pretrainkit.continual.module import ContinualModel
+from pretrainkit.continual.deltas import (
+    apply_delta,
+    body_state,
+    lowrank_merged,
+    read_delta,
+    state_sha256,
+)
+from pretrainkit.continual.module import ContinualModel, attach_slots, fold_slots
 from pretrainkit.continual.options import ContinualOptions, parse_budget
-from pretrainkit.continual.selection import Group, body_parameters, choose, parameter_groups
+from pretrainkit.continual.selection import (
+    Group,
+    backbone_size,
+    body_parameters,
+    choose,
+    parameter_groups,
+)
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.tokenization import load_tokenizer
 from pretrainkit.workflows import continual as workflow
@@ -186,6 +198,91 @@ def test_full_fine_tuning_forgets_more_than_the_method(method, full) -> None:
     assert method["summary"]["average_forgetting"] < full["summary"]["average_forgetting"]
 
 
+@pytest.fixture(scope="module")
+def lora(setup) -> dict:
+    return run(setup, "lora", "--budget", "10%", "--lora-rank", "2", "--reg-weight", "10")
+
+
+def test_lora_slots_are_chosen_stored_as_factors_and_chained_bit_for_bit(setup, lora) -> None:
+    summary = lora["summary"]
+    assert summary["matrix"]["sentiment"][0] >= 0.85, summary
+    assert summary["new_task"]["size"] >= 0.85, summary
+    model = pretrainkit.load(setup["base"])
+    slots = 0
+    for step in lora["steps"]:
+        assert step["trainable_body"] <= 0.10 * step["body_parameters"]
+        folder = setup["root"] / "lora" / step["folder"] / "model"
+        record, tensors = read_delta(folder)
+        for matrix, (a, b, scale) in record["lowrank"].items():
+            assert matrix not in record["body_tensors"] and f"{matrix[:-7]}.lora" in step["groups"]
+            rows, cols = model.get_parameter(matrix).shape
+            assert tensors[a].shape == (2, cols) and tensors[b].shape == (rows, 2)
+            assert scale == 1.0
+        slots += len(record["lowrank"])
+        # Applying the delta (factors folded in) gives the backbone the run went on with.
+        apply_delta(model, folder)
+        assert state_sha256(body_state(model)) == step["sha256"]
+        assert step["delta_bytes"] < 0.25 * step["full_bytes"]  # the head is most of it
+    assert slots > 0
+    out = setup["root"] / "lora-size"
+    cli("continual-export", "--run", setup["root"] / "lora", "--task", "size", "--out", out)
+    scored = evaluate(out, setup["root"] / "size-dev.tsv")
+    assert scored["accuracy"] == lora["steps"][-1]["metrics"]["size"]["accuracy"]
+
+
+def test_lowrank_merge_is_exact_and_independent_of_threads() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight, a, b = (
+        torch.randn(*shape, generator=generator) for shape in ((48, 40), (4, 40), (48, 4))
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lowrank_merged(weight, a, b, 0.5)
+        torch.set_num_threads(2)
+        two = lowrank_merged(weight, a, b, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and one.dtype == torch.float32
+    exact = (weight.double() + 0.5 * (b.double() @ a.double())).float()
+    assert torch.equal(one, exact)  # r products exact in float64, one rounding at the end
+
+
+def test_slots_fold_into_the_same_function_and_the_penalty_acts_on_b_a() -> None:
+    torch.manual_seed(0)
+    model = pretrainkit.build_model("bert-tiny", {**TINY, "targets": CLASSIFIER}).eval()
+    name = "encoder.layers.0.attention.query.weight"
+    slots = attach_slots(model, {name: 2})
+    a, b, scale = slots[name]
+    with torch.no_grad():
+        model.get_parameter(b).normal_()
+    fisher = {name: torch.full_like(model.get_parameter(name), 2.0)}
+    cm = ContinualModel(model, [a, b], {}, fisher, 3.0, {}, slots=slots)
+    change = scale * (model.get_parameter(b) @ model.get_parameter(a))
+    expected = 0.5 * 3.0 * float((2.0 * change * change).sum().detach())
+    assert float(cm.penalty().detach()) == pytest.approx(expected, rel=1e-5)
+    ids = torch.randint(5, TINY["vocab_size"], (2, 12))
+    before = model(input_ids=ids).logits
+    fold_slots(model, slots)
+    assert type(model.get_submodule(name[:-7])) is torch.nn.Linear
+    torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_matrix_is_trained_whole_or_as_a_slot_never_both(setup) -> None:
+    model = pretrainkit.load(setup["base"])
+    groups = parameter_groups(model, lora_rank=2)
+    slots = [g for g in groups if g.lora_rank]
+    assert slots and all(g.tensors[0].endswith(".weight") for g in slots)
+    assert backbone_size(groups) == sum(p.numel() for p in body_parameters(model).values())
+    scores = {g.name: 1.0 for g in groups}
+    for seed in range(5):
+        for chosen in (choose(groups, 0.1, None, seed=seed), choose(groups, 0.1, scores)):
+            matrices = [g.matrix for g in chosen]
+            assert len(matrices) == len(set(matrices))
+            assert sum(g.size for g in chosen) <= 0.1 * backbone_size(groups)
+    assert not any(g.lora_rank for g in choose(groups, 1.0, None))
+
+
 def test_random_selection_is_seeded_and_within_budget(setup) -> None:
     model = pretrainkit.load(setup["base"])
     groups = parameter_groups(model)
@@ -260,6 +357,10 @@ def test_bad_options() -> None:
         ContinualOptions(regularizer="ewk")
     with pytest.raises(ConfigError, match="reg_weight 0 does nothing"):
         ContinualOptions(reg_weight=0)
+    with pytest.raises(ConfigError, match="lora_rank must be ≥ 0"):
+        ContinualOptions(lora_rank=-1)
+    with pytest.raises(ConfigError, match="lora_rank 4 with budget 100%"):
+        ContinualOptions(budget="100%", lora_rank=4)
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,11 @@ class ContinualOptions:
     seed: int = 42
     """Seed of the random selection and of the importance batches."""
 
+    lora_rank: int = 0
+    """Also offer every weight matrix of the layer stack as a LoRA slot of this rank: a
+    low-rank change B·A (r·(in + out) parameters instead of in·out), chosen like any group and
+    stored in the delta as its two factors; 0 offers whole matrices only."""
+
     def __post_init__(self) -> None:
         self.fraction = parse_budget(self.budget)
         for name, value, choices in (
@@ -89,6 +94,16 @@ class ContinualOptions:
             raise ConfigError(
                 f"importance_batches must be an integer of at least 1, got "
                 f"{self.importance_batches!r}"
+            )
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int):
+            raise ConfigError(f"lora_rank must be an integer ≥ 0, got {self.lora_rank!r}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be ≥ 0 (0: no LoRA slots), got {self.lora_rank}")
+        if self.lora_rank and self.fraction >= 1.0:
+            raise ConfigError(
+                f"lora_rank {self.lora_rank} with budget {self.budget}: a budget of 100% trains "
+                "every matrix whole, so no LoRA slot would be chosen; give a smaller --budget or "
+                "lora_rank 0"
             )
         if not isinstance(self.reg_weight, int | float) or not self.reg_weight >= 0:
             raise ConfigError(f"reg_weight must be a number ≥ 0, got {self.reg_weight!r}")

@@ -4,8 +4,10 @@ the choice within a budget.
 Groups are derived from the five-slot modules, never from a family's names: inside every layer
 of the stack (``….layers.N``) each weight matrix is a group (``attention.query``,
 ``feed_forward.up``, …), all norms together are one group and all other biases another; outside
-the layers (embeddings, a final norm) each module is a group. A LoRA slot is not a candidate:
-its delta would change the architecture, and the delta chain stores only existing tensors.
+the layers (embeddings, a final norm) each module is a group. With a LoRA rank r, every weight
+matrix of the layer stack is also offered as a LoRA slot (``….lora``): a change ``B A`` of rank
+r that costs r·(in + out) parameters instead of in·out; a matrix is trained whole or as a slot,
+never both. The delta stores a slot's two factors, so the architecture does not change.
 
 Importance is measured on a few training batches of a task: the Fisher information (mean squared
 gradient of the loss) or the mean absolute gradient. A group's score is its mean importance for
@@ -38,6 +40,13 @@ class Group:
     name: str
     tensors: list[str]
     size: int
+    lora_rank: int = 0
+    """> 0: a LoRA slot of this rank on the group's one matrix (``size`` counts its factors)."""
+
+    @property
+    def matrix(self) -> str:
+        """What the group changes: a slot and its whole matrix exclude each other."""
+        return self.name.removesuffix(".lora") if self.lora_rank else self.name
 
 
 def body_parameters(model: Model) -> dict[str, nn.Parameter]:
@@ -50,8 +59,9 @@ def body_parameters(model: Model) -> dict[str, nn.Parameter]:
     }
 
 
-def parameter_groups(model: Model) -> list[Group]:
-    """The candidate groups of ``model``'s backbone, in module order."""
+def parameter_groups(model: Model, lora_rank: int = 0) -> list[Group]:
+    """The candidate groups of ``model``'s backbone, in module order; with ``lora_rank`` > 0
+    each weight matrix of the layer stack is followed by its LoRA slot."""
     groups: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     parameters = body_parameters(model)
@@ -68,7 +78,21 @@ def parameter_groups(model: Model) -> list[Group]:
             key = owner_name
         groups.setdefault(key, []).append(name)
         sizes[key] = sizes.get(key, 0) + parameter.numel()
-    return [Group(key, tensors, sizes[key]) for key, tensors in groups.items()]
+    out = []
+    for key, tensors in groups.items():
+        out.append(Group(key, tensors, sizes[key]))
+        matrix = parameters[tensors[0]]
+        if lora_rank and len(tensors) == 1 and matrix.dim() == 2 and _LAYER.match(tensors[0]):
+            if isinstance(model.get_submodule(key), nn.Linear):
+                rows, cols = matrix.shape
+                if lora_rank * (rows + cols) < rows * cols:  # a slot cheaper than the matrix
+                    out.append(Group(f"{key}.lora", tensors, lora_rank * (rows + cols), lora_rank))
+    return out
+
+
+def backbone_size(groups: list[Group]) -> int:
+    """Parameters of the backbone (the whole groups; LoRA slots are alternatives)."""
+    return sum(g.size for g in groups if not g.lora_rank)
 
 
 def importance(
@@ -152,20 +176,22 @@ def choose(
     Raises:
         ConfigError: the budget is smaller than the smallest group.
     """
-    total = sum(g.size for g in groups)
+    total = backbone_size(groups)
     allowed = fraction * total
     if fraction >= 1.0:
-        return list(groups)
+        return [g for g in groups if not g.lora_rank]
     if scores is None:
         order = list(groups)
         random.Random(seed).shuffle(order)
     else:
-        order = sorted(groups, key=lambda g: (-scores[g.name], g.name))
-    chosen, used = [], 0
+        # Equal scores (a matrix and its slot): the whole matrix first, where it fits.
+        order = sorted(groups, key=lambda g: (-scores[g.name], g.lora_rank, g.name))
+    chosen, used, taken = [], 0, set()
     for group in order:
-        if used + group.size <= allowed:
+        if group.matrix not in taken and used + group.size <= allowed:
             chosen.append(group)
             used += group.size
+            taken.add(group.matrix)
     if not chosen:
         smallest = min(g.size for g in groups)
         raise ConfigError(

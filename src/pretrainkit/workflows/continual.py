@@ -37,9 +37,10 @@ from pretrainkit.continual.deltas import (
     read_delta,
     state_sha256,
 )
-from pretrainkit.continual.module import ContinualModel
+from pretrainkit.continual.module import ContinualModel, attach_slots, fold_slots
 from pretrainkit.continual.options import ContinualOptions, TaskSpec, read_task_spec
 from pretrainkit.continual.selection import (
+    backbone_size,
     body_parameters,
     choose,
     group_scores,
@@ -248,6 +249,10 @@ def continual(
         heads: dict[str, dict[str, torch.Tensor]] = {}
         if continuing:
             earlier = _read_record(folder)
+            # Options a run written before an option existed did not record: its default.
+            earlier["options"] = dataclasses.asdict(
+                from_dict(ContinualOptions, dict(earlier["options"]), f"{folder}/{RECORD}")
+            )
             for key in ("base", "options", "tasks"):
                 if earlier[key] != record[key]:
                     raise ConfigError(
@@ -334,7 +339,7 @@ def _train_task(
 
     def wrap(net: Model) -> tuple[torch.nn.Module, dict[str, Any]]:
         started = time.perf_counter()
-        groups = parameter_groups(net)
+        groups = parameter_groups(net, opts.lora_rank)
         by_name = {g.name: g for g in groups}
         scores = None
         if earlier is not None and earlier.get("step") == k:  # resumed: the same choice
@@ -349,29 +354,34 @@ def _train_task(
             new = normalized(importance(net, parameters, batches, opts.importance))
             scores = group_scores(groups, new, old_fisher)
             chosen = choose(groups, opts.fraction, scores)
-        body = [t for g in chosen for t in g.tensors]
+        whole = [t for g in chosen if not g.lora_rank for t in g.tensors]
         parameters = body_parameters(net)
+        slots = attach_slots(net, {g.tensors[0]: g.lora_rank for g in chosen if g.lora_rank})
+        body = whole + [factor for a, b, _ in slots.values() for factor in (a, b)]
         weight = opts.reg_weight
         fisher = None
         if opts.regularizer == "none" or (opts.regularizer == "ewc" and old_fisher is None):
             weight = 0.0  # EWC before any old task: nothing to protect yet
         elif opts.regularizer == "ewc":
             assert old_fisher is not None
-            fisher = {t: old_fisher.get(t, torch.zeros_like(parameters[t])) for t in body}
+            fisher = {
+                t: old_fisher.get(t, torch.zeros_like(parameters[t])) for t in whole + list(slots)
+            }
         extra = {
             k2: v for k2, v in body_state(current).items() if k2 not in body_state(net)
         }  # backbone tensors this task model leaves out (a decoder): in the hash all the same
         cm = ContinualModel(
             net,
             body,
-            {t: parameters[t] for t in body},
+            {t: parameters[t] for t in whole},
             fisher,
             weight,
             {"task": name, "step": k, "parent_sha256": parent, "base": record["base"]},
             extra,
+            slots,
         )
         holder.append(cm)
-        total = sum(g.size for g in groups)
+        total = backbone_size(groups)
         trained = sum(g.size for g in chosen)
         info.update(
             groups=[g.name for g in chosen],
@@ -409,6 +419,7 @@ def _train_task(
     seconds = time.perf_counter() - started
     cm = holder[0]
     net = cm.model
+    fold_slots(net, cm.slots)  # as applying the delta folds them: the hash check below holds
     _copy_body(net, current)
     heads[name] = {t: net.state_dict()[t].detach().clone() for t in cm.head}
     delta_record, _ = read_delta(step_dir / "model")
