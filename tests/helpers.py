@@ -289,3 +289,66 @@ def cut_at_step_10(run: Path, copy: Path) -> Path:
     kept = [line for line in lines if json.loads(line)["step"] <= 10]
     (copy / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     return copy
+
+
+# The distributed-layout tests (DDP, FSDP, ZeRO, TP, PP, resume on another layout, sharded
+# checkpoints) compare runs of a tiny MLM model over the same shards, 20 steps of 8 sequences.
+LAYOUT_STEPS = 20
+LAYOUT_BATCH = 8
+NO_DROPOUT = ["--model.embedding.dropout", "0", "--model.encoder.dropout", "0"]
+MLM = ["--model.targets", "[{name: mlm}]"]
+
+
+def layout_shards(root: Path, objective: str = "mlm", name: str = "shards") -> Path:
+    """``ROOT/NAME``: shards of a 200-document corpus (``objective``, length 32) with a
+    200-piece WordPiece vocabulary, both made once per ``root``."""
+    corpus, tokenizer = root / "corpus.txt", root / "tok"
+    if not corpus.is_file():
+        write_corpus(corpus, documents=200)
+    if not tokenizer.is_dir():
+        cli("vocab", "--corpus", corpus, "--kind", "wordpiece", "--size", 200, "--out", tokenizer)
+    cli(
+        "preprocess", "--corpus", corpus, "--tokenizer", tokenizer, "--objective", objective,
+        "--seq-length", 32, "--out", root / name,
+    )  # fmt: skip
+    return root / name
+
+
+def layout_args(
+    shards: Path, out: Path, *extra: object, model: list[str] | None = None, dropout=NO_DROPOUT
+) -> list[str]:
+    """``pretrain`` of the layout tests: 20 steps, global batch 8, lr 1e-3, a checkpoint every
+    10 steps (the last two kept), dropout off so that layouts agree step by step."""
+    model = model if model is not None else [*TINY_MODEL, *MLM]
+    return [
+        "pretrain", *model, *dropout, "--data", str(shards), "--out", str(out),
+        "--steps", str(LAYOUT_STEPS), "--global-batch-size", str(LAYOUT_BATCH), "--lr", "1e-3",
+        "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *map(str, extra),
+    ]  # fmt: skip
+
+
+NO_DROPOUT_AT_ALL = [*NO_DROPOUT, "--model.encoder.attention_dropout", "0"]
+
+
+def tiny_llama(layers: int = 2) -> list[str]:
+    """``pretrain`` model options of a tiny LLaMA (hidden 64, 4 query / 2 key-value heads)."""
+    return [
+        "--model", "llama", "--model.hidden_size", "64", "--model.encoder.num_heads", "4",
+        "--model.encoder.num_kv_heads", "2", "--model.encoder.ffn_size", "128",
+        "--model.encoder.num_layers", str(layers), "--model.embedding.max_positions", "64",
+    ]  # fmt: skip
+
+
+def run_metric(run: Path, name: str) -> dict[int, float]:
+    """Step → the logged value of ``name`` in ``run``'s metrics.jsonl."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r[name] for r in map(json.loads, lines) if name in r}
+
+
+def layout_refusal(capsys, monkeypatch, world: int, args: list[str]) -> tuple[int, str]:
+    """``pretrain ARGS`` as rank 0 of a torchrun launch of ``world`` processes would start it,
+    in this process (every layout check runs before a process group exists): (code, stderr)."""
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = invoke(capsys, *args)
+    return code, err

@@ -1,5 +1,7 @@
 """Run by tests/test_tensor_parallel.py under torchrun (2 processes): layer-level parity of
-tensor parallelism for three families, and the check that refuses mismatched batches."""
+tensor parallelism (vocabulary split, with and without sequence parallelism) for two
+families, dropout under sequence parallelism, a vocabulary TP does not divide, and the check
+that refuses mismatched batches."""
 
 from __future__ import annotations
 
@@ -33,17 +35,29 @@ FAMILIES = {
 }  # fmt: skip
 
 
-def parity(name: str, overrides: dict) -> dict:
+def dropout_on(overrides: dict, p: float) -> dict:
+    """The family's overrides with every dropout at ``p``."""
+    keys = ["embedding.dropout", "encoder.dropout", "encoder.attention_dropout"]
+    keys.append("encoder.ffn_dropout")
+    if "decoder.num_layers" in overrides:
+        keys += ["tgt_embedding.dropout", "decoder.dropout", "decoder.attention_dropout"]
+        keys.append("decoder.ffn_dropout")
+    return {**overrides, **dict.fromkeys(keys, p)}
+
+
+def parity(name: str, overrides: dict, sequence_parallel: bool = False, length: int = 12) -> dict:
     config = load_model_config(name, overrides)
     torch.manual_seed(0)
     reference = build_model(config)
+    parallel = ParallelConfig(tensor_parallel=2, sequence_parallel=sequence_parallel)
     torch.manual_seed(0)
-    with init_device(ParallelConfig(tensor_parallel=2)):  # meta on rank 1, as pretrain builds
+    with init_device(parallel):  # meta on rank 1, as pretrain builds
         split = build_model(config)
     train = TrainConfig(steps=1, device="cpu")
-    engine = parallelize(split, ParallelConfig(tensor_parallel=2), train, "cpu")
+    engine = parallelize(split, parallel, train, "cpu")
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(4, 100, (2, 12), generator=generator)
+    # An odd length under sequence parallelism: parts of 6 and 5 positions.
+    ids = torch.randint(4, 100, (2, length), generator=generator)
     batch = {"input_ids": ids, "labels": ids.clone()}
     expected = reference(**batch)
     got = engine.module(**batch)
@@ -64,10 +78,37 @@ def parity(name: str, overrides: dict) -> dict:
         "ties": len(split.tied_parameters()),
         "tied": bool(flag.item()),
         "split": sum(type(p).__name__ == "DTensor" for p in split.parameters()),
+        "vocabulary": [
+            str(getattr(split.get_parameter(f"{slot}.parts.word.weight"), "placements", None))
+            for slot in ("embedding", "tgt_embedding")
+            if getattr(split, slot, None) is not None
+        ],
+        "norms": str(getattr(split.encoder.layers[0].ffn_norm.weight, "placements", None)),
         "gathered": None
         if full is None or dist.get_rank() != 0
         else max(float((full[k] - reference_state[k]).abs().max()) for k in full),
     }
+
+
+def dropout_losses(name: str, overrides: dict, sequence_parallel: bool) -> list[float]:
+    """Three training forwards and backwards with dropout 0.1 at an odd length, then one
+    draw from each process's generator (they must still agree)."""
+    config = load_model_config(name, dropout_on(overrides, 0.1))
+    parallel = ParallelConfig(tensor_parallel=2, sequence_parallel=sequence_parallel)
+    torch.manual_seed(0)
+    with init_device(parallel):
+        model = build_model(config)
+    engine = parallelize(model, parallel, None, "cpu")
+    ids = torch.randint(4, 100, (2, 11), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    losses = []
+    for _ in range(3):
+        output = engine.module(input_ids=ids, labels=ids.clone())
+        output.loss.backward()
+        losses.append(float(output.loss.detach()))
+    draws = [torch.zeros(1) for _ in range(dist.get_world_size())]
+    dist.all_gather(draws, torch.rand(1))
+    return [*losses, *(float(draw) for draw in draws)]
 
 
 def fsdp_from_meta() -> list[float]:
@@ -99,7 +140,15 @@ def mismatched_batches() -> str:
 
 
 if __name__ == "__main__":
-    results = {name: parity(name, overrides) for name, overrides in FAMILIES.items()}
+    results: dict = {name: parity(name, overrides) for name, overrides in FAMILIES.items()}
+    for name, overrides in FAMILIES.items():
+        results[f"{name}+sp"] = parity(name, overrides, sequence_parallel=True, length=11)
+        results[f"{name}-dropout"] = [
+            dropout_losses(name, overrides, sequence_parallel)
+            for sequence_parallel in (False, True)
+        ]
+    # 101 rows: two processes cannot split the vocabulary; it stays whole, the rest splits.
+    results["indivisible"] = parity("llama", {**FAMILIES["llama"], "vocab_size": 101})
     results["mismatch"] = mismatched_batches()
     results["fsdp-meta"] = fsdp_from_meta()
     if dist.get_rank() == 0:

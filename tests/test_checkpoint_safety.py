@@ -235,7 +235,7 @@ config = TrainConfig(steps=6, lr=1e-2, save_every=3, log_every=1, precision="fp3
                      device="cpu", progress=False, keep_last=2)
 strategy = ParallelConfig("deepspeed", zero_stage=2, trust_checkpoint=trust)
 trainer = Trainer(toy.ToyLM(), toy.ToyData(), config, out_dir, resume=resume, strategy=strategy)
-if native:  # also DeepSpeed's own checkpoint, as pretrainkit wrote it before (and for ZeRO-3)
+if native:  # also DeepSpeed's own checkpoint, as earlier pretrainkit versions wrote it
     ours = trainer.engine.save_shards
 
     def both(directory):
@@ -322,7 +322,7 @@ def test_deepspeed_resumes_from_safetensors_and_reads_pickles_only_on_trust(tmp_
     assert losses(planted.parents[1]) == expected  # steps 4-6 trained again, exactly
     assert same_weights(planted.parents[1] / "model", reference / "model")
 
-    # Only DeepSpeed's own files (an older pretrainkit's checkpoint, or ZeRO-3): refused...
+    # Only DeepSpeed's own files (an older pretrainkit's checkpoint): refused...
     legacy = interrupted_at_step_3(reference, tmp_path / "legacy")
     for name in ("zero.json", "zero-rank-00000.safetensors"):
         (legacy / "deepspeed" / name).unlink()

@@ -24,62 +24,46 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    LAYOUT_BATCH,
+    LAYOUT_STEPS,
+    NO_DROPOUT_AT_ALL,
     QUIET,
     TINY_MODEL,
     cli,
     cut_at_step_10,
     invoke,
+    layout_args,
+    layout_refusal,
+    layout_shards,
+    tiny_llama,
     torchrun,
     write_classification,
-    write_corpus,
 )
 from helpers import run_losses as losses
+from helpers import run_metric as metric
 from safetensors.torch import load_file
 
 import pretrainkit
 from pretrainkit.distributed.config import ParallelConfig, resolve_microbatches
 from pretrainkit.errors import ConfigError
 
-STEPS = 20
-GLOBAL_BATCH = 8
+STEPS, GLOBAL_BATCH = LAYOUT_STEPS, LAYOUT_BATCH
 TOLERANCE = 1e-3  # relative, per step: the same batch, only the float order differs
-NO_DROPOUT = [
-    "--model.embedding.dropout", "0", "--model.encoder.dropout", "0",
-    "--model.encoder.attention_dropout", "0",
-]  # fmt: skip
 PP2 = ["--pipeline-parallel", "2"]
 HERE = Path(__file__).resolve()
-LLAMA = [
-    "--model", "llama", "--model.hidden_size", "64", "--model.encoder.num_heads", "4",
-    "--model.encoder.num_kv_heads", "2", "--model.encoder.ffn_size", "128",
-    "--model.encoder.num_layers", "3", "--model.embedding.max_positions", "64",
-]  # fmt: skip
+LLAMA = tiny_llama(3)
 
 
 def pretrain_args(shards: Path, out: Path, *extra: str, model: list[str] = TINY_MODEL) -> list:
-    return [
-        "pretrain", *model, *NO_DROPOUT, "--data", str(shards), "--out", str(out),
-        "--steps", str(STEPS), "--global-batch-size", str(GLOBAL_BATCH), "--lr", "1e-3",
-        "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *extra,
-    ]  # fmt: skip
-
-
-def metric(run: Path, name: str) -> dict[int, float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r[name] for r in map(json.loads, lines) if name in r}
+    return layout_args(shards, out, *extra, model=model, dropout=NO_DROPOUT_AT_ALL)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards, the single-process reference run and the PP 2 run (launched once)."""
     root = tmp_path_factory.mktemp("pp")
-    corpus = write_corpus(root / "corpus.txt", documents=200)
-    cli("vocab", "--corpus", corpus, "--kind", "wordpiece", "--size", 200, "--out", root / "tok")
     for objective in ("bert", "lm"):
-        cli(
-            "preprocess", "--corpus", corpus, "--tokenizer", root / "tok", "--objective",
-            objective, "--seq-length", 32, "--out", root / f"shards-{objective}",
-        )  # fmt: skip
+        layout_shards(root, objective, f"shards-{objective}")
     shards = root / "shards-bert"
     cli(*pretrain_args(shards, root / "single"))
     torchrun(2, *pretrain_args(shards, root / "pp2", *PP2), log=root / "pp2.log")
@@ -261,7 +245,7 @@ BAD_LAYOUTS = [
     pytest.param(3, ["--pipeline-parallel", "3"], "exceeds the 2 encoder layer(s)", id="layers"),
     pytest.param(3, [*PP2, "--strategy", "ddp"], "does not divide the 3 process(es)", id="ddp-3"),
     pytest.param(2, [*PP2, "--strategy", "fsdp"], "with strategy 'fsdp' is not supported yet", id="fsdp"),
-    pytest.param(2, [*PP2, "--tensor-parallel", "2"], "with tensor_parallel 2 is not supported yet", id="tp"),
+    pytest.param(2, [*PP2, "--tensor-parallel", "2"], "needs exactly 4 processes (launched with 2)", id="tp"),
     pytest.param(2, [*PP2, "--microbatches", "3"], "does not divide the per-process batch", id="micro"),
     pytest.param(2, [*PP2, "--microbatches", "1"], "fewer than the 2 pipeline stages", id="1f1b"),
     pytest.param(2, [*PP2, "--pipeline-schedule", "gpip"], "did you mean 'gpipe'", id="schedule"),
@@ -274,12 +258,10 @@ BAD_LAYOUTS = [
 def test_bad_layouts_fail_before_the_output_folder_exists(
     root: Path, world: int, extra: list[str], message: str, capsys, monkeypatch, tmp_path: Path
 ) -> None:
-    # As torchrun would describe the launch; every check runs before a process group exists.
-    monkeypatch.setenv("WORLD_SIZE", str(world))
-    monkeypatch.setenv("RANK", "0")
     out = tmp_path / "run"
     extra = [str(root / "shards-bert") if e == "shards" else e for e in extra]
-    code, _, err = invoke(capsys, *pretrain_args(root / "shards-bert", out, *extra))
+    args = pretrain_args(root / "shards-bert", out, *extra)
+    code, err = layout_refusal(capsys, monkeypatch, world, args)
     assert code == 2 and message in err, err
     assert not out.exists()
 

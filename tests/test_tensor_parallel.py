@@ -7,10 +7,15 @@ width each, so the curves differ only by float summation order (measured ≤ 2e-
 asserted 1e-3). With data parallelism on top (FSDP × TP, 4 processes) 1 % is the bound, as in
 tests/test_distributed.py. Dropout is off so that nothing else differs.
 
+The vocabulary is split too (104 rows: the word table and the MLM decoder tied to it share
+one row-split parameter), and a third run adds ``--sequence-parallel`` (the norms and
+residual dropouts on half of the positions each); both follow one process within 1e-3.
+
 The weights a TP run saves are the full ones (gathered on rank 0): the model loads in one
 process, and its checkpoints resume on another layout (one process; FSDP × TP onto DDP).
 Layer-level parity for other families (LLaMA-like: rotary, gated FFN, grouped-query
-attention; BART: cross-attention) runs in ``tensor_parallel_worker.py``.
+attention, untied head; BART: cross-attention, a word table shared by both sides and the
+head), with and without sequence parallelism, runs in ``tensor_parallel_worker.py``.
 """
 
 from __future__ import annotations
@@ -20,42 +25,43 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUIET, TINY_MODEL, cli, cut_at_step_10, invoke, torchrun, write_corpus
+from helpers import (
+    LAYOUT_BATCH,
+    LAYOUT_STEPS,
+    QUIET,
+    cli,
+    cut_at_step_10,
+    layout_args,
+    layout_refusal,
+    layout_shards,
+    torchrun,
+)
 from helpers import run_losses as losses
 from safetensors.torch import load_file
 
 import pretrainkit
 
-STEPS = 20
-GLOBAL_BATCH = 8
+STEPS, GLOBAL_BATCH = LAYOUT_STEPS, LAYOUT_BATCH
 TOLERANCE = 0.01  # relative, per step, with data parallelism (see the module docstring)
 TP_TOLERANCE = 1e-3  # tensor parallelism alone: the same batch, only the float order differs
-NO_DROPOUT = ["--model.embedding.dropout", "0", "--model.encoder.dropout", "0"]
-MLM = ["--model.targets", "[{name: mlm}]"]
 TP2 = ["--tensor-parallel", "2"]
+SP2 = [*TP2, "--sequence-parallel"]
 HERE = Path(__file__).resolve().parent
 
 
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "pretrain", *TINY_MODEL, *MLM, *NO_DROPOUT, "--data", str(data / "shards"), "--out",
-        str(out), "--steps", str(STEPS), "--global-batch-size", str(GLOBAL_BATCH), "--lr", "1e-3",
-        "--log-every", "1", "--save-every", "10", "--keep-last", "2", *QUIET, *extra,
-    ]  # fmt: skip
+    return layout_args(data / "shards", out, *extra)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards, the single-process reference run and the TP 2 run (launched once)."""
+    """Shards, the single-process reference run and the TP 2 runs, without and with sequence
+    parallelism (launched once)."""
     root = tmp_path_factory.mktemp("tp")
-    corpus = write_corpus(root / "corpus.txt", documents=200)
-    cli("vocab", "--corpus", corpus, "--kind", "wordpiece", "--size", 200, "--out", root / "tok")
-    cli(
-        "preprocess", "--corpus", corpus, "--tokenizer", root / "tok", "--objective", "mlm",
-        "--seq-length", 32, "--out", root / "shards",
-    )  # fmt: skip
+    layout_shards(root)
     cli(*pretrain_args(root, root / "single"))
     torchrun(2, *pretrain_args(root, root / "tp2", *TP2), log=root / "tp2.log")
+    torchrun(2, *pretrain_args(root, root / "tp2-sp", *SP2), log=root / "tp2-sp.log")
     return root
 
 
@@ -84,6 +90,21 @@ def test_tp2_follows_the_single_process_loss_curve(root: Path) -> None:
     assert positions["ranks"][0]["stream"]["cursor"] == STEPS * GLOBAL_BATCH
 
 
+def test_vocabulary_and_sequence_parallel_follow_one_process(root: Path) -> None:
+    single = losses(root / "single")
+    for run in ("tp2", "tp2-sp"):
+        # The word table and the MLM decoder tied to it: one parameter, split by rows.
+        split = "the vocabulary of 104 split over 2 processes: embedding.parts.word, targets.mlm"
+        assert split in (root / f"{run}.log").read_text(), run
+        got = losses(root / run)
+        assert sorted(got) == list(range(1, STEPS + 1))
+        for step, loss in single.items():
+            assert got[step] == pytest.approx(loss, rel=TP_TOLERANCE), (run, step)
+    plan = json.loads((root / "tp2-sp" / "run.json").read_text())
+    assert plan["strategy"]["sequence_parallel"] is True
+    assert plan["data_parallel_size"] == 1
+
+
 def test_finetune_under_tp2_follows_one_process(root: Path) -> None:
     # finetune splits its task rows over the data-parallel readers too: both processes of the
     # tensor-parallel group train on the same batches as one process does.
@@ -103,12 +124,15 @@ def test_finetune_under_tp2_follows_one_process(root: Path) -> None:
         assert split[step] == pytest.approx(loss, rel=TP_TOLERANCE), step
 
 
-def test_tp2_model_loads_in_one_process(root: Path) -> None:
+@pytest.mark.parametrize("run", ["tp2", "tp2-sp"])
+def test_tp2_model_loads_in_one_process(root: Path, run: str) -> None:
     reference = load_file(str(root / "single" / "model" / "model.safetensors"))
-    weights = load_file(str(root / "tp2" / "model" / "model.safetensors"))
-    assert weights.keys() == reference.keys()  # full weights, the same format
+    weights = load_file(str(root / run / "model" / "model.safetensors"))
+    # Full weights (the split vocabulary and the norms gathered too), tied copy once.
+    assert weights.keys() == reference.keys()
     assert all(weights[k].shape == reference[k].shape for k in weights)
-    model = pretrainkit.load(root / "tp2" / "model").eval()
+    model = pretrainkit.load(root / run / "model").eval()
+    assert model.targets["mlm"].decoder.weight is model.embedding.parts["word"].weight
     assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
     single = pretrainkit.load(root / "single" / "model").eval()
     ids = torch.tensor([[2, 10, 11, 12, 3], [2, 40, 41, 3, 0]])
@@ -169,7 +193,7 @@ def test_layers_of_other_families_split_exactly(tmp_path: Path) -> None:
         2, str(HERE / "tensor_parallel_worker.py"), str(out), log=tmp_path / "w.log", module=False
     )
     results = json.loads(out.read_text())
-    for family in ("llama", "bart-base"):
+    for family in ("llama", "bart-base", "llama+sp", "bart-base+sp", "indivisible"):
         found = results[family]
         assert found["split"] > 0, family
         assert found["loss"][1] == pytest.approx(found["loss"][0], rel=1e-5), family
@@ -178,6 +202,21 @@ def test_layers_of_other_families_split_exactly(tmp_path: Path) -> None:
         assert found["gathered"] == 0.0, family  # the gathered weights are the originals
         assert found["tied"], family  # shared word tables stay shared on every process
     assert results["bart-base"]["ties"] > 0
+    # Split by vocabulary rows, BART's two word tables (one tied parameter) included; 101 rows
+    # do not split over two processes and stay whole (the layers still split).
+    rows = "(Shard(dim=0),)"
+    assert results["llama"]["vocabulary"] == results["llama+sp"]["vocabulary"] == [rows]
+    assert results["bart-base"]["vocabulary"] == results["bart-base+sp"]["vocabulary"] == [rows] * 2
+    assert results["indivisible"]["vocabulary"] == ["None"]
+    # Sequence parallelism: the norms' weights become replicated DTensors.
+    assert (results["llama"]["norms"], results["llama+sp"]["norms"]) == ("None", "(Replicate(),)")
+    for family in ("llama", "bart-base"):
+        # Dropout 0.1, 11 positions (parts of 6 and 5): with and without sequence parallelism
+        # the same masks, so the same losses; the processes' generators still agree.
+        plain, sequence = results[f"{family}-dropout"]
+        assert len(set(plain[:3])) == 3, family  # dropout is on: three different losses
+        assert sequence[:3] == pytest.approx(plain[:3], rel=1e-6), family
+        assert plain[3] == plain[4] and sequence[3] == sequence[4], family
     assert "different batches" in results["mismatch"]
     # Also FSDP from meta (no TP) rebuilds rank 1's non-persistent buffers (rotary frequencies).
     expected, *got = results["fsdp-meta"]  # the reference, then each process's loss
@@ -186,6 +225,7 @@ def test_layers_of_other_families_split_exactly(tmp_path: Path) -> None:
 
 BAD_LAYOUTS = [
     pytest.param(1, ["--tensor-parallel", "0"], "tensor_parallel must be a positive integer", id="zero"),
+    pytest.param(1, ["--sequence-parallel"], "sequence_parallel splits activations", id="sp-alone"),
     pytest.param(1, TP2, "needs exactly 2 processes (launched with 1)", id="single-on-one"),
     pytest.param(3, [*TP2, "--strategy", "fsdp"], "does not divide the 3 process(es)", id="world"),
     pytest.param(2, [*TP2, "--model.encoder.num_heads", "1"], "num_heads = 1", id="heads"),
@@ -200,10 +240,7 @@ BAD_LAYOUTS = [
 def test_bad_layouts_fail_before_the_output_folder_exists(
     root: Path, world: int, extra: list[str], message: str, capsys, monkeypatch, tmp_path: Path
 ) -> None:
-    # As torchrun would describe the launch; every check runs before a process group exists.
-    monkeypatch.setenv("WORLD_SIZE", str(world))
-    monkeypatch.setenv("RANK", "0")
     out = tmp_path / "run"
-    code, _, err = invoke(capsys, *pretrain_args(root, out, *extra))
+    code, err = layout_refusal(capsys, monkeypatch, world, pretrain_args(root, out, *extra))
     assert code == 2 and message in err, err
     assert not out.exists()

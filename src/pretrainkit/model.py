@@ -385,6 +385,12 @@ class Model(nn.Module):
         """Load ``model.safetensors`` strictly; mismatches are listed by key."""
         path = Path(directory) / WEIGHTS if Path(directory).is_dir() else Path(directory)
         if not path.is_file():
+            if (path.parent / "sharded" / "index.json").is_file():  # a sharded checkpoint
+                raise CheckpointError(
+                    f"{path.parent}: a sharded checkpoint (every process's part in sharded/), "
+                    f"not a model folder; `pretrainkit convert --from-checkpoint {path.parent} "
+                    "--out DIR` writes one"
+                )
             raise CheckpointError(f"{path}: no weights file")
         state = read_safetensors(path)
         load_state_strict(self, state, str(path))

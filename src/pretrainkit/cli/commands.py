@@ -565,6 +565,13 @@ def _add_convert(p):
         help="pretrainkit model folder to export; a LoRA PEFT folder (finetune --peft lora) "
         "writes its base in OUT/base and the adapter in the HF peft format in OUT",
     )
+    direction.add_argument(
+        "--from-checkpoint",
+        metavar="CHECKPOINT",
+        help="a sharded training checkpoint (RUN/checkpoints/step-N of a run with "
+        "--checkpoint-format sharded) to consolidate into a plain pretrainkit model folder; "
+        "verified against its manifest first",
+    )
     p.add_argument("--out", required=True, help="output folder, written whole or not at all")
     p.add_argument(
         "--family",
@@ -592,12 +599,21 @@ CONVERT_FAMILIES = (
 )
 
 
-@command("convert", "convert a model folder between HuggingFace and pretrainkit")(_add_convert)
+@command(
+    "convert",
+    "convert a model folder between HuggingFace and pretrainkit, or a sharded checkpoint into one",
+)(_add_convert)
 def convert(args):
     from pretrainkit.convert import convert_from_hf, convert_to_hf
     from pretrainkit.peft.options import is_peft_folder
 
-    if args.from_hf:
+    if args.from_checkpoint:
+        from pretrainkit.convert.checkpoint import checkpoint_to_model
+
+        if args.family:
+            raise ConfigError("--family: a checkpoint's config.yaml gives its model; drop it")
+        out = checkpoint_to_model(args.from_checkpoint, args.out, overwrite=args.overwrite)
+    elif args.from_hf:
         out = convert_from_hf(args.from_hf, args.out, args.family, overwrite=args.overwrite)
     elif is_peft_folder(args.to_hf):  # LoRA: OUT/base (HF) + the adapter in peft's format
         from pretrainkit.peft.hf_export import export_hf

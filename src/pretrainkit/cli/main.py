@@ -22,6 +22,16 @@ _LIGHT_COMMANDS = {"presets", "plot"}
 _TORCH_FREE_COMMANDS = {"presets", "plot", "vocab", "preprocess"}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text at spaces only: names such as xlm-roberta or --checkpoint-format stay
+    whole (argparse's textwrap would break them at the hyphen)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or with ``only`` the arguments of that command alone (the
     others keep their one-line summary for ``pretrainkit --help``; ``only=""``: summaries
@@ -31,6 +41,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="pretrainkit",
         description="Assemble Transformer models from named parts, pre-train, fine-tune, serve.",
         allow_abbrev=False,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
@@ -40,7 +51,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (summary, add_arguments, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            allow_abbrev=False,
+            formatter_class=_HelpFormatter,
+        )
         if only is not None and name != only:
             continue
         add_arguments(p)

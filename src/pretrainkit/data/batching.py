@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from pretrainkit.data.instances import InstanceStream
+from pretrainkit.data.instances import GlobalPosition, InstanceStream
 from pretrainkit.data.masking import IGNORE_INDEX
+from pretrainkit.errors import ConfigError
 
 
 def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -83,3 +84,14 @@ class BatchIterator:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a position saved by `state_dict`."""
         self.stream.load_state_dict(state["stream"])
+
+    def load_reader_states(self, states: list[dict]) -> GlobalPosition:
+        """Continue from the positions of every reader of a run with another number of
+        data-parallel readers (`InstanceStream.load_reader_states`)."""
+        resplit = getattr(self.stream, "load_reader_states", None)
+        if resplit is None:
+            raise ConfigError(
+                f"{type(self.stream).__name__} keeps no global order: its data position "
+                "resumes only with the number of data-parallel readers that saved it"
+            )
+        return resplit([state["stream"] for state in states])

@@ -205,6 +205,11 @@ class TeacherOnlyRows:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state)
 
+    def load_reader_states(self, states: list[dict]) -> Any:
+        """Resume on another number of data-parallel readers (the task stream re-splits its
+        global order; which rows are teacher-only depends on the row alone)."""
+        return self.stream.load_reader_states(states)
+
 
 def _keep_head(source: Model, net: Model, task: str) -> None:
     """A student folder fine-tuned on the same task keeps its head (the teacher's, when the

@@ -12,6 +12,7 @@ ZERO_STAGES = (1, 2, 3)
 DEFAULT_ZERO_STAGE = 2
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 DEFAULT_PIPELINE_SCHEDULE = "1f1b"
+CHECKPOINT_FORMATS = ("full", "sharded")
 
 
 def deepspeed_installed() -> bool:
@@ -43,11 +44,17 @@ class ParallelConfig:
     """Split every transformer layer (attention heads, FFN width) over this many processes;
     the processes are then tensor_parallel × data-parallel, the data split over the latter.
     Alone (strategy single) or with strategy fsdp; must divide the heads and the FFN width."""
+    sequence_parallel: bool = False
+    """With tensor_parallel > 1: also split the norms' and dropouts' activations along the
+    sequence (each process holds 1/tensor_parallel of the positions between the attention and
+    feed-forward sub-layers, whose inputs are gathered): less activation memory for about the
+    same communication. Not with pipeline_parallel."""
     pipeline_parallel: int = 1
     """Split the encoder's layer stack into this many consecutive stages, one per process
     (torch.distributed.pipelining): the first also embeds, the last also computes the targets.
     Alone (strategy single, exactly this many processes) or with strategy ddp over several
-    pipelines (a multiple of it); pretrain only."""
+    pipelines (a multiple of it); with tensor_parallel N each stage is N processes (then
+    pipeline_parallel × N per pipeline). pretrain only."""
     pipeline_schedule: str | None = None
     """How the micro-batches flow through the stages: 1f1b (one forward, one backward in the
     steady state; at most pipeline_parallel micro-batches' activations held) or gpipe (all
@@ -60,6 +67,13 @@ class ParallelConfig:
     """Resume from checkpoint files that cannot be checked: a checkpoint without manifest.json
     (written by an older pretrainkit) and DeepSpeed's own optimizer files, which DeepSpeed reads
     with pickle and which can therefore run code. Only for run folders you wrote yourself."""
+    checkpoint_format: str = "full"
+    """How checkpoints hold the weights and optimizer state: full (gathered onto rank 0 into
+    model.safetensors and trainer_state.pt; a checkpoint is a model folder) or sharded (every
+    process writes its own part through torch.distributed.checkpoint as safetensors, nothing
+    gathered; resumes on any layout; `pretrainkit convert --from-checkpoint` makes a model
+    folder of one). sharded: strategies single, ddp and fsdp, with or without tensor_parallel.
+    RUN/model is a full model folder either way."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,7 +81,12 @@ class ParallelConfig:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}{hint}; valid choices: {', '.join(STRATEGIES)}"
             )
-        for name in ("cpu_offload", "activation_checkpointing", "trust_checkpoint"):
+        for name in (
+            "cpu_offload",
+            "activation_checkpointing",
+            "trust_checkpoint",
+            "sequence_parallel",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.zero_stage is not None:
@@ -85,6 +104,7 @@ class ParallelConfig:
             )
         self._check_tensor_parallel()
         self._check_pipeline_parallel()
+        self._check_checkpoint_format()
         if self.strategy == "deepspeed" and not deepspeed_installed():
             raise ConfigError(
                 "strategy 'deepspeed' needs the deepspeed package, which is not installed here; "
@@ -96,9 +116,22 @@ class ParallelConfig:
         size = self.tensor_parallel
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"tensor_parallel must be a positive integer, got {size!r}")
+        if self.sequence_parallel and size == 1:
+            raise ConfigError(
+                "sequence_parallel splits activations over the processes of a tensor-parallel "
+                "group, but tensor_parallel is 1; add --tensor-parallel N (N > 1) or drop "
+                "--sequence-parallel"
+            )
+        pipeline = self.pipeline_parallel
+        if self.sequence_parallel and isinstance(pipeline, int) and pipeline > 1:
+            raise ConfigError(
+                f"sequence_parallel with pipeline_parallel {pipeline} is not supported yet "
+                "(the stages pass whole activations to each other); drop --sequence-parallel "
+                "or --pipeline-parallel"
+            )
         if size == 1:
             return
-        if self.strategy == "ddp":
+        if self.strategy == "ddp" and self.pipeline_parallel == 1:
             raise ConfigError(
                 f"tensor_parallel {size} with strategy 'ddp' is not supported: "
                 "DistributedDataParallel cannot hold the split (DTensor) parameters tensor "
@@ -143,16 +176,35 @@ class ParallelConfig:
                 )
         if size == 1:
             return
-        if self.tensor_parallel > 1:
-            raise ConfigError(
-                f"pipeline_parallel {size} with tensor_parallel {self.tensor_parallel} is not "
-                "supported yet; use one of them"
-            )
         if self.strategy not in ("single", "ddp"):
             raise ConfigError(
                 f"pipeline_parallel {size} with strategy {self.strategy!r} is not supported "
                 "yet: use --strategy single (one pipeline of exactly "
                 f"{size} processes) or ddp (data parallelism over several pipelines)"
+            )
+
+    def _check_checkpoint_format(self) -> None:
+        form = self.checkpoint_format
+        if form not in CHECKPOINT_FORMATS:
+            hint = closest(form, CHECKPOINT_FORMATS) if isinstance(form, str) else ""
+            raise ConfigError(
+                f"unknown checkpoint_format {form!r}{hint}; valid choices: "
+                f"{', '.join(CHECKPOINT_FORMATS)}"
+            )
+        if form != "sharded":
+            return
+        if self.strategy == "deepspeed":
+            raise ConfigError(
+                "checkpoint_format 'sharded' with strategy 'deepspeed': DeepSpeed ZeRO writes "
+                "its own per-process optimizer partitions already (deepspeed/zero-rank-*); use "
+                "--checkpoint-format full, or --strategy fsdp for torch.distributed.checkpoint "
+                "shards"
+            )
+        if self.pipeline_parallel > 1:
+            raise ConfigError(
+                f"checkpoint_format 'sharded' with pipeline_parallel {self.pipeline_parallel} is "
+                "not supported yet (each stage holds other parameters, and tied weights twice); "
+                "use --checkpoint-format full"
             )
 
     @property

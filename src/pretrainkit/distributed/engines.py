@@ -58,10 +58,15 @@ class Engine:
     trust_checkpoint = False
     """Resume from checkpoint files that cannot be verified or that only load with pickle
     (``ParallelConfig.trust_checkpoint``; ``parallelize`` sets it)."""
+    checkpoint_format = "full"
+    """``full`` (weights and optimizer gathered onto rank 0) or ``sharded`` (every process writes
+    its part, ``distributed.sharded_checkpoint``); ``ParallelConfig.checkpoint_format``."""
     mesh: Any = None
     """The ("dp", "tp") DeviceMesh of a tensor-parallel run; None otherwise."""
     tensor_parallel = 1
     """Processes that share one model's layers (the "tp" size)."""
+    sequence_parallel = False
+    """Under TP, the activations between sub-layers are also split along the sequence."""
     pipeline_parallel = 1
     """Processes that hold one stage each of one model's layer stack (the pipeline's length)."""
 
@@ -95,6 +100,7 @@ class Engine:
         device: torch.device,
         precision: str,
         mesh: Any = None,
+        sequence_parallel: bool = False,
     ):
         # Imported here: pretrainkit.training imports this package.
         from pretrainkit.training.optim import build_optimizer
@@ -107,6 +113,7 @@ class Engine:
         # split over "dp" only.
         self.mesh = mesh
         self.tensor_parallel = mesh["tp"].size() if mesh is not None else 1
+        self.sequence_parallel = sequence_parallel
         self.model = self.place(model)
         self.module = self.wrap(self.model)
         self.optimizer = build_optimizer(self.module, config)
@@ -175,7 +182,9 @@ class Engine:
             return model
         from pretrainkit.distributed.tensor_parallel import apply_tensor_parallel
 
-        return apply_tensor_parallel(model, self.mesh["tp"], src_data_rank)
+        return apply_tensor_parallel(
+            model, self.mesh["tp"], src_data_rank, sequence_parallel=self.sequence_parallel
+        )
 
     def check_batch(self, batch: dict[str, Tensor]) -> None:
         """Under TP, fail when the processes of one "tp" row were given different batches.
@@ -300,7 +309,12 @@ class Engine:
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save_shards(self, directory: Path) -> None:
-        """Write per-process files into the checkpoint folder (none here)."""
+        """Write per-process files into the checkpoint folder: under the sharded format this
+        process's part of the weights and optimizer state, none under the full one."""
+        if self.checkpoint_format == "sharded":
+            from pretrainkit.distributed.sharded_checkpoint import save_sharded
+
+            save_sharded(self, Path(directory))
 
     def load(self, directory: Path, state: dict[str, Any]) -> None:
         """Restore weights, optimizer and engine state from a checkpoint folder.
@@ -309,6 +323,11 @@ class Engine:
             directory: The checkpoint folder (``model.safetensors`` and any shards).
             state: Its trainer state (``optimizer``, ``scaler``, ``format``).
         """
+        if state.get("checkpoint_format") == "sharded":  # every process's part, resharded here
+            from pretrainkit.distributed.sharded_checkpoint import load_sharded
+
+            load_sharded(self, Path(directory), state)
+            return
         self.load_weights(directory)
         try:
             if state.get("format", 1) == 1:  # older checkpoints: parameter indexes, one process
@@ -434,9 +453,10 @@ class FSDPEngine(Engine):
         precision: str,
         cpu_offload: bool = False,
         mesh: Any = None,
+        sequence_parallel: bool = False,
     ):
         self.cpu_offload, self.precision = cpu_offload, precision
-        super().__init__(model, config, device, precision, mesh)
+        super().__init__(model, config, device, precision, mesh, sequence_parallel)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard

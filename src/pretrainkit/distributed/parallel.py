@@ -79,24 +79,26 @@ def check_strategy(
     parallel = as_parallel(strategy)
     tp, world = parallel.tensor_parallel, world_size()
     pp = parallel.pipeline_parallel
-    if pp > 1 and parallel.strategy == "single" and world != pp:
+    if tp > 1 and pp > 1:
+        _check_tensor_times_pipeline(parallel, world)
+    elif pp > 1 and parallel.strategy == "single" and world != pp:
         raise ConfigError(
             f"pipeline_parallel {pp} with strategy 'single' needs exactly {pp} processes "
             f"(launched with {world}), one per stage; add data parallelism over several "
             "pipelines with --strategy ddp"
         )
-    if pp > 1 and world % pp:
+    elif pp > 1 and world % pp:
         raise ConfigError(
             f"pipeline_parallel {pp} does not divide the {world} process(es): each process "
             f"holds one of the {pp} stages of a pipeline; launch a multiple of {pp}"
         )
-    if tp > 1 and parallel.strategy == "single" and world != tp:
+    elif tp > 1 and parallel.strategy == "single" and world != tp:
         raise ConfigError(
             f"tensor_parallel {tp} with strategy 'single' needs exactly {tp} processes "
             f"(launched with {world}): launch with torchrun --nproc-per-node {tp}, or add data "
             "parallelism over more processes with --strategy fsdp"
         )
-    if tp > 1 and world % tp:
+    elif tp > 1 and world % tp:
         raise ConfigError(
             f"tensor_parallel {tp} does not divide the {world} process(es): the processes "
             f"form groups of {tp} that each hold one model; launch a multiple of {tp}"
@@ -114,6 +116,27 @@ def check_strategy(
     return parallel
 
 
+def _check_tensor_times_pipeline(parallel: ParallelConfig, world: int) -> None:
+    """The process count of a tensor × pipeline layout: each pipeline is pp stages of tp
+    processes, and ``ddp`` runs several such pipelines (world = dp × pp × tp)."""
+    tp, pp = parallel.tensor_parallel, parallel.pipeline_parallel
+    per_model = tp * pp
+    layout = f"tensor_parallel {tp} × pipeline_parallel {pp}"
+    if parallel.strategy == "single" and world != per_model:
+        raise ConfigError(
+            f"{layout} with strategy 'single' needs exactly {per_model} processes (launched "
+            f"with {world}): {pp} stages of {tp} processes each; launch with torchrun "
+            f"--nproc-per-node {per_model}, or add data parallelism over several pipelines "
+            "with --strategy ddp (a multiple of it)"
+        )
+    if world % per_model:
+        raise ConfigError(
+            f"{layout} = {per_model} processes per model does not divide the {world} "
+            f"process(es): the world size must be data-parallel × {pp} × {tp}; launch a "
+            f"multiple of {per_model}"
+        )
+
+
 def data_parallel_size(strategy: str | ParallelConfig) -> int:
     """How many processes read different data: all of them, divided by the model-parallel
     size (the processes of one tensor-parallel group, or the stages of one pipeline, compute
@@ -125,7 +148,9 @@ def data_parallel_rank(strategy: str | ParallelConfig) -> int:
     """This process's index among the ``data_parallel_size`` data readers.
 
     The process mesh is ``("dp", "tp")``, row-major as ``init_device_mesh`` lays it out:
-    global rank = dp × tensor_parallel + tp; a pipeline's stages are consecutive ranks too.
+    global rank = dp × tensor_parallel + tp; a pipeline's stages are consecutive ranks too, and
+    under tensor × pipeline parallelism the mesh is ``("dp", "pp", "tp")``: global rank =
+    (dp × pipeline_parallel + stage) × tensor_parallel + tp.
     """
     return rank() // as_parallel(strategy).model_parallel
 
@@ -138,7 +163,7 @@ def check_model(strategy: str | ParallelConfig, model: nn.Module) -> None:
     if parallel.tensor_parallel > 1:
         from pretrainkit.distributed.tensor_parallel import check_tensor_parallel
 
-        check_tensor_parallel(model, parallel.tensor_parallel)
+        check_tensor_parallel(model, parallel.tensor_parallel, parallel.sequence_parallel)
     if parallel.pipeline_parallel > 1:
         from pretrainkit.distributed.pipeline_plan import check_pipeline
 
@@ -325,10 +350,15 @@ def parallelize(
     device = local_device(torch.device(device))
     parallel = check_strategy(strategy, device)
     config = config if config is not None else TrainConfig(steps=1, device=str(device))
+    if parallel.checkpoint_format == "sharded":
+        from pretrainkit.distributed.sharded_checkpoint import check_shardable
+
+        check_shardable(model)
     if parallel.activation_checkpointing:
         checkpoint_layers(model)
     engine = _engine(model, parallel, config, device, precision, micro_batch)
     engine.trust_checkpoint = parallel.trust_checkpoint
+    engine.checkpoint_format = parallel.checkpoint_format
     return engine
 
 
@@ -358,11 +388,13 @@ def _engine(
             device.type, (dist.get_world_size() // tp, tp), mesh_dim_names=("dp", "tp")
         )
     if parallel.strategy == "single":  # tensor parallelism alone
-        return Engine(model, config, device, precision, mesh)
+        return Engine(model, config, device, precision, mesh, parallel.sequence_parallel)
     if parallel.strategy == "ddp":
         return DDPEngine(model, config, device, precision)
     if parallel.strategy == "fsdp":
-        return FSDPEngine(model, config, device, precision, parallel.cpu_offload, mesh)
+        return FSDPEngine(
+            model, config, device, precision, parallel.cpu_offload, mesh, parallel.sequence_parallel
+        )
     from pretrainkit.distributed.zero import DeepSpeedEngine
 
     return DeepSpeedEngine(

@@ -21,6 +21,12 @@ process's part of the five-slot model and connects the model's targets to the sc
   so both copies take the same steps, and the gradient norm counts the pair once.
 - **data parallelism** (strategy ddp): several pipelines, each reading its own part of the
   data; each stage's gradients are averaged over the same stage of every pipeline.
+- **tensor parallelism** (``tensor_parallel`` N): each stage is N processes that split its
+  transformer blocks as ``distributed.tensor_parallel`` plans them (the embedding, the norms
+  and the targets stay whole). The processes form a ``("dp", "pp", "tp")`` mesh; each "pp"
+  row (one tensor-parallel index across the stages) runs its own copy of the schedule and
+  sends the whole hidden states ``[b, s, h]`` (plain tensors: the blocks' row-wise outputs
+  are all-reduced) to the same index of the next stage.
 - **checkpoints**: every stage's weights and optimizer state are gathered onto rank 0 and
   written in the usual format (the full ``model.safetensors``, the name-keyed optimizer
   state), which loads in one process and resumes on any layout.
@@ -39,9 +45,16 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from pretrainkit.distributed.config import ParallelConfig, resolve_microbatches
-from pretrainkit.distributed.engines import WEIGHTS, Engine, materialize
+from pretrainkit.distributed.engines import (
+    WEIGHTS,
+    Engine,
+    full_tensor,
+    materialize,
+    split_grad_norm,
+)
 from pretrainkit.distributed.pipeline_plan import (
     BATCH_KEYS,
     SIDE_INPUTS,
@@ -53,6 +66,7 @@ from pretrainkit.distributed.pipeline_plan import (
     stage_layers,
     stage_optimizer_state,
 )
+from pretrainkit.distributed.tensor_parallel import check_tensor_parallel
 from pretrainkit.encoders.transformer import TransformerEncoder
 from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError, check_tensor_keys
 from pretrainkit.fileio import read_safetensors
@@ -119,7 +133,9 @@ class PipelineEngine(Engine):
     last stage computes the targets' loss, and the loss and metrics are then shared with the
     other stages (every process logs and decides on non-finite values alike). With strategy
     ddp there are several pipelines, each reading its own part of the data, and each stage's
-    gradients are averaged over the pipelines before the update.
+    gradients are averaged over the pipelines before the update. With tensor parallelism each
+    stage is ``tensor_parallel`` processes that split its blocks, each running the schedule
+    with the processes of the same tensor-parallel index in the other stages.
 
     Args:
         parallel: The options (``pipeline_parallel``, schedule, micro-batches).
@@ -138,14 +154,24 @@ class PipelineEngine(Engine):
         from torch.distributed.device_mesh import init_device_mesh
 
         stages = self.pipeline_parallel = parallel.pipeline_parallel
+        tp = self.tp_size = parallel.tensor_parallel
         self.strategy_name = parallel.strategy  # single: one pipeline; ddp: several
         self.schedule_name = parallel.schedule
         self.microbatches = resolve_microbatches(parallel, micro_batch)
         # The processes form a ("dp", "pp") mesh, row-major: global rank = pipeline × stages
-        # + stage. One pipeline per row; the same stage of every pipeline in a column.
-        self.pipelines = dist.get_world_size() // stages
-        self.pipeline_index, self.stage_index = divmod(dist.get_rank(), stages)
-        mesh = init_device_mesh(device.type, (self.pipelines, stages), mesh_dim_names=("dp", "pp"))
+        # + stage. One pipeline per row; the same stage of every pipeline in a column. With
+        # tensor parallelism, ("dp", "pp", "tp"): global rank = (pipeline × stages + stage) ×
+        # tp + tp index, so a stage's processes are consecutive (one machine's fast links).
+        self.pipelines = dist.get_world_size() // (stages * tp)
+        self.pipeline_index, within = divmod(dist.get_rank(), stages * tp)
+        self.stage_index, self.tp_index = divmod(within, tp)
+        shape: tuple[int, ...] = (
+            (self.pipelines, stages, tp) if tp > 1 else (self.pipelines, stages)
+        )
+        names: tuple[str, ...] = ("dp", "pp", "tp")[: len(shape)]
+        mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
+        # "pp": the stages of this pipeline at this tensor-parallel index (the schedule's
+        # send/recv); "dp": this stage and index in every pipeline (gradient averaging).
         self.pp_group, self.dp_group = mesh["pp"].get_group(), mesh["dp"].get_group()
         self.first = self.stage_index == 0
         self.last = self.stage_index == stages - 1
@@ -156,7 +182,8 @@ class PipelineEngine(Engine):
         self._batch: dict[str, Tensor] = {}
         self._totals: dict[str, float] = {}
         self._accumulate = 1
-        super().__init__(model, config, device, precision)
+        # Engine reads the tensor-parallel size from the mesh's "tp" dimension.
+        super().__init__(model, config, device, precision, mesh if tp > 1 else None)
 
     # -- the split ---------------------------------------------------------------------
 
@@ -169,8 +196,13 @@ class PipelineEngine(Engine):
         return self.pipelines
 
     def peer(self, stage: int) -> int:
-        """The global rank of ``stage`` in this process's pipeline."""
-        return self.pipeline_index * self.pipeline_parallel + stage
+        """The global rank of ``stage`` in this process's pipeline (at its tensor-parallel
+        index)."""
+        return self.rank_of(self.pipeline_index, stage, self.tp_index)
+
+    def rank_of(self, pipeline: int, stage: int, tp_index: int = 0) -> int:
+        """The global rank of one process of the ``("dp", "pp", "tp")`` mesh."""
+        return (pipeline * self.pipeline_parallel + stage) * self.tp_size + tp_index
 
     def place(self, model: nn.Module) -> nn.Module:
         # Moved to the device once pruned: the whole model never lands on one GPU.
@@ -179,6 +211,8 @@ class PipelineEngine(Engine):
     def wrap(self, model: nn.Module) -> nn.Module:
         """Keep this stage's modules, then copy rank 0's initial weights into them."""
         check_pipeline(model, self.pipeline_parallel)
+        if self.tp_size > 1:
+            check_tensor_parallel(model, self.tp_size)
         assert isinstance(model, Model)
         self.aliases = model.tied_parameters()
         layers = cast(TransformerEncoder, model.encoder).layers
@@ -192,42 +226,65 @@ class PipelineEngine(Engine):
             named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
             initial = {name: value.detach() for name, value in named}
         keep_stage(model, self.ranges[self.stage_index], self.first, self.last)
+        if not on_meta:
+            model.to(self.device)
+        self._split_stage(model)
         if on_meta:
             materialize(model, self.device)
-        else:
-            model.to(self.device)
         own = dict([*model.named_parameters(), *model.named_buffers()])
         wanted = gather_from_stages(sorted(own))
         # Every process starts from rank 0's values (buffers included: a process that built on
-        # meta has none, and one that built real weights may have drawn other ones).
+        # meta has none, and one that built real weights may have drawn other ones). A split
+        # parameter receives the whole tensor, one at a time, and keeps its part.
         if dist.get_rank() == 0:
             for other in range(1, dist.get_world_size()):
                 for name in wanted[other]:
                     dist.send(initial[name].to(self.device).contiguous(), dst=other)
         else:
             for name in sorted(own):
-                received = torch.empty_like(own[name])
+                shape, dtype = tuple(own[name].shape), own[name].dtype  # a DTensor's: the whole
+                received = torch.empty(shape, dtype=dtype, device=self.device)
                 dist.recv(received, src=0)
-                with torch.no_grad():
-                    own[name].copy_(received)
+                copy_whole(own[name], received)
         del initial
-        # What each process saves (tied copies once), for gathering the first pipeline's
-        # stages (global ranks 0 … stages − 1) onto rank 0.
+        # What each process saves (tied copies once).
         state = [
             (name, tuple(value.shape), value.dtype)
             for name, value in model.state_dict().items()
             if name not in self.aliases
         ]
-        self.layout: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = gather_from_stages(
-            state
-        )
-        self._tie_groups(model, wanted[: self.pipeline_parallel])
+        # The first pipeline's stages at tensor-parallel index 0 (global shapes: a split
+        # weight is saved whole), for gathering onto rank 0.
+        gathered = gather_from_stages(state)
+        firsts = [self.rank_of(0, stage) for stage in range(self.pipeline_parallel)]
+        self.layout: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [
+            gathered[index] for index in firsts
+        ]
+        self._tie_groups(model, [wanted[index] for index in firsts])
         self.stage_module = _StageModule(model, self.first, self.precision, self.device)
         return model
 
+    def _split_stage(self, model: nn.Module) -> None:
+        """Split this stage's transformer blocks over its "tp" processes (no-op without TP).
+
+        Only the blocks: the embedding, the final norm and the targets stay whole, so the
+        hidden states a stage sends on are plain tensors. ``src_data_rank=None``: each process
+        keeps its part of what it holds; the initial weights are copied in afterwards.
+        """
+        if self.tp_size == 1:
+            return
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        from pretrainkit.distributed.tensor_parallel import block_plan
+
+        layers = cast(TransformerEncoder, cast(Model, model).encoder).layers
+        for index in self.ranges[self.stage_index]:
+            block = layers[index]
+            parallelize_module(block, self.mesh["tp"], block_plan(block), src_data_rank=None)
+
     def _tie_groups(self, model: nn.Module, wanted: list[list[str]]) -> None:
         """The tied pairs split over two stages, and a process group for each pair in each
-        pipeline (``wanted``: each stage's names)."""
+        pipeline and tensor-parallel index (``wanted``: each stage's names)."""
         holder = {name: stage for stage, names in enumerate(wanted) for name in names}
         params = dict(model.named_parameters())
         stages = self.pipeline_parallel
@@ -239,12 +296,13 @@ class PipelineEngine(Engine):
                 continue
             if pair == list(range(stages)):  # the whole pipeline
                 group = self.pp_group
-            else:  # every process creates every pipeline's group, in the same order
-                groups = [
-                    dist.new_group([row * stages + stage for stage in pair])
+            else:  # every process creates every pipeline's groups, in the same order
+                groups = {
+                    (row, index): dist.new_group([self.rank_of(row, s, index) for s in pair])
                     for row in range(self.pipelines)
-                ]
-                group = groups[self.pipeline_index]
+                    for index in range(self.tp_size)
+                }
+                group = groups[self.pipeline_index, self.tp_index]
             if alias in params:
                 self.tied.append((params[alias], group))
                 self.tied_copies.add(id(params[alias]))
@@ -367,8 +425,9 @@ class PipelineEngine(Engine):
         return values[0], dict(zip(names, values[1:]))
 
     def check_batch(self, batch: dict[str, Tensor]) -> None:
-        """Fail when the stages were given different batches (a data source split by the
-        global rank instead of the data-parallel one); checked on the first batch."""
+        """Fail when the stages (or a stage's tensor-parallel processes) were given different
+        batches (a data source split by the global rank instead of the data-parallel one);
+        checked on the first batch."""
         from pretrainkit.distributed.tensor_parallel import batch_checksum
 
         local = batch_checksum(batch).to(self.device)
@@ -381,6 +440,7 @@ class PipelineEngine(Engine):
                 "(pretrainkit.distributed.data_parallel_rank / data_parallel_size), not by the "
                 "global rank"
             )
+        super().check_batch(batch)  # the same within each stage's tensor-parallel group
 
     def step(self, max_norm: float | None) -> tuple[float, bool]:
         self._sum_tied_gradients()
@@ -396,8 +456,10 @@ class PipelineEngine(Engine):
         for param in self.params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad, group=self.dp_group)
-            param.grad.div_(self.pipelines)
+            # A split gradient: its part here, averaged with the same part in every pipeline.
+            local = param.grad.to_local() if isinstance(param.grad, DTensor) else param.grad
+            dist.all_reduce(local, group=self.dp_group)
+            local.div_(self.pipelines)
 
     def _sum_tied_gradients(self) -> None:
         """A weight held by two stages (word embedding, tied head) gets the sum of both
@@ -408,11 +470,14 @@ class PipelineEngine(Engine):
             dist.all_reduce(param.grad, group=group)
 
     def grad_norm(self, max_norm: float | None) -> Tensor:
-        """The norm over every stage's gradients (a tied pair once), clipping when asked."""
-        counted = [
-            p.grad for p in self.params if p.grad is not None and id(p) not in self.tied_copies
-        ]
-        local = nn.utils.get_total_norm(counted) if counted else torch.zeros((), device=self.device)
+        """The norm over every stage's gradients (a tied pair once), clipping when asked.
+
+        A stage's norm is whole over its tensor-parallel processes (split gradients summed
+        over them, whole ones counted once: ``split_grad_norm``); the stages' squares are then
+        summed over the pipeline, whose "pp" group holds one process per stage.
+        """
+        counted = [p for p in self.params if id(p) not in self.tied_copies]
+        local = split_grad_norm(counted, None)
         squares = local.double().pow(2).reshape(1).to(self.device)
         dist.all_reduce(squares, group=self.pp_group)  # pipelines hold equal gradients
         total = squares.sqrt().float().cpu().reshape(())
@@ -428,19 +493,27 @@ class PipelineEngine(Engine):
 
     def full_state_dict(self) -> dict[str, Tensor] | None:
         """Every stage's weights gathered onto rank 0 (tied copies once), from the first
-        pipeline (the others hold the same weights); None elsewhere."""
+        pipeline (the others hold the same weights); None elsewhere.
+
+        A split weight is made whole within its stage first (``full_tensor``: every process
+        of the stage takes part), then sent by the stage's first process.
+        """
         if self.pipeline_index > 0:
             return None
         own = self.model.state_dict()
-        if not self.first:
-            for name, _, _ in self.layout[self.stage_index]:
-                dist.send(own[name].detach().contiguous(), dst=0)
+        full: dict[str, Tensor] = {}
+        for name, _, _ in self.layout[self.stage_index]:
+            value = full_tensor(own[name].detach())
+            if dist.get_rank() == 0:
+                full[name] = value.cpu()
+            elif self.tp_index == 0:
+                dist.send(value.contiguous(), dst=0)
+        if dist.get_rank() != 0:
             return None
-        full = {name: own[name].detach().cpu() for name, _, _ in self.layout[0]}
         for stage in range(1, self.pipeline_parallel):
             for name, shape, dtype in self.layout[stage]:
                 received = torch.empty(shape, dtype=dtype, device=self.device)
-                dist.recv(received, src=stage)
+                dist.recv(received, src=self.rank_of(0, stage))
                 full[name] = received.cpu()
         return full
 
@@ -449,18 +522,26 @@ class PipelineEngine(Engine):
         first pipeline)."""
         if self.pipeline_index > 0:
             return None
+        # Split moments are gathered whole within the stage (all its processes take part).
         own = _cpu(get_optimizer_state_dict(self.model, self.optimizer, options=STAGE_STATE))
+        if self.tp_index > 0:
+            return None
         if not self.first:
             dist.send_object_list([own], dst=0)
             return None
         parts = [own]
         for stage in range(1, self.pipeline_parallel):
             box: list[Any] = [None]
-            dist.recv_object_list(box, src=stage)
+            dist.recv_object_list(box, src=self.rank_of(0, stage))
             parts.append(box[0])
         return merge_optimizer_states(parts, self.aliases)
 
     def load(self, directory: Path, state: dict[str, Any]) -> None:
+        if state.get("checkpoint_format") == "sharded":
+            raise CheckpointError(
+                f"{directory}: a sharded checkpoint (checkpoint_format 'sharded') does not "
+                "resume under pipeline parallelism yet; resume it with pipeline_parallel 1"
+            )
         self.load_weights(directory)
         try:
             if state.get("format", 1) == 1:
@@ -471,6 +552,7 @@ class PipelineEngine(Engine):
             names = [name for name, p in self.model.named_parameters() if p.requires_grad]
             own = stage_optimizer_state(state["optimizer"], names, self.aliases)
             set_optimizer_state_dict(self.model, self.optimizer, own, options=STAGE_STATE)
+            self.per_tensor_updates()  # the saved flags may ask for a fused kernel
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             if isinstance(error, CheckpointError):
                 raise
@@ -491,7 +573,24 @@ class PipelineEngine(Engine):
         ]
         check_tensor_keys(f"{path} does not match its config", missing, unexpected, wrong)
         own = {name: weights[self.aliases.get(name, name)] for name in self.model.state_dict()}
-        self.model.load_state_dict(own)
+        if self.tp_size == 1:
+            self.model.load_state_dict(own)
+            return
+        targets = self.model.state_dict(keep_vars=True)
+        for name, value in own.items():  # a split weight keeps its part of the whole
+            copy_whole(targets[name], value.to(self.device))
+
+
+def copy_whole(target: Tensor, whole: Tensor) -> None:
+    """Copy a whole tensor into ``target``; a split (DTensor) target keeps only its part."""
+    with torch.no_grad():
+        if isinstance(target, DTensor):
+            part = distribute_tensor(
+                whole, target.device_mesh, target.placements, src_data_rank=None
+            )
+            target.to_local().copy_(part.to_local())
+        else:
+            target.copy_(whole)
 
 
 def gather_from_stages(value: Any) -> list[Any]:

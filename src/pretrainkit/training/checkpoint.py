@@ -254,6 +254,7 @@ def save_checkpoint(
     keep_last: int,
     weights: dict[str, torch.Tensor] | None = None,
     write_shards: Callable[[Path], None] | None = None,
+    weights_in_shards: bool = False,
 ) -> Path:
     """Write ``checkpoints/step-XXXXXXXX/`` atomically, then delete all but the last ``keep_last``.
 
@@ -271,6 +272,8 @@ def save_checkpoint(
         keep_last: How many checkpoints to keep.
         weights: The full weights to save when ``model.state_dict()`` holds only a shard.
         write_shards: Writes this process's own files into the folder.
+        weights_in_shards: The weights are in the per-process files (the sharded format,
+            which also writes the model's other files): no ``model.save`` here.
 
     Returns:
         The checkpoint folder.
@@ -284,7 +287,7 @@ def save_checkpoint(
             raise CheckpointError(f"the batch source's state_dict() is not JSON: {error}") from None
     target = checkpoint_dir(run_dir, step)
     with shared_atomic_directory(target, fsync=True) as tmp:
-        if main:
+        if main and not weights_in_shards:
             save_weights(model, tmp, weights)  # first: Model.save replaces the whole folder
         if write_shards is not None:
             barrier()
@@ -335,15 +338,14 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """This process's data position from ``data_state.json`` of a checkpoint.
+def load_data_states(checkpoint: Path) -> list[dict[str, Any]]:
+    """Every data-parallel reader's position from ``data_state.json``, in rank order.
 
-    ``rank`` and ``world_size`` are data-parallel: under tensor parallelism each group of
-    processes that shares one batch has one position.
+    A run resumed on as many readers takes its own; on another number, the batch source
+    re-splits them (``load_reader_states``: the readers share one global order).
 
     Raises:
-        CheckpointError: The file is unreadable, or was written by another number of processes
-            (each process reads its own part of the data, so the positions do not carry over).
+        CheckpointError: The file is unreadable or holds no list of positions.
     """
     path = Path(checkpoint) / DATA_STATE
     try:
@@ -351,11 +353,26 @@ def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dic
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: cannot read the data position: {error}") from None
     ranks = state["ranks"] if isinstance(state, dict) and "ranks" in state else [state]
+    if not ranks or not all(isinstance(position, dict) for position in ranks):
+        raise CheckpointError(f"{path}: expected a list of data positions, one per reader")
+    return ranks
+
+
+def load_data_state(checkpoint: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """This reader's data position from ``data_state.json``, saved by as many readers.
+
+    ``rank`` and ``world_size`` are data-parallel: under tensor parallelism each group of
+    processes that shares one batch has one position.
+
+    Raises:
+        CheckpointError: The file is unreadable, or was written by another number of readers
+            (use `load_data_states` and the batch source's ``load_reader_states`` for that).
+    """
+    ranks = load_data_states(checkpoint)
     if len(ranks) != world_size:
         raise CheckpointError(
-            f"{path}: written by {len(ranks)} process(es), resumed with {world_size}; resume "
-            f"with {len(ranks)} (the model in the checkpoint loads anywhere with pretrainkit.load). "
-            "Processes count here as data readers: a tensor-parallel group reads as one"
+            f"{Path(checkpoint) / DATA_STATE}: written by {len(ranks)} data-parallel "
+            f"reader(s), resumed with {world_size}"
         )
     return ranks[rank]
 

@@ -38,7 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
-    """What the trainer pulls batches from (see docs/INTERFACES.md)."""
+    """What the trainer pulls batches from (see docs/INTERFACES.md).
+
+    Optionally also ``load_reader_states(states)``: continue from the positions of every
+    reader of a run with another number of data-parallel readers; it returns an object with
+    ``describe(readers)`` (the log line) and ``exact`` (``BatchIterator``'s does).
+    """
 
     def next_batch(self) -> dict[str, Tensor]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -180,12 +185,15 @@ class Trainer:
 
     def _load(self, directory: Path) -> None:
         state = ckpt.load_trainer_state(directory)
+        if state.get("checkpoint_format") == "sharded":  # engines that cannot reshard it refuse
+            from pretrainkit.distributed.sharded_checkpoint import check_resumable
+
+            check_resumable(self.engine, directory)
         # Positions are per data-parallel reader (under TP, one per tensor-parallel group).
-        engine = self.engine
-        data_state = ckpt.load_data_state(directory, engine.data_rank, engine.data_world)
+        positions = ckpt.load_data_states(directory)
         self.engine.load(directory, state)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.train_data.load_state_dict(data_state)
+        self._load_position(directory, positions)
         counters = state.get("counters", {})
         self.step = int(state["step"])
         self.skipped_steps = int(counters.get("skipped_steps", 0))
@@ -195,6 +203,31 @@ class Trainer:
         # Last: nothing after this may draw random numbers before the first resumed step.
         per_rank = state.get("rank_rng") or [state["rng"]]
         ckpt.set_rng_state(per_rank[self.rank] if len(per_rank) == self.world_size else per_rank[0])
+
+    def _load_position(self, directory: Path, positions: list[dict[str, Any]]) -> None:
+        """Continue the data where the saved readers left it, on this run's readers.
+
+        As many readers: each takes its own position (bit for bit). Another number: the batch
+        source re-splits the global order the readers shared (``load_reader_states``; exact
+        when they had stopped in lockstep, else a logged count of items read twice).
+        """
+        readers, rank = self.engine.data_world, self.engine.data_rank
+        if len(positions) == readers:
+            self.train_data.load_state_dict(positions[rank])
+            return
+        resplit = getattr(self.train_data, "load_reader_states", None)
+        if resplit is None:
+            raise CheckpointError(
+                f"{directory / ckpt.DATA_STATE}: written by {len(positions)} data-parallel "
+                f"reader(s), resumed with {readers}, and this batch source "
+                f"({type(self.train_data).__name__}) has no load_reader_states to re-split "
+                f"its position; resume with {len(positions)} (the model in the checkpoint loads "
+                "anywhere with pretrainkit.load)"
+            )
+        moved = resplit(positions)
+        if self.is_main:
+            log = logger.info if moved.exact else logger.warning
+            log(moved.describe(readers))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -229,6 +262,8 @@ class Trainer:
             )
             if size > 1
         )
+        if getattr(self.engine, "sequence_parallel", False):
+            layout += " (sequence parallel)"
         logger.info(
             "%d process(es), strategy %s%s; effective batch per optimizer step: %d × accumulate "
             "%d × %d data-parallel process(es) = %d sequences",
@@ -366,8 +401,11 @@ class Trainer:
     def _save(self, started: float) -> None:
         """Write a checkpoint; every process takes part (gathers, shards, data positions)."""
         self._saved_step = self.step
-        weights = self.engine.full_state_dict()
-        optimizer = self.engine.optimizer_state()
+        # Sharded: every process writes its own part of both (engine.save_shards); nothing is
+        # gathered onto rank 0.
+        sharded = self.engine.checkpoint_format == "sharded"
+        weights = None if sharded else self.engine.full_state_dict()
+        optimizer = None if sharded else self.engine.optimizer_state()
         # One position per data-parallel reader: under TP (PP), that of each group's
         # (pipeline's) first process (global rank = dp × model_parallel + tp or stage).
         positions = gather_objects(self.train_data.state_dict())[:: self.engine.model_parallel]
@@ -378,6 +416,7 @@ class Trainer:
                 "format": 2,  # 2: optimizer state keyed by parameter name, positions per rank
                 "step": self.step,
                 "optimizer": optimizer,
+                "checkpoint_format": self.engine.checkpoint_format,
                 "scheduler": self.scheduler.state_dict(),
                 **self.engine.extra_state(),
                 "rng": rngs[0],
@@ -399,4 +438,5 @@ class Trainer:
             self.config.keep_last,
             weights=weights,
             write_shards=self.engine.save_shards,
+            weights_in_shards=sharded,
         )
