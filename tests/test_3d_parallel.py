@@ -138,6 +138,26 @@ def test_tp2_pp2_resume_on_tp2_pp2_continues_exactly(root: Path) -> None:
         assert got[step] == expected[step], step  # bit for bit
 
 
+def test_tp2_pp2_checkpoint_resumes_on_ddp_over_four_processes(root: Path) -> None:
+    # The example: saved at TP 2 × PP 2 (one data reader), resumed at DP 4 (four): the
+    # weights and moments load whole on every process, the global data order is re-split
+    # over four readers, and the losses follow the uninterrupted run within the data-parallel
+    # effect (each process's masked-token mean).
+    resumed = cut_at_step_10(root / "tp-pp", root / "tp-pp-on-dp4")
+    log = root / "tp-pp-on-dp4.log"
+    torchrun(
+        4, *pretrain_args(root / "shards-mlm", resumed, "--strategy", "ddp", "--resume"), log=log
+    )
+    text = log.read_text()
+    assert "(step 10)" in text and "1 data-parallel reader(s) -> 4" in text, text[-3000:]
+    expected, got = losses(root / "tp-pp"), losses(resumed)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(11, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+    plan = json.loads((resumed / "run.json").read_text())
+    assert (plan["world_size"], plan["data_parallel_size"]) == (4, 4)
+
+
 def test_llama_lm_under_tp2_pp2_with_gpipe_and_accumulation(root: Path) -> None:
     # Rotary buffers sent to stage 1, grouped-query heads split 2 + 1 per process, an untied
     # head; GPipe with 4 micro-batches of each accumulated half-batch, blocks recomputed.
