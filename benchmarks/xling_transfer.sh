@@ -12,6 +12,7 @@
 # The splits keep an XNLI premise's three rows together, and the zero-shot files hold only the
 # held-out rows of each language (dev-xx files are row-aligned translations of dev-en: scoring
 # the whole file would score translations of the training rows).
+# TF-IDF + LR on the same English rows is the simple baseline beside every row.
 # Then the alignment figure (English→translation retrieval on STS-B multi-mt dev, xling_sts.py)
 # of the backbone and of the first seed's plain and ep-ap-r models (ALIGN=0 skips it: for a
 # second instance running other seeds beside the first), and the table
@@ -46,6 +47,19 @@ run split-pawsx python3 "$here/split_rows.py" "$data/pawsx/dev-en.tsv" --train-r
   --seed 13 --out-train "$work/data/pawsx-train.tsv" --out-test "$work/data/pawsx-select.tsv" \
   --aligned $(aligned pawsx de es fr zh)
 run tagged python3 "$here/parallel_pairs.py" --data "$data" --out "$work/data/tagged.tsv" --tagged
+# The simple baseline: TF-IDF + logistic regression trained on the same English rows, word
+# 1-2-grams and character n-grams (which share pieces across the Latin-script languages).
+for task in $task_names; do
+  for lang in select $(if [ "$task" = xnli ]; then echo de es fr ru zh; else echo de es fr zh; fi); do
+    file="$work/data/$task-$lang.tsv"
+    if [ "$lang" != select ]; then file="$work/data/$task-test-$lang.tsv"; fi
+    name="$lang"; if [ "$lang" = select ]; then name=en; fi
+    run "tfidf-$task-word-$name" python3 "$here/tfidf_baseline.py" --train "$work/data/$task-train.tsv" \
+      --dev "$file" --columns text_a,text_b,label
+    run "tfidf-$task-char-$name" python3 "$here/tfidf_baseline.py" --train "$work/data/$task-train.tsv" \
+      --dev "$file" --columns text_a,text_b,label --chars
+  done
+done
 
 options() {
   local push=(--embedding-push centroid --centroid-text "$work/data/tagged.tsv" --epsilon 1.0)

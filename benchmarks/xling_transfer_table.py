@@ -58,6 +58,16 @@ def main() -> int:
             averages = [statistics.mean(by_lang[lang][s] for lang in languages) for s in seeds]
             cells = [spread([by_lang[lang][s] for s in seeds]) for lang in ["en", *languages]]
             print(f"| {row} | {len(seeds)} | " + " | ".join(cells) + f" | {spread(averages)} |")
+        for kind in ("word", "char"):  # the baseline: TF-IDF + LR on the same English rows
+            files = [
+                args.work / "logs" / f"tfidf-{task}-{kind}-{lang}.json"
+                for lang in ["en", *languages]
+            ]
+            if all(f.is_file() for f in files):
+                values = [json.loads(f.read_text(encoding="utf-8"))["accuracy"] for f in files]
+                cells = [f"{v:.4f}" for v in values]
+                average = statistics.mean(values[1:])
+                print(f"| TF-IDF ({kind}) + LR | — | " + " | ".join(cells) + f" | {average:.4f} |")
     for path in sorted((args.work / "logs").glob("align-*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         print(f"\n{path.stem}: retrieval accuracy en→x (average over languages)")
