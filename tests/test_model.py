@@ -263,7 +263,8 @@ def test_save_load_round_trip_ties_once(tmp_path):
     model.save(tmp_path / "m")
     stored = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert "targets.mlm.decoder.weight" not in stored  # tied to the word embedding
-    again = pretrainkit.load(tmp_path / "m").eval()
+    again = pretrainkit.load(tmp_path / "m")
+    assert not again.training  # loaded for inference: dropout off, outputs repeatable
     assert again.targets["mlm"].decoder.weight is again.embedding.word_weight
     torch.testing.assert_close(again(ids, attention_mask=mask).logits, before, atol=0, rtol=0)
 
