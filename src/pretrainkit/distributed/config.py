@@ -10,8 +10,11 @@ from pretrainkit.errors import ConfigError, closest
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 DEFAULT_ZERO_STAGE = 2
-PIPELINE_SCHEDULES = ("gpipe", "1f1b")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")
+DEFAULT_STAGES_PER_PROCESS = 2
 DEFAULT_PIPELINE_SCHEDULE = "1f1b"
+PIPELINE_SPLITS = ("params", "time")
+DEFAULT_PIPELINE_SPLIT = "params"
 CHECKPOINT_FORMATS = ("full", "sharded")
 
 
@@ -58,7 +61,20 @@ class ParallelConfig:
     pipeline_schedule: str | None = None
     """How the micro-batches flow through the stages: 1f1b (one forward, one backward in the
     steady state; at most pipeline_parallel micro-batches' activations held) or gpipe (all
-    forwards, then all backwards). Default 1f1b; with pipeline_parallel > 1 only."""
+    forwards, then all backwards) or interleaved (interleaved 1F1B: each process holds
+    stages_per_process non-adjacent stages, which shrinks the bubble by that factor for as
+    much more point-to-point traffic). Default 1f1b; with pipeline_parallel > 1 only."""
+    stages_per_process: int | None = None
+    """With pipeline_schedule interleaved: the stages each process holds (V ≥ 2, default 2);
+    the layer stack is cut into pipeline_parallel × V stages, process p holding stages p,
+    p + pipeline_parallel, ... Needs at least that many layers."""
+    pipeline_split: str | None = None
+    """How the layer stack is cut into stages: params (the largest stage's parameter count as
+    small as it can be; the embedding and the targets not counted) or time (rank 0 times one
+    forward + backward of the embedding, of every layer and of the targets on a micro-batch
+    before training, and the cut makes the slowest stage, the first with the embedding and the
+    last with the targets, as fast as it can be). Default params; with pipeline_parallel > 1
+    only."""
     microbatches: int | None = None
     """Micro-batches each batch is cut into for the pipeline; must divide the per-process batch
     (default: the smallest number ≥ pipeline_parallel that does). With pipeline_parallel > 1
@@ -150,7 +166,7 @@ class ParallelConfig:
         size = self.pipeline_parallel
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"pipeline_parallel must be a positive integer, got {size!r}")
-        for name in ("pipeline_schedule", "microbatches"):
+        for name in ("pipeline_schedule", "pipeline_split", "stages_per_process", "microbatches"):
             if size == 1 and getattr(self, name) is not None:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} applies to pipeline parallelism only "
@@ -163,10 +179,41 @@ class ParallelConfig:
                 f"unknown pipeline_schedule {schedule!r}{hint}; valid choices: "
                 f"{', '.join(PIPELINE_SCHEDULES)}"
             )
+        split = self.pipeline_split
+        if split is not None and split not in PIPELINE_SPLITS:
+            hint = closest(split, PIPELINE_SPLITS) if isinstance(split, str) else ""
+            raise ConfigError(
+                f"unknown pipeline_split {split!r}{hint}; valid choices: "
+                f"{', '.join(PIPELINE_SPLITS)}"
+            )
+        virtual = self.stages_per_process
+        if virtual is not None:
+            if schedule != "interleaved":
+                raise ConfigError(
+                    f"stages_per_process={virtual!r} applies to pipeline_schedule "
+                    f"'interleaved' only (schedule is {self.schedule!r}); drop it or add "
+                    "--pipeline-schedule interleaved"
+                )
+            if not isinstance(virtual, int) or isinstance(virtual, bool) or virtual < 2:
+                raise ConfigError(
+                    f"stages_per_process must be an integer ≥ 2, got {virtual!r} (1 is plain "
+                    "1f1b: use --pipeline-schedule 1f1b)"
+                )
+        if schedule == "interleaved" and self.tensor_parallel != 1:
+            raise ConfigError(
+                f"pipeline_schedule 'interleaved' with tensor_parallel {self.tensor_parallel} "
+                "is not supported yet (not tested); use --pipeline-schedule 1f1b or gpipe"
+            )
         count = self.microbatches
         if count is not None:
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise ConfigError(f"microbatches must be a positive integer, got {count!r}")
+            if self.schedule == "interleaved" and count % size:
+                raise ConfigError(
+                    f"microbatches {count} is not a multiple of the {size} processes of the "
+                    "pipeline, which the interleaved schedule needs (it sends the micro-batches "
+                    f"round the pipeline {size} at a time); choose a multiple of {size}"
+                )
             if self.schedule == "1f1b" and count < size:
                 raise ConfigError(
                     f"microbatches {count} is fewer than the {size} pipeline stages, which "
@@ -211,6 +258,18 @@ class ParallelConfig:
     def schedule(self) -> str:
         """The pipeline schedule in force (the default when none was given)."""
         return self.pipeline_schedule or DEFAULT_PIPELINE_SCHEDULE
+
+    @property
+    def virtual_stages(self) -> int:
+        """Stages each process holds (more than one under the interleaved schedule only)."""
+        if self.schedule != "interleaved":
+            return 1
+        return self.stages_per_process or DEFAULT_STAGES_PER_PROCESS
+
+    @property
+    def split(self) -> str:
+        """How the pipeline's stages are cut (the default when none was given)."""
+        return self.pipeline_split or DEFAULT_PIPELINE_SPLIT
 
     @property
     def model_parallel(self) -> int:
@@ -275,7 +334,8 @@ def resolve_microbatches(parallel: ParallelConfig, batch_size: int) -> int:
     """How many micro-batches the pipeline cuts each per-process batch into.
 
     The given number, or the smallest one from ``pipeline_parallel`` up that divides the batch
-    (1F1B needs at least one micro-batch per stage; fewer leave stages idle anyway).
+    (1F1B needs at least one micro-batch per stage; fewer leave stages idle anyway), a multiple
+    of ``pipeline_parallel`` under the interleaved schedule.
 
     Raises:
         ConfigError: A number that does not divide the batch, or a batch too small to give
@@ -292,9 +352,16 @@ def resolve_microbatches(parallel: ParallelConfig, batch_size: int) -> int:
                 "divisor of the batch"
             )
         return parallel.microbatches
+    step = stages if parallel.schedule == "interleaved" else 1
     for count in range(stages, batch_size + 1):
-        if batch_size % count == 0:
+        if batch_size % count == 0 and count % step == 0:
             return count
+    if step > 1:
+        raise ConfigError(
+            f"no multiple of pipeline_parallel {stages} divides the per-process batch of "
+            f"{batch_size} sequences, which the interleaved schedule needs; choose a batch "
+            f"that is a multiple of {stages}"
+        )
     raise ConfigError(
         f"the per-process batch of {batch_size} sequences is smaller than pipeline_parallel "
         f"{stages}: each of the {stages} stages needs a micro-batch of at least one sequence; "

@@ -167,7 +167,7 @@ def check_model(strategy: str | ParallelConfig, model: nn.Module) -> None:
     if parallel.pipeline_parallel > 1:
         from pretrainkit.distributed.pipeline_plan import check_pipeline
 
-        check_pipeline(model, parallel.pipeline_parallel)
+        check_pipeline(model, parallel.pipeline_parallel, parallel.virtual_stages)
 
 
 def check_run(

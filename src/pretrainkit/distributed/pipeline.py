@@ -1,16 +1,20 @@
 """Pipeline parallelism: the encoder's layer stack cut into consecutive stages, one per process.
 
 PyTorch's own engine runs the pipeline (``torch.distributed.pipelining``: ``PipelineStage`` and
-the ``ScheduleGPipe`` / ``Schedule1F1B`` schedules); this module decides the split, keeps each
-process's part of the five-slot model and connects the model's targets to the schedule:
+the ``ScheduleGPipe`` / ``Schedule1F1B`` / ``ScheduleInterleaved1F1B`` schedules); this module
+decides the split, keeps each process's part of the five-slot model and connects the model's
+targets to the schedule:
 
 - **the split**: stage 0 holds the embedding and the first layers of ``model.encoder.layers``,
   the last stage the last layers, the encoder's final norm and the targets, the stages between
-  only layers. The layers are cut into consecutive runs that minimise the largest run's
-  parameter count (``stage_layers``); the embedding and the heads do not count there, because
-  a lookup and the MLM head (at the masked 15 % of positions) cost little time next to the
-  layers, and the pipeline runs at the pace of its slowest stage. Each process drops the
-  modules of the other stages (never allocated off rank 0: those processes build on meta).
+  only layers. The pipeline runs at the pace of its slowest stage, so the layers are cut
+  into consecutive runs that minimise the costliest: by parameter count (``stage_layers``;
+  the embedding and the heads do not count, a lookup and the MLM head at the masked 15 % of
+  positions cost little next to a layer) or by measured time (``pipeline_split`` time: rank 0
+  times every part, ``balance_stages`` charges stage 0 the embedding and the last stage the
+  targets). Under the interleaved schedule the stack is cut into M × V stages and process p
+  holds stages p, p + M, ... Each process drops the modules of the stages it does not hold
+  (never allocated off rank 0: those processes build on meta).
 - **the loss**: the targets compute it from the labels in the batch. The last stage gets the
   rows of each micro-batch as the schedule's ``target`` and reads their labels from the batch
   it was given; each target's micro-batch mean is weighted by its share of the labelled
@@ -34,6 +38,7 @@ process's part of the five-slot model and connects the model's targets to the sc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,9 +63,12 @@ from pretrainkit.distributed.engines import (
 from pretrainkit.distributed.pipeline_plan import (
     BATCH_KEYS,
     SIDE_INPUTS,
+    OnOtherStage,
+    balance_stages,
     check_pipeline,
     keep_stage,
     label_count,
+    measure_stage_costs,
     merge_optimizer_states,
     pad_batch,
     stage_layers,
@@ -72,6 +80,8 @@ from pretrainkit.errors import CheckpointError, ConfigError, PretrainkitError, c
 from pretrainkit.fileio import read_safetensors
 from pretrainkit.model import Model
 
+logger = logging.getLogger(__name__)
+
 # Full (unsharded) per-stage optimizer state keyed by parameter name.
 STAGE_STATE = StateDictOptions(full_state_dict=True)
 
@@ -82,14 +92,25 @@ class _StageModule(nn.Module):
     Stage 0 takes the token ids, the others the previous stage's hidden states ``[b, s, h]``;
     every stage gets the batch's side inputs (mask, segments, positions) as keywords. The
     encoder runs whole: the layers of other stages pass the input on, its final norm is only
-    on the last stage.
+    on the last stage. Under the interleaved schedule a process holds several stages of one
+    model, so each stage's forward stands the process's other layers (and, but on the last
+    stage, the final norm) aside while it runs (``alone``); autograd keeps what it recorded.
     """
 
-    def __init__(self, model: Model, first: bool, precision: str, device: torch.device):
+    def __init__(
+        self,
+        model: Model,
+        first: bool,
+        precision: str,
+        device: torch.device,
+        layers: range | None = None,
+        last: bool = True,
+    ):
         super().__init__()
         self.model = model
         self.first = first
         self.precision, self.device = precision, device
+        self.alone, self.last = layers, last
 
     def forward(
         self,
@@ -102,17 +123,34 @@ class _StageModule(nn.Module):
     ) -> Tensor:
         from pretrainkit.training.precision import autocast
 
-        with autocast(self.precision, self.device):
-            hidden = inputs
-            if self.first:
-                hidden = self.model.embedding(inputs, token_type_ids, position_ids)
-            return self.model.encoder(
-                hidden,
-                attention_mask,
-                positions=position_ids,
-                example_ids=example_ids,
-                prefix_lengths=prefix_lengths,
-            )
+        encoder = cast(TransformerEncoder, self.model.encoder)
+        saved = (list(encoder.layers), encoder.final_norm)
+        try:
+            if self.alone is not None:
+                for index in range(len(encoder.layers)):
+                    if index not in self.alone:
+                        encoder.layers[index] = _PASS
+                if not self.last:
+                    encoder.final_norm = None
+            with autocast(self.precision, self.device):
+                hidden = inputs
+                if self.first:
+                    hidden = self.model.embedding(inputs, token_type_ids, position_ids)
+                return encoder(
+                    hidden,
+                    attention_mask,
+                    positions=position_ids,
+                    example_ids=example_ids,
+                    prefix_lengths=prefix_lengths,
+                )
+        finally:
+            if self.alone is not None:
+                for index, layer in enumerate(saved[0]):
+                    encoder.layers[index] = layer
+                encoder.final_norm = saved[1]
+
+
+_PASS = OnOtherStage()
 
 
 def _cpu(value: Any) -> Any:
@@ -126,8 +164,9 @@ def _cpu(value: Any) -> Any:
 
 
 class PipelineEngine(Engine):
-    """One stage of a pipeline per process, trained by a ``torch.distributed.pipelining``
-    schedule (GPipe or 1F1B) over micro-batches of each batch.
+    """One stage of a pipeline per process (several under the interleaved schedule), trained
+    by a ``torch.distributed.pipelining`` schedule (GPipe, 1F1B or interleaved 1F1B) over
+    micro-batches of each batch.
 
     Every process of the pipeline reads the same batch; stage 0 feeds the token ids in, the
     last stage computes the targets' loss, and the loss and metrics are then shared with the
@@ -157,7 +196,12 @@ class PipelineEngine(Engine):
         tp = self.tp_size = parallel.tensor_parallel
         self.strategy_name = parallel.strategy  # single: one pipeline; ddp: several
         self.schedule_name = parallel.schedule
+        self.per_process = parallel.virtual_stages  # stages per process (interleaved: V > 1)
+        self.split_name = parallel.split
         self.microbatches = resolve_microbatches(parallel, micro_batch)
+        self.micro_rows = micro_batch // self.microbatches
+        # What the stage split was decided on: boundaries, and with split time the costs.
+        self.split_record: dict[str, Any] = {}
         # The processes form a ("dp", "pp") mesh, row-major: global rank = pipeline × stages
         # + stage. One pipeline per row; the same stage of every pipeline in a column. With
         # tensor parallelism, ("dp", "pp", "tp"): global rank = (pipeline × stages + stage) ×
@@ -210,22 +254,23 @@ class PipelineEngine(Engine):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Keep this stage's modules, then copy rank 0's initial weights into them."""
-        check_pipeline(model, self.pipeline_parallel)
+        check_pipeline(model, self.pipeline_parallel, self.per_process)
         if self.tp_size > 1:
             check_tensor_parallel(model, self.tp_size)
         assert isinstance(model, Model)
         self.aliases = model.tied_parameters()
-        layers = cast(TransformerEncoder, model.encoder).layers
-        sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
-        self.ranges = stage_layers(sizes, self.pipeline_parallel)
         on_meta = any(p.is_meta for p in model.parameters())
+        self.ranges = self._split(model, on_meta)
         initial: dict[str, Tensor] = {}
         if dist.get_rank() == 0:  # its weights, before its own stage drops the others' modules
             if on_meta:
                 raise ConfigError("rank 0 must build the model with real weights, not on meta")
             named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
             initial = {name: value.detach() for name, value in named}
-        keep_stage(model, self.ranges[self.stage_index], self.first, self.last)
+        # Process p holds stages p, p + M, p + 2M, ... of the M × V (V = 1 but interleaved).
+        self.own_stages = list(range(self.stage_index, len(self.ranges), self.pipeline_parallel))
+        self.own_layers = [i for v in self.own_stages for i in self.ranges[v]]
+        keep_stage(model, self.own_layers, self.first, self.last)
         if not on_meta:
             model.to(self.device)
         self._split_stage(model)
@@ -261,8 +306,69 @@ class PipelineEngine(Engine):
             gathered[index] for index in firsts
         ]
         self._tie_groups(model, [wanted[index] for index in firsts])
-        self.stage_module = _StageModule(model, self.first, self.precision, self.device)
+        if self.per_process == 1:
+            self.stage_modules = [_StageModule(model, self.first, self.precision, self.device)]
+        else:
+            self.stage_modules = [
+                _StageModule(
+                    model,
+                    stage == 0,
+                    self.precision,
+                    self.device,
+                    layers=self.ranges[stage],
+                    last=stage == len(self.ranges) - 1,
+                )
+                for stage in self.own_stages
+            ]
         return model
+
+    def _split(self, model: Model, on_meta: bool) -> list[range]:
+        """The stages' layer ranges, the same on every process, by parameter count or by
+        measured time (rank 0 measures, on its real weights, and sends the costs to all, so
+        every process cuts alike however its own clock runs); logged once, and kept in
+        ``split_record``."""
+        layers = cast(TransformerEncoder, model.encoder).layers
+        sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+        record: dict[str, Any] = {"split": self.split_name}
+        count = self.pipeline_parallel * self.per_process
+        if self.split_name == "params":
+            ranges = stage_layers(sizes, count)
+        else:
+            box: list[Any] = [None]
+            if dist.get_rank() == 0:
+                if on_meta:
+                    raise ConfigError("rank 0 must build the model with real weights, not on meta")
+                # The longest sequence the model takes: the engine is built before the first
+                # batch, and a shorter run only shifts the attention's share a little.
+                emb = model.config.embedding
+                length = emb.max_positions - emb.position_offset
+                costs = measure_stage_costs(
+                    model, self.micro_rows, length, self.device, self.precision
+                )
+                box = [{"micro_batch": [self.micro_rows, length], **costs}]
+            dist.broadcast_object_list(box, src=0)
+            costs = box[0]
+            ranges = balance_stages(costs["layers"], count, costs["embedding"], costs["head"])
+            record["seconds"] = costs
+        record["stages"] = [[r.start, r.stop] for r in ranges]
+        self.split_record = record
+        if dist.get_rank() == 0:
+            stages = ", ".join(f"layers {r.start}-{r.stop - 1}" for r in ranges)
+            if self.split_name == "params":
+                logger.info("pipeline split by parameters (%s per layer): %s", sizes, stages)
+            else:
+                seconds = record["seconds"]
+                layer_ms = ", ".join(f"{1e3 * t:.3g}" for t in seconds["layers"])
+                logger.info(
+                    "pipeline split by measured time (forward + backward of a %d × %d "
+                    "micro-batch, ms): embedding %.3g, layers [%s], targets %.3g → %s",
+                    *seconds["micro_batch"],
+                    1e3 * seconds["embedding"],
+                    layer_ms,
+                    1e3 * seconds["head"],
+                    stages,
+                )
+        return ranges
 
     def _split_stage(self, model: nn.Module) -> None:
         """Split this stage's transformer blocks over its "tp" processes (no-op without TP).
@@ -278,7 +384,7 @@ class PipelineEngine(Engine):
         from pretrainkit.distributed.tensor_parallel import block_plan
 
         layers = cast(TransformerEncoder, cast(Model, model).encoder).layers
-        for index in self.ranges[self.stage_index]:
+        for index in self.own_layers:
             block = layers[index]
             parallelize_module(block, self.mesh["tp"], block_plan(block), src_data_rank=None)
 
@@ -316,19 +422,28 @@ class PipelineEngine(Engine):
         again when a longer batch comes; every stage sees the same batch, so all agree)."""
         if self._schedule is not None and length == self._length:
             return self._schedule
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
-        stage = PipelineStage(
-            self.stage_module,
-            self.stage_index,
-            self.pipeline_parallel,
-            self.device,
-            group=self.pp_group,
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleGPipe,
+            ScheduleInterleaved1F1B,
         )
-        kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
+
+        stages: list[Any] = [
+            PipelineStage(module, index, len(self.ranges), self.device, group=self.pp_group)
+            for module, index in zip(self.stage_modules, self.own_stages, strict=True)
+        ]
         # The loss function on every stage: it tells the schedule there is a backward pass.
         # scale_grads=False: the loss is already the batch mean (weighted micro-batch means).
-        self._schedule = kind(stage, self.microbatches, loss_fn=self._loss, scale_grads=False)
+        if self.schedule_name == "interleaved":
+            self._schedule = ScheduleInterleaved1F1B(
+                stages, self.microbatches, loss_fn=self._loss, scale_grads=False
+            )
+        else:
+            kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
+            self._schedule = kind(
+                stages[0], self.microbatches, loss_fn=self._loss, scale_grads=False
+            )
         self._length = length
         return self._schedule
 

@@ -4,6 +4,8 @@ engine is ``distributed.pipeline``)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 import torch
@@ -25,13 +27,17 @@ SIDE_INPUTS = ("attention_mask", "token_type_ids", "position_ids", "example_ids"
 BATCH_KEYS = ("input_ids", "labels", "pair_labels", *SIDE_INPUTS)
 
 
-def check_pipeline(model: nn.Module, stages: int) -> None:
-    """Fail before anything is written on a model ``stages`` pipeline stages cannot split.
+def check_pipeline(model: nn.Module, stages: int, per_process: int = 1) -> None:
+    """Fail before anything is written on a model ``stages`` pipeline stages (each process
+    holding ``per_process`` of them, under the interleaved schedule) cannot split.
 
     Raises:
         ConfigError: Naming what is not supported (yet) and what to use instead.
     """
     where = f"pipeline_parallel {stages}"
+    if per_process > 1:
+        where += f" × stages_per_process {per_process}"
+    stages *= per_process
     if not isinstance(model, Model):
         raise ConfigError(
             f"{where}: {type(model).__name__} is not a pretrainkit Model (embedding → encoder → "
@@ -62,7 +68,7 @@ def check_pipeline(model: nn.Module, stages: int) -> None:
     if stages > encoder.num_layers:
         raise ConfigError(
             f"{where} exceeds the {encoder.num_layers} encoder layer(s): every stage needs at "
-            f"least one layer; use pipeline_parallel ≤ {encoder.num_layers}"
+            f"least one layer; use at most {encoder.num_layers} stages in all"
         )
     token_part = getattr(model.embedding, "token_part", None)
     if token_part != "word":
@@ -91,13 +97,43 @@ def stage_layers(sizes: list[int], stages: int) -> list[range]:
         sizes: Parameters of each layer, in order.
         stages: Number of ranges (≤ ``len(sizes)``).
     """
-    count = len(sizes)
-    prefix = [0]
-    for size in sizes:
-        prefix.append(prefix[-1] + size)
+    return balance_stages(sizes, stages)
 
-    def part(start: int, end: int) -> int:
-        return prefix[end] - prefix[start]
+
+def balance_stages(
+    costs: Sequence[float], stages: int, first: float = 0.0, last: float = 0.0
+) -> list[range]:
+    """Consecutive layer ranges, one per stage, that make the costliest stage as cheap as it
+    can be: a pipeline runs at the pace of its slowest stage.
+
+    A stage costs the sum of its layers' ``costs``, plus ``first`` on stage 0 (the embedding)
+    and ``last`` on the last stage (final norm and targets). Among the splits with the least
+    largest stage, the evenest (least sum of squared stage costs) wins, and on a tie the one
+    whose earlier stages take more layers. Exact: a dynamic programme over (stages left, first
+    layer), O(stages · layers²), which is nothing next to one training step.
+
+    Args:
+        costs: One non-negative cost per layer, in order (parameters, or measured seconds).
+        stages: Number of ranges (1 ≤ stages ≤ ``len(costs)``).
+        first: Extra cost of stage 0.
+        last: Extra cost of the last stage.
+
+    Raises:
+        ConfigError: Fewer layers than stages, or a negative or non-finite cost.
+    """
+    count = len(costs)
+    if not 1 <= stages <= count:
+        raise ConfigError(f"cannot cut {count} layer(s) into {stages} stage(s) of ≥ 1 layer")
+    if any(not math.isfinite(c) or c < 0 for c in (*costs, first, last)):
+        raise ConfigError(f"stage costs must be finite and ≥ 0, got {list(costs)}, {first}, {last}")
+    prefix = [0.0]
+    for cost in costs:
+        prefix.append(prefix[-1] + cost)
+
+    def part(start: int, end: int) -> float:
+        # One expression for both passes, so the bound below compares equal floats.
+        extra = (first if start == 0 else 0.0) + (last if end == count else 0.0)
+        return prefix[end] - prefix[start] + extra
 
     # largest[k][i]: the smallest possible largest range when layers i.. form k ranges.
     inf = float("inf")
@@ -130,7 +166,7 @@ def stage_layers(sizes: list[int], stages: int) -> list[range]:
     return ranges
 
 
-class _OnOtherStage(nn.Module):
+class OnOtherStage(nn.Module):
     """Stands in for a module that another stage holds: no parameters, passes its input on
     (the encoder calls every layer slot; the embedding and targets slots are never called)."""
 
@@ -138,14 +174,124 @@ class _OnOtherStage(nn.Module):
         return x
 
 
-def keep_stage(model: Model, layers: range, first: bool, last: bool) -> None:
-    """Drop, in place, every module of ``model`` that this stage does not compute."""
+class _TakeInputs(nn.Module):
+    """Stands in for the first block once, to record what the encoder hands every block
+    (hidden states, attention mask, rotary tables, causal flag, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.args: tuple[Any, ...] = ()
+
+    def forward(self, x: Tensor, *args: Any) -> Tensor:
+        self.args = (x, *args)
+        return x
+
+
+def measure_stage_costs(
+    model: Model, rows: int, length: int, device: torch.device, precision: str, repeats: int = 5
+) -> dict[str, Any]:
+    """Seconds of one forward + backward of each part of the stack on a micro-batch of
+    ``rows`` × ``length`` random tokens (the median of ``repeats`` after one warm-up run):
+    the embedding, every encoder layer, and the final norm with the targets (random labels;
+    an MLM target's at 15 % of the positions, as the objective masks).
+
+    One part at a time is moved to ``device`` and back, so the whole model never has to fit
+    there; the random number generators are left as they were, and no gradient is kept, so
+    the run that follows does not notice the measurement.
+
+    Returns:
+        ``{"embedding": s, "layers": [s, ...], "head": s}``.
+    """
+    import statistics
+    import time
+
+    from pretrainkit.training.precision import autocast
+
+    encoder = cast(TransformerEncoder, model.encoder)
+    home = next(model.parameters()).device
+    layers = list(encoder.layers)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def timed(run: Any) -> float:
+        model.zero_grad(set_to_none=True)
+        run()  # warm-up: allocations, kernel choices
+        seconds = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            seconds.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+        return statistics.median(seconds)
+
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), autocast(precision, device):
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(model.config.vocab_size, (rows, length), generator=generator)
+        ids = ids.to(device)
+        mask = torch.ones(rows, length, dtype=torch.long, device=device)
+        take = _TakeInputs()
+        try:
+            for index in range(len(layers)):
+                encoder.layers[index] = take if index == 0 else OnOtherStage()
+            encoder.to(device)  # rotary tables and final norm, not the blocks
+            model.embedding.to(device)
+            with torch.no_grad():
+                encoder(model.embedding(ids, None, None), mask)
+        finally:
+            for index, layer in enumerate(layers):
+                encoder.layers[index] = layer
+        hidden, *inputs = take.args
+        hidden = hidden.detach().float().requires_grad_()  # [b, s, h]
+
+        def embed() -> None:
+            model.embedding(ids, None, None).float().sum().backward()
+
+        costs: dict[str, Any] = {"embedding": timed(embed), "layers": []}
+        for layer in layers:
+            layer.to(device)
+            costs["layers"].append(
+                timed(lambda: layer(hidden, *inputs).float().sum().backward())  # noqa: B023
+            )
+            layer.to(home)
+        model.targets.to(device)
+        labels = {}
+        for name, target in model.target_modules().items():
+            if target.label_key == "labels":
+                keep = torch.rand(rows, length, generator=generator) < (
+                    0.15 if name == "mlm" else 1.0
+                )
+                labels[name] = torch.where(keep, ids.cpu(), IGNORE_INDEX).to(device)
+            else:  # a label per sequence (NSP / SOP)
+                labels[name] = torch.zeros(rows, dtype=torch.long, device=device)
+
+        def head() -> None:
+            states = encoder.final_norm(hidden) if encoder.final_norm is not None else hidden
+            losses = [
+                out.loss.float()
+                for name, target in model.target_modules().items()
+                if (out := target(states, mask, labels[name])).loss is not None
+            ]
+            torch.stack(losses).sum().backward()
+
+        costs["head"] = timed(head)
+    model.to(home)
+    return costs
+
+
+def keep_stage(model: Model, layers: Collection[int], first: bool, last: bool) -> None:
+    """Drop, in place, every module of ``model`` that this process's stage(s) do not compute
+    (``layers``: the layers of all of them)."""
     encoder = cast(TransformerEncoder, model.encoder)
     for index in range(len(encoder.layers)):
         if index not in layers:
-            encoder.layers[index] = _OnOtherStage()
+            encoder.layers[index] = OnOtherStage()
     if not first:
-        model.embedding = _OnOtherStage()
+        model.embedding = OnOtherStage()
     if not last:
         encoder.final_norm = None
         model.targets = nn.ModuleDict()

@@ -194,4 +194,8 @@ def pretrain(
         trainer = Trainer(
             net, batches, train, folder, evaluate=evaluate, resume=resume, strategy=parallel
         )
+        split = getattr(trainer.engine, "split_record", None)
+        if split and is_main_process():  # a pipeline's stage boundaries (and measured costs)
+            run["pipeline_split"] = split
+            (folder / "run.json").write_text(json.dumps(run, indent=2))
         return trainer.fit()
