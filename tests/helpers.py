@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -343,6 +343,26 @@ def run_metric(run: Path, name: str) -> dict[int, float]:
     """Step → the logged value of ``name`` in ``run``'s metrics.jsonl."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r[name] for r in map(json.loads, lines) if name in r}
+
+
+def loaded_mlm_outputs(run_model: Path, reference_model: Path) -> tuple[Any, Any]:
+    """Two saved MLM models loaded in one process (eval mode) and run on the same two
+    labelled sentences: (output, reference output). The run's model must hold its saved
+    weights exactly, its MLM decoder tied to its word embedding again."""
+    from safetensors.torch import load_file
+
+    import pretrainkit
+
+    model, reference = pretrainkit.load(run_model), pretrainkit.load(reference_model)
+    assert model.targets["mlm"].decoder.weight is model.embedding.parts["word"].weight
+    saved, loaded = load_file(str(run_model / "model.safetensors")), model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in saved.items())
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 40, 41, 3, 0]])
+    labels = torch.where(ids > 3, ids, torch.full_like(ids, -100))
+    with torch.no_grad():
+        got = model(ids, attention_mask=(ids > 0).long(), labels=labels)
+        expected = reference(ids, attention_mask=(ids > 0).long(), labels=labels)
+    return got, expected
 
 
 def layout_refusal(capsys, monkeypatch, world: int, args: list[str]) -> tuple[int, str]:

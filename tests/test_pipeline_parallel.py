@@ -35,6 +35,7 @@ from helpers import (
     layout_args,
     layout_refusal,
     layout_shards,
+    loaded_mlm_outputs,
     tiny_llama,
     torchrun,
     write_classification,
@@ -43,7 +44,6 @@ from helpers import run_losses as losses
 from helpers import run_metric as metric
 from safetensors.torch import load_file
 
-import pretrainkit
 from pretrainkit.distributed.config import ParallelConfig, resolve_microbatches
 from pretrainkit.errors import ConfigError
 
@@ -116,14 +116,7 @@ def test_pp2_model_loads_in_one_process(root: Path) -> None:
     # Trained apart on the same batches: only the float order differs (measured: 3e-7; Adam
     # can turn a tiny gradient difference into a step of up to lr, hence the margin).
     assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in weights)
-    model = pretrainkit.load(root / "pp2" / "model").eval()
-    assert model.targets["mlm"].decoder.weight is model.embedding.parts["word"].weight
-    single = pretrainkit.load(root / "single" / "model").eval()
-    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 40, 41, 3, 0]])
-    labels = torch.where(ids > 3, ids, torch.full_like(ids, -100))
-    with torch.no_grad():
-        got = model(ids, attention_mask=(ids > 0).long(), labels=labels)
-        expected = single(ids, attention_mask=(ids > 0).long(), labels=labels)
+    got, expected = loaded_mlm_outputs(root / "pp2" / "model", root / "single" / "model")
     assert float(got.loss) == pytest.approx(float(expected.loss), rel=TOLERANCE)
 
 
@@ -239,12 +232,14 @@ def test_models_the_pipeline_cannot_split_are_refused() -> None:
 BAD_LAYOUTS = [
     pytest.param(1, ["--pipeline-parallel", "0"], "pipeline_parallel must be a positive integer", id="zero"),
     pytest.param(1, PP2, "needs exactly 2 processes (launched with 1)", id="world-1"),
-    pytest.param(4, [*PP2, "--strategy", "deepspeed"], "'deepspeed' is not supported yet", id="deepspeed"),
+    pytest.param(4, [*PP2, "--strategy", "deepspeed"], "with strategy 'deepspeed' is not supported", id="deepspeed"),
     pytest.param(3, PP2, "needs exactly 2 processes (launched with 3)", id="world-3"),
     pytest.param(4, PP2, "with strategy 'single' needs exactly 2 processes", id="world-4"),
     pytest.param(3, ["--pipeline-parallel", "3"], "exceeds the 2 encoder layer(s)", id="layers"),
     pytest.param(3, [*PP2, "--strategy", "ddp"], "does not divide the 3 process(es)", id="ddp-3"),
-    pytest.param(2, [*PP2, "--strategy", "fsdp"], "with strategy 'fsdp' is not supported yet", id="fsdp"),
+    pytest.param(4, [*PP2, "--strategy", "fsdp", "--pipeline-schedule", "interleaved"], "'interleaved' with strategy 'fsdp' is not supported yet", id="fsdp-interleaved"),
+    pytest.param(4, [*PP2, "--strategy", "fsdp", "--cpu-offload"], "cpu_offload with pipeline_parallel 2 is not supported yet", id="fsdp-offload"),
+    pytest.param(3, [*PP2, "--strategy", "fsdp"], "does not divide the 3 process(es)", id="fsdp-3"),
     pytest.param(2, [*PP2, "--tensor-parallel", "2"], "needs exactly 4 processes (launched with 2)", id="tp"),
     pytest.param(2, [*PP2, "--microbatches", "3"], "does not divide the per-process batch", id="micro"),
     pytest.param(2, [*PP2, "--microbatches", "1"], "fewer than the 2 pipeline stages", id="1f1b"),

@@ -34,12 +34,11 @@ from helpers import (
     layout_args,
     layout_refusal,
     layout_shards,
+    loaded_mlm_outputs,
     torchrun,
 )
 from helpers import run_losses as losses
 from safetensors.torch import load_file
-
-import pretrainkit
 
 STEPS, GLOBAL_BATCH = LAYOUT_STEPS, LAYOUT_BATCH
 TOLERANCE = 0.01  # relative, per step, with data parallelism (see the module docstring)
@@ -131,15 +130,7 @@ def test_tp2_model_loads_in_one_process(root: Path, run: str) -> None:
     # Full weights (the split vocabulary and the norms gathered too), tied copy once.
     assert weights.keys() == reference.keys()
     assert all(weights[k].shape == reference[k].shape for k in weights)
-    model = pretrainkit.load(root / run / "model").eval()
-    assert model.targets["mlm"].decoder.weight is model.embedding.parts["word"].weight
-    assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
-    single = pretrainkit.load(root / "single" / "model").eval()
-    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 40, 41, 3, 0]])
-    labels = torch.where(ids > 3, ids, torch.full_like(ids, -100))
-    with torch.no_grad():
-        got = model(ids, attention_mask=(ids > 0).long(), labels=labels)
-        expected = single(ids, attention_mask=(ids > 0).long(), labels=labels)
+    got, expected = loaded_mlm_outputs(root / run / "model", root / "single" / "model")
     # Trained apart, the two agree as closely as their loss curves do.
     assert float(got.loss) == pytest.approx(float(expected.loss), rel=TOLERANCE)
     assert torch.allclose(got.logits, expected.logits, atol=0.05)

@@ -55,9 +55,11 @@ class ParallelConfig:
     pipeline_parallel: int = 1
     """Split the encoder's layer stack into this many consecutive stages, one per process
     (torch.distributed.pipelining): the first also embeds, the last also computes the targets.
-    Alone (strategy single, exactly this many processes) or with strategy ddp over several
-    pipelines (a multiple of it); with tensor_parallel N each stage is N processes (then
-    pipeline_parallel × N per pipeline). pretrain only."""
+    Alone (strategy single, exactly this many processes) or over several pipelines (a multiple
+    of it) with strategy ddp (each stage's gradients averaged over the pipelines) or fsdp
+    (each stage's parameters, gradients and optimizer state sharded over them); with
+    tensor_parallel N each stage is N processes (then pipeline_parallel × N per pipeline).
+    pretrain only."""
     pipeline_schedule: str | None = None
     """How the micro-batches flow through the stages: 1f1b (one forward, one backward in the
     steady state; at most pipeline_parallel micro-batches' activations held) or gpipe (all
@@ -223,11 +225,24 @@ class ParallelConfig:
                 )
         if size == 1:
             return
-        if self.strategy not in ("single", "ddp"):
+        if self.strategy == "deepspeed":
             raise ConfigError(
-                f"pipeline_parallel {size} with strategy {self.strategy!r} is not supported "
-                "yet: use --strategy single (one pipeline of exactly "
-                f"{size} processes) or ddp (data parallelism over several pipelines)"
+                f"pipeline_parallel {size} with strategy 'deepspeed' is not supported: DeepSpeed "
+                "ZeRO wraps the whole model in its own engine, which a pipeline stage cannot "
+                f"run under; use --strategy single (one pipeline of exactly {size} processes), "
+                "ddp (data parallelism over several pipelines) or fsdp (several pipelines, each "
+                "stage sharded over them)"
+            )
+        if self.strategy == "fsdp" and self.schedule == "interleaved":
+            raise ConfigError(
+                "pipeline_schedule 'interleaved' with strategy 'fsdp' is not supported yet: a "
+                "process's several stages share one model, which FSDP would shard twice; use "
+                "--pipeline-schedule 1f1b or gpipe, or --strategy ddp"
+            )
+        if self.cpu_offload:
+            raise ConfigError(
+                f"cpu_offload with pipeline_parallel {size} is not supported yet (a stage sends "
+                "its activations from the training device); drop --cpu-offload"
             )
 
     def _check_checkpoint_format(self) -> None:

@@ -459,20 +459,13 @@ class FSDPEngine(Engine):
         super().__init__(model, config, device, precision, mesh, sequence_parallel)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
         on_meta = any(p.is_meta for p in model.parameters())
         # Rank 0 holds the real initial weights (in CPU memory); the others receive them after
         # sharding, each only its own shard.
         initial = rank0_weights(model, on_meta)
-        options: dict[str, Any] = {}
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            options["mp_policy"] = MixedPrecisionPolicy(
-                param_dtype=dtype, reduce_dtype=torch.float32
-            )
-        if self.cpu_offload:
-            options["offload_policy"] = CPUOffloadPolicy()
+        options = fsdp_options(self.precision, self.cpu_offload)
         if self.mesh is not None:  # 2-D: TP inside each "dp" column, FSDP across them
             self.split(model, src_data_rank=None)  # rank 0's weights are broadcast below
             options["mesh"] = self.mesh["dp"]
@@ -501,6 +494,21 @@ class FSDPEngine(Engine):
         path = Path(directory) / WEIGHTS
         weights: dict[str, Any] = weights_with_aliases(self.model, read_safetensors(path))
         set_model_state_dict(self.module, weights, options=StateDictOptions(full_state_dict=True))
+
+
+def fsdp_options(precision: str, cpu_offload: bool = False) -> dict[str, Any]:
+    """``fully_shard``'s keywords for a precision: with bf16 / fp16 the gathered parameters
+    take that type (half the traffic) while gradients reduce in fp32; CPU offload keeps the
+    shards in CPU memory between uses."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    options: dict[str, Any] = {}
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    return options
 
 
 def transformer_layers(model: nn.Module) -> list[nn.Module]:

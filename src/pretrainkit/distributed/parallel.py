@@ -85,7 +85,7 @@ def check_strategy(
         raise ConfigError(
             f"pipeline_parallel {pp} with strategy 'single' needs exactly {pp} processes "
             f"(launched with {world}), one per stage; add data parallelism over several "
-            "pipelines with --strategy ddp"
+            "pipelines with --strategy ddp or fsdp"
         )
     elif pp > 1 and world % pp:
         raise ConfigError(
@@ -127,7 +127,7 @@ def _check_tensor_times_pipeline(parallel: ParallelConfig, world: int) -> None:
             f"{layout} with strategy 'single' needs exactly {per_model} processes (launched "
             f"with {world}): {pp} stages of {tp} processes each; launch with torchrun "
             f"--nproc-per-node {per_model}, or add data parallelism over several pipelines "
-            "with --strategy ddp (a multiple of it)"
+            "with --strategy ddp or fsdp (a multiple of it)"
         )
     if world % per_model:
         raise ConfigError(

@@ -23,8 +23,15 @@ targets to the schedule:
 - **tied weights**: the MLM (or LM) head tied to the word embedding has one copy on stage 0
   and one on the last stage; their gradients are summed between the two before every update,
   so both copies take the same steps, and the gradient norm counts the pair once.
-- **data parallelism** (strategy ddp): several pipelines, each reading its own part of the
-  data; each stage's gradients are averaged over the same stage of every pipeline.
+- **data parallelism**: several pipelines, each reading its own part of the data. With
+  strategy ddp each stage's gradients are averaged over the same stage of every pipeline
+  before the update; with strategy fsdp that stage's parameters, gradients and optimizer
+  state are sharded over those processes instead (FSDP2 ``fully_shard`` over the "dp"
+  dimension: each of the stage's layers one unit, the rest of the stage, the embedding or
+  the targets, the root). The schedule drives FSDP itself: gradients are reduce-scattered
+  once, after the step's last micro-batch, and the gathered parameters are kept across the
+  micro-batches of a step (``reshard_after_forward`` off: one all-gather per step, not one
+  per micro-batch) and freed after its backward.
 - **tensor parallelism** (``tensor_parallel`` N): each stage is N processes that split its
   transformer blocks as ``distributed.tensor_parallel`` plans them (the embedding, the norms
   and the targets stay whole). The processes form a ``("dp", "pp", "tp")`` mesh; each "pp"
@@ -171,8 +178,9 @@ class PipelineEngine(Engine):
     Every process of the pipeline reads the same batch; stage 0 feeds the token ids in, the
     last stage computes the targets' loss, and the loss and metrics are then shared with the
     other stages (every process logs and decides on non-finite values alike). With strategy
-    ddp there are several pipelines, each reading its own part of the data, and each stage's
-    gradients are averaged over the pipelines before the update. With tensor parallelism each
+    ddp or fsdp there are several pipelines, each reading its own part of the data; ddp
+    averages each stage's gradients over the pipelines before the update, fsdp shards the
+    stage over them. With tensor parallelism each
     stage is ``tensor_parallel`` processes that split its blocks, each running the schedule
     with the processes of the same tensor-parallel index in the other stages.
 
@@ -194,7 +202,7 @@ class PipelineEngine(Engine):
 
         stages = self.pipeline_parallel = parallel.pipeline_parallel
         tp = self.tp_size = parallel.tensor_parallel
-        self.strategy_name = parallel.strategy  # single: one pipeline; ddp: several
+        self.strategy_name = parallel.strategy  # single: one pipeline; ddp, fsdp: several
         self.schedule_name = parallel.schedule
         self.per_process = parallel.virtual_stages  # stages per process (interleaved: V > 1)
         self.split_name = parallel.split
@@ -213,7 +221,7 @@ class PipelineEngine(Engine):
             (self.pipelines, stages, tp) if tp > 1 else (self.pipelines, stages)
         )
         names: tuple[str, ...] = ("dp", "pp", "tp")[: len(shape)]
-        mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
+        mesh = self.layout_mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
         # "pp": the stages of this pipeline at this tensor-parallel index (the schedule's
         # send/recv); "dp": this stage and index in every pipeline (gradient averaging).
         self.pp_group, self.dp_group = mesh["pp"].get_group(), mesh["dp"].get_group()
@@ -292,6 +300,9 @@ class PipelineEngine(Engine):
                 dist.recv(received, src=0)
                 copy_whole(own[name], received)
         del initial
+        self.stage_modules = self._stage_modules(model)
+        if self.strategy_name == "fsdp":
+            self._shard(model)
         # What each process saves (tied copies once).
         state = [
             (name, tuple(value.shape), value.dtype)
@@ -306,21 +317,47 @@ class PipelineEngine(Engine):
             gathered[index] for index in firsts
         ]
         self._tie_groups(model, [wanted[index] for index in firsts])
-        if self.per_process == 1:
-            self.stage_modules = [_StageModule(model, self.first, self.precision, self.device)]
-        else:
-            self.stage_modules = [
-                _StageModule(
-                    model,
-                    stage == 0,
-                    self.precision,
-                    self.device,
-                    layers=self.ranges[stage],
-                    last=stage == len(self.ranges) - 1,
-                )
-                for stage in self.own_stages
-            ]
         return model
+
+    def _stage_modules(self, model: Model) -> list[nn.Module]:
+        """What the schedule runs: one module per stage this process holds."""
+        if self.per_process == 1:
+            return [_StageModule(model, self.first, self.precision, self.device)]
+        return [
+            _StageModule(
+                model,
+                stage == 0,
+                self.precision,
+                self.device,
+                layers=self.ranges[stage],
+                last=stage == len(self.ranges) - 1,
+            )
+            for stage in self.own_stages
+        ]
+
+    def _shard(self, model: Model) -> None:
+        """Strategy fsdp: shard this stage over the same stage of every pipeline ("dp").
+
+        Each of the stage's layers is one FSDP unit and the stage module the root (holding
+        the embedding on the first stage, the final norm and the targets on the last), so the
+        schedule finds an ``FSDPModule`` and drives it: no gradient reduction before a step's
+        last micro-batch, then one reduce-scatter. Gathered parameters stay gathered through a
+        step's micro-batches (``reshard_after_forward`` False), which also keeps the targets'
+        weights whole while the loss, outside the stage's forward, uses them. Under tensor
+        parallelism the blocks are already split over "tp"; FSDP shards them over "dp" (2-D).
+        Called after the initial weights are in: sharding keeps each process's part.
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        from pretrainkit.distributed.engines import fsdp_options
+
+        options = fsdp_options(self.precision)
+        options["mesh"] = self.layout_mesh["dp"]
+        options["reshard_after_forward"] = False
+        layers = cast(TransformerEncoder, model.encoder).layers
+        for index in self.own_layers:
+            fully_shard(layers[index], **options)
+        fully_shard(self.stage_modules[0], **options)
 
     def _split(self, model: Model, on_meta: bool) -> list[range]:
         """The stages' layer ranges, the same on every process, by parameter count or by
@@ -566,7 +603,7 @@ class PipelineEngine(Engine):
         """With several pipelines (strategy ddp), each stage's gradients averaged over the
         same stage of every pipeline, once per optimizer step (as DDP does, without its
         overlap of communication and backward: the schedule owns the backward)."""
-        if self.pipelines == 1:
+        if self.pipelines == 1 or self.strategy_name == "fsdp":  # FSDP has reduce-scattered
             return
         for param in self.params:
             if param.grad is None:
@@ -582,7 +619,9 @@ class PipelineEngine(Engine):
         for param, group in self.tied:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad, group=group)
+            # Under fsdp both copies are sharded alike over "dp": the same rows meet.
+            grad = param.grad
+            dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
 
     def grad_norm(self, max_norm: float | None) -> Tensor:
         """The norm over every stage's gradients (a tied pair once), clipping when asked.
@@ -611,14 +650,17 @@ class PipelineEngine(Engine):
         pipeline (the others hold the same weights); None elsewhere.
 
         A split weight is made whole within its stage first (``full_tensor``: every process
-        of the stage takes part), then sent by the stage's first process.
+        of the stage takes part, across the pipelines too when fsdp shards over them), then
+        sent by the stage's first process.
         """
-        if self.pipeline_index > 0:
+        if self.pipeline_index > 0 and self.strategy_name != "fsdp":
             return None
         own = self.model.state_dict()
         full: dict[str, Tensor] = {}
         for name, _, _ in self.layout[self.stage_index]:
             value = full_tensor(own[name].detach())
+            if self.pipeline_index > 0:
+                continue
             if dist.get_rank() == 0:
                 full[name] = value.cpu()
             elif self.tp_index == 0:
@@ -635,11 +677,12 @@ class PipelineEngine(Engine):
     def optimizer_state(self) -> dict[str, Any] | None:
         """Every stage's optimizer state, keyed by parameter name, merged on rank 0 (from the
         first pipeline)."""
-        if self.pipeline_index > 0:
+        if self.pipeline_index > 0 and self.strategy_name != "fsdp":
             return None
-        # Split moments are gathered whole within the stage (all its processes take part).
+        # Split moments are gathered whole within the stage (all its processes take part,
+        # across the pipelines too when fsdp shards over them).
         own = _cpu(get_optimizer_state_dict(self.model, self.optimizer, options=STAGE_STATE))
-        if self.tp_index > 0:
+        if self.tp_index > 0 or self.pipeline_index > 0:
             return None
         if not self.first:
             dist.send_object_list([own], dst=0)
@@ -687,7 +730,14 @@ class PipelineEngine(Engine):
             if name in weights and tuple(weights[name].shape) != shape
         ]
         check_tensor_keys(f"{path} does not match its config", missing, unexpected, wrong)
-        own = {name: weights[self.aliases.get(name, name)] for name in self.model.state_dict()}
+        own: dict[str, Any] = {
+            name: weights[self.aliases.get(name, name)] for name in self.model.state_dict()
+        }
+        if self.strategy_name == "fsdp":  # every process keeps its shard (and TP part)
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+            set_model_state_dict(self.model, own, options=STAGE_STATE)
+            return
         if self.tp_size == 1:
             self.model.load_state_dict(own)
             return
