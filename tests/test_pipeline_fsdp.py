@@ -8,7 +8,10 @@ The headline layout, tensor × pipeline × FSDP (``--tensor-parallel 2 --pipelin
 --strategy fsdp``, 8 processes: 2 pipelines × 2 stages × 2 tensor-parallel processes, FSDP
 sharding the split blocks over the pipelines in 2-D), follows the same reference. Both write
 the full weights (gathered over the shards, the tensor-parallel parts and the stages), which
-load in one process; their checkpoints resume on other layouts with the same losses.
+load in one process; their checkpoints resume on other layouts with the same losses. The
+FSDP × PP 2 run writes sharded checkpoints (every process its stage's part, through
+torch.distributed.checkpoint), which resume on DDP and consolidate into a model folder; one
+process's sharded checkpoint resumes on a pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from helpers import (
     LAYOUT_STEPS,
     NO_DROPOUT_AT_ALL,
     TINY_MODEL,
+    cli,
     cut_at_step_10,
     layout_args,
     layout_shards,
@@ -48,7 +52,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fsdp-pp")
     shards = layout_shards(root, "bert")
     torchrun(2, *pretrain_args(shards, root / "ddp", "--strategy", "ddp"), log=root / "ddp.log")
-    torchrun(4, *pretrain_args(shards, root / "fsdp-pp2", *FSDP_PP2), log=root / "a.log")
+    # Its checkpoints sharded: each process writes its stage's part (the tied copy once).
+    sharded = ["--checkpoint-format", "sharded"]
+    torchrun(4, *pretrain_args(shards, root / "fsdp-pp2", *FSDP_PP2, *sharded), log=root / "a.log")
     torchrun(8, *pretrain_args(shards, root / "fsdp-tp2-pp2", *FSDP_TP2_PP2), log=root / "b.log")
     return root
 
@@ -98,5 +104,36 @@ def test_sharded_pipeline_checkpoint_resumes_on_another_layout(
     torchrun(world, *pretrain_args(shards, cut, *layout, "--resume"), log=tmp_path / "r.log")
     expected, got = losses(root / source), losses(cut)
     assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(11, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), step
+
+
+def test_sharded_pipeline_checkpoint_consolidates(root: Path, tmp_path: Path) -> None:
+    checkpoint = root / "fsdp-pp2" / "checkpoints" / "step-00000010"
+    index = json.loads((checkpoint / "sharded" / "index.json").read_text())
+    assert index["layout"] == {
+        "strategy": "fsdp", "tensor_parallel": 1, "pipeline_parallel": 2, "data_parallel": 2
+    }  # fmt: skip
+    assert len(list((checkpoint / "sharded" / "model").iterdir())) == 4  # one file per process
+    out = tmp_path / "model"
+    cli("convert", "--from-checkpoint", checkpoint, "--out", out)
+    # Every stage's tensors, the tied copy once: DDP's step-10 weights, to float order.
+    reference = load_file(str(root / "ddp" / "checkpoints" / "step-00000010" / "model.safetensors"))
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights.keys() == reference.keys()
+    assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in weights)
+
+
+def test_one_process_sharded_checkpoint_resumes_on_a_pipeline(root: Path, tmp_path: Path) -> None:
+    # The last stage holds the MLM head without the word embedding it is tied to: it reads
+    # the head from the embedding's stored tensors (and their Adam moments).
+    single = tmp_path / "single"
+    cli(*pretrain_args(root / "shards", single, "--checkpoint-format", "sharded"))
+    cut = cut_at_step_10(single, tmp_path / "cut")
+    torchrun(
+        2, *pretrain_args(root / "shards", cut, "--pipeline-parallel", "2", "--resume"),
+        log=tmp_path / "r.log",
+    )  # fmt: skip
+    expected, got = losses(single), losses(cut)
     for step in range(11, STEPS + 1):
         assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), step

@@ -248,10 +248,6 @@ def test_bad_input_is_an_error_before_anything_is_written(
             pretrain_args(root, out, "--strategy", "deepspeed", *SHARDED),
             "checkpoint_format 'sharded' with strategy 'deepspeed'",
         ),
-        (
-            pretrain_args(root, out, "--pipeline-parallel", "2", *SHARDED),
-            "checkpoint_format 'sharded' with pipeline_parallel 2",
-        ),
     ]
     # A recipe that wraps the model (here PEFT) keeps the full format.
     write_classification(tmp_path / "train.tsv", 16, seed=0)
@@ -277,13 +273,10 @@ def test_engines_that_cannot_reshard_refuse_a_sharded_checkpoint(tmp_path: Path)
 
     from pretrainkit.distributed.sharded_checkpoint import check_resumable
 
-    check_resumable(SimpleNamespace(pipeline_parallel=1, strategy_name="fsdp"), tmp_path)
-    for engine, where in (
-        (SimpleNamespace(pipeline_parallel=2, strategy_name="single"), "pipeline_parallel 2"),
-        (SimpleNamespace(pipeline_parallel=1, strategy_name="deepspeed"), "strategy deepspeed"),
-    ):
-        with pytest.raises(CheckpointError, match=f"{tmp_path}: a sharded checkpoint .* {where}"):
-            check_resumable(engine, tmp_path)
+    for strategy in ("single", "ddp", "fsdp"):  # with or without tensor / pipeline parallelism
+        check_resumable(SimpleNamespace(strategy_name=strategy), tmp_path)
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: a sharded checkpoint .* deepspeed"):
+        check_resumable(SimpleNamespace(strategy_name="deepspeed"), tmp_path)
 
 
 def test_tensor_parallel_checkpoint_resumes_on_one_process(root: Path) -> None:

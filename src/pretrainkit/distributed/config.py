@@ -90,7 +90,8 @@ class ParallelConfig:
     model.safetensors and trainer_state.pt; a checkpoint is a model folder) or sharded (every
     process writes its own part through torch.distributed.checkpoint as safetensors, nothing
     gathered; resumes on any layout; `pretrainkit convert --from-checkpoint` makes a model
-    folder of one). sharded: strategies single, ddp and fsdp, with or without tensor_parallel.
+    folder of one). sharded: strategies single, ddp and fsdp, with or without tensor_parallel
+    and pipeline_parallel.
     RUN/model is a full model folder either way."""
 
     def __post_init__(self) -> None:
@@ -261,12 +262,6 @@ class ParallelConfig:
                 "its own per-process optimizer partitions already (deepspeed/zero-rank-*); use "
                 "--checkpoint-format full, or --strategy fsdp for torch.distributed.checkpoint "
                 "shards"
-            )
-        if self.pipeline_parallel > 1:
-            raise ConfigError(
-                f"checkpoint_format 'sharded' with pipeline_parallel {self.pipeline_parallel} is "
-                "not supported yet (each stage holds other parameters, and tied weights twice); "
-                "use --checkpoint-format full"
             )
 
     @property

@@ -40,7 +40,9 @@ targets to the schedule:
   are all-reduced) to the same index of the next stage.
 - **checkpoints**: every stage's weights and optimizer state are gathered onto rank 0 and
   written in the usual format (the full ``model.safetensors``, the name-keyed optimizer
-  state), which loads in one process and resumes on any layout.
+  state), which loads in one process and resumes on any layout; or, with checkpoint_format
+  sharded, each process writes its own stage's part (``distributed.sharded_checkpoint``: a
+  tied copy once, by the stage holding its source, and read back from it).
 """
 
 from __future__ import annotations
@@ -695,11 +697,9 @@ class PipelineEngine(Engine):
         return merge_optimizer_states(parts, self.aliases)
 
     def load(self, directory: Path, state: dict[str, Any]) -> None:
-        if state.get("checkpoint_format") == "sharded":
-            raise CheckpointError(
-                f"{directory}: a sharded checkpoint (checkpoint_format 'sharded') does not "
-                "resume under pipeline parallelism yet; resume it with pipeline_parallel 1"
-            )
+        if state.get("checkpoint_format") == "sharded":  # each stage reads its tensors
+            super().load(directory, state)
+            return
         self.load_weights(directory)
         try:
             if state.get("format", 1) == 1:

@@ -67,28 +67,44 @@ def check_shardable(model: nn.Module) -> None:
 
 def check_resumable(engine: Any, checkpoint: Path) -> None:
     """Refuse, naming the checkpoint, engines that do not load sharded checkpoints."""
-    if engine.pipeline_parallel > 1:
-        where = f"pipeline_parallel {engine.pipeline_parallel}"
-    elif engine.strategy_name == "deepspeed":
-        where = "strategy deepspeed"
-    else:
+    if engine.strategy_name != "deepspeed":
         return
     raise CheckpointError(
         f"{checkpoint}: a sharded checkpoint (--checkpoint-format sharded) resumes under "
-        f"strategy single, ddp or fsdp (tensor parallelism included), not with {where}; or "
-        "make a model folder of it with `pretrainkit convert --from-checkpoint`"
+        "strategy single, ddp or fsdp (tensor and pipeline parallelism included), not with "
+        "strategy deepspeed; or make a model folder of it with `pretrainkit convert "
+        "--from-checkpoint`"
     )
 
 
 # -- the state as flat, name-keyed tensors ----------------------------------------------------
 
 
-def model_tensors(engine: Any) -> dict[str, Tensor]:
-    """This process's weights keyed by name (DTensors where sharded), tied copies once."""
+def model_tensors(engine: Any, reading: bool = False) -> dict[str, Tensor]:
+    """This process's weights keyed by name (DTensors where sharded), tied copies once.
+
+    Under pipeline parallelism a process may hold a tied copy without its source (the
+    last stage's head, tied to the word embedding on stage 0). It is not written (stage 0
+    writes the source, and both copies are equal) but, ``reading``, it is read from the
+    source's stored values, under the source's name.
+    """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     state: dict[str, Any] = get_model_state_dict(engine.module)
-    return {k: v for k, v in state.items() if k not in aliases_of(engine.model)}
+    return _once(state, engine_aliases(engine), reading)
+
+
+def _once(state: dict[str, Any], aliases: dict[str, str], reading: bool) -> dict[str, Any]:
+    """``state`` without its tied copies; ``reading``, a copy whose source is not in ``state``
+    is kept, under the source's name (see ``model_tensors``)."""
+    kept: dict[str, Any] = {}
+    for name, value in state.items():
+        if name in aliases:
+            if not reading or aliases[name] in state:
+                continue
+            name = aliases[name]
+        kept[name] = value
+    return kept
 
 
 def aliases_of(model: nn.Module) -> dict[str, str]:
@@ -96,9 +112,17 @@ def aliases_of(model: nn.Module) -> dict[str, str]:
     return tied() if callable(tied) else {}
 
 
-def optimizer_state(engine: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def engine_aliases(engine: Any) -> dict[str, str]:
+    """The tied copies of the engine's model (a pipeline keeps them from before its stages
+    dropped the other stages' modules)."""
+    aliases = getattr(engine, "aliases", None)
+    return dict(aliases) if aliases is not None else aliases_of(engine.model)
+
+
+def optimizer_state(engine: Any, reading: bool = False) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The optimizer state keyed by parameter name (DTensors where sharded) and its tensors
-    as one flat dict ``{"<name>.<key>": tensor}`` that shares their storage.
+    as one flat dict ``{"<name>.<key>": tensor}`` that shares their storage; a tied copy's
+    state as its weight is in ``model_tensors`` (the two copies take the same steps).
 
     A fresh optimizer gets its state first (one step of lr 0 on zero gradients, PyTorch's
     own way), so that a resume has tensors to read into.
@@ -107,7 +131,7 @@ def optimizer_state(engine: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
     state: dict[str, Any] = dict(get_optimizer_state_dict(engine.module, engine.optimizer))
     flat: dict[str, Tensor] = {}
-    for name, values in state["state"].items():
+    for name, values in _once(state["state"], engine_aliases(engine), reading).items():
         for key, value in values.items():
             if not isinstance(value, Tensor):
                 raise CheckpointError(
@@ -148,8 +172,9 @@ def save_sharded(engine: Any, directory: Path) -> None:
     weights = model_tensors(engine)
     groups, moments = optimizer_state(engine)
     # Checked on every process alike before anything is written, so that all of them fail
-    # together rather than some waiting in a collective.
-    described = describe(weights), describe(moments)
+    # together rather than some waiting in a collective. Under a pipeline each stage holds
+    # other tensors: the index lists them all.
+    described = _everyone(describe(weights)), _everyone(describe(moments))
     try:
         json.dumps(groups["param_groups"])
     except TypeError as error:
@@ -170,6 +195,7 @@ def save_sharded(engine: Any, directory: Path) -> None:
         "layout": {
             "strategy": engine.strategy_name,
             "tensor_parallel": engine.tensor_parallel,
+            "pipeline_parallel": engine.pipeline_parallel,
             "data_parallel": engine.data_world,
         },
         "model_files": model_files,
@@ -185,6 +211,21 @@ def save_sharded(engine: Any, directory: Path) -> None:
         },
     }
     (root / INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+
+
+def _everyone(described: dict[str, Any]) -> dict[str, Any]:
+    """Every process's tensor descriptions merged (the same under every layout but a
+    pipeline's, whose stages hold different tensors)."""
+    import torch.distributed as dist
+
+    if not _distributed():
+        return described
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, described)
+    merged: dict[str, Any] = {}
+    for part in gathered:
+        merged.update(part)
+    return dict(sorted(merged.items()))
 
 
 def write_model_files(model: nn.Module, directory: Path) -> list[str]:
@@ -227,21 +268,24 @@ def load_sharded(engine: Any, checkpoint: Path, state: dict[str, Any]) -> None:
     """Restore weights, optimizer and engine state from a sharded checkpoint onto the
     engine's layout (any of single, DDP, FSDP, with or without TP). Every process calls it."""
     from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    from pretrainkit.distributed.engines import weights_with_aliases
-
     index = read_index(checkpoint)
     path = index_path(checkpoint)
-    weights = model_tensors(engine)
-    check_names(path, index["model"]["tensors"], weights)
+    weights = model_tensors(engine, reading=True)
+    _check_names(engine, path, index["model"]["tensors"], weights)
     load_part(checkpoint, "model", weights)
-    whole: dict[str, Any] = weights_with_aliases(engine.model, weights)
+    aliases = engine_aliases(engine)
+    whole: dict[str, Any] = {
+        name: weights[aliases.get(name, name) if name not in weights else name]
+        for name in get_model_state_dict(engine.module)
+    }
     set_model_state_dict(engine.module, whole)
-    groups, moments = optimizer_state(engine)
-    check_names(path, index["optimizer"]["tensors"], moments)
+    groups, moments = optimizer_state(engine, reading=True)
+    _check_names(engine, path, index["optimizer"]["tensors"], moments)
     load_part(checkpoint, "optimizer", moments)  # in place: ``groups`` holds them
     groups["param_groups"] = _param_groups(path, index["optimizer"]["param_groups"], groups)
     try:
@@ -253,8 +297,39 @@ def load_sharded(engine: Any, checkpoint: Path, state: dict[str, Any]) -> None:
     engine.per_tensor_updates()  # the saved flags may ask for a fused kernel (TP cannot)
 
 
+def _check_names(engine: Any, path: Path, stored: dict[str, Any], found: dict[str, Any]) -> None:
+    """``check_names`` on this process's tensors; under a pipeline each stage holds part of
+    the stored ones, so what no stage holds is checked on the union, and every process
+    learns whether any failed (none waits in a collective that another left)."""
+    import torch.distributed as dist
+
+    if engine.pipeline_parallel == 1:
+        check_names(path, stored, found)
+        return
+    names = [None] * dist.get_world_size()
+    dist.all_gather_object(names, sorted(found))
+    union = {name for part in names for name in cast(list[str], part)}
+    problem = ""
+    try:  # this stage's tensors: all stored, with their shapes
+        check_names(path, {k: v for k, v in stored.items() if k in found}, found)
+    except CheckpointError as error:
+        problem = str(error)
+    unheld = sorted(set(stored) - union)
+    if unheld and not problem:
+        more = " ..." if len(unheld) > 5 else ""
+        problem = (
+            f"{path} does not fit this model: not in the model ({len(unheld)}): "
+            f"{', '.join(unheld[:5])}{more}"
+        )
+    problems = [""] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    if any(problems):
+        raise CheckpointError(next(p for p in problems if p))
+
+
 def _param_groups(path: Path, saved: list[Any], current: dict[str, Any]) -> list[dict[str, Any]]:
-    """The saved parameter groups with JSON's lists turned back into tuples (AdamW's betas)."""
+    """The saved parameter groups with JSON's lists turned back into tuples (AdamW's betas);
+    each group keeps this process's own parameters (a pipeline stage holds some only)."""
     groups = current["param_groups"]
     if len(saved) != len(groups) or not all(isinstance(g, dict) for g in saved):
         raise CheckpointError(
@@ -262,12 +337,12 @@ def _param_groups(path: Path, saved: list[Any], current: dict[str, Any]) -> list
         )
     restored = []
     for now, then in zip(groups, saved):
-        restored.append(
-            {
-                key: tuple(value)
-                if isinstance(now.get(key), tuple) and isinstance(value, list)
-                else value
-                for key, value in then.items()
-            }
-        )
+        group = {
+            key: tuple(value)
+            if isinstance(now.get(key), tuple) and isinstance(value, list)
+            else value
+            for key, value in then.items()
+        }
+        group["params"] = now["params"]
+        restored.append(group)
     return restored
