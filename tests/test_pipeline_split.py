@@ -175,7 +175,8 @@ FOUR_LAYERS = [*TINY_MODEL, "--model.encoder.num_layers", "4"]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer tiny BERT (MLM + NSP, tied decoder): the single-process reference, PP 2
-    under 1F1B cut by measured time, and PP 2 interleaved (2 stages per process, 4 in all)."""
+    under 1F1B cut by measured time, and PP 2 interleaved (2 stages per process, 4 in all),
+    alone and with TP 2."""
     root = tmp_path_factory.mktemp("split")
     shards = layout_shards(root, "bert", "shards")
 
@@ -187,6 +188,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torchrun(2, *args(root / "time", *pp2, "--pipeline-split", "time"), log=root / "time.log")
     interleaved = [*pp2, "--pipeline-schedule", "interleaved", "--stages-per-process", "2"]
     torchrun(2, *args(root / "interleaved", *interleaved), log=root / "interleaved.log")
+    # Each of the 4 stages split over 2 tensor-parallel processes: 4 processes.
+    tp2 = [*interleaved, "--tensor-parallel", "2"]
+    torchrun(4, *args(root / "interleaved-tp2", *tp2), log=root / "interleaved-tp2.log")
     return root
 
 
@@ -194,7 +198,7 @@ def split_line(log: Path) -> str:
     return next(x for x in log.read_text().splitlines() if "pipeline split by" in x)
 
 
-@pytest.mark.parametrize("run", ["time", "interleaved"])
+@pytest.mark.parametrize("run", ["time", "interleaved", "interleaved-tp2"])
 def test_pipeline_follows_the_single_process_loss_curve(root: Path, run: str) -> None:
     single, piped = losses(root / "single"), losses(root / run)
     assert sorted(piped) == sorted(single)
@@ -237,8 +241,6 @@ def test_interleaved_options_are_checked() -> None:
         ParallelConfig(pipeline_parallel=2, stages_per_process=2)
     with pytest.raises(ConfigError, match="integer ≥ 2"):
         ParallelConfig(pipeline_parallel=2, pipeline_schedule="interleaved", stages_per_process=1)
-    with pytest.raises(ConfigError, match="'interleaved' with tensor_parallel 2"):
-        ParallelConfig(pipeline_parallel=2, pipeline_schedule="interleaved", tensor_parallel=2)
     with pytest.raises(ConfigError, match="microbatches 3 is not a multiple of the 2"):
         ParallelConfig(pipeline_parallel=2, pipeline_schedule="interleaved", microbatches=3)
     interleaved = ParallelConfig(pipeline_parallel=4, pipeline_schedule="interleaved")

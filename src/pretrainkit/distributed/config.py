@@ -202,11 +202,6 @@ class ParallelConfig:
                     f"stages_per_process must be an integer ≥ 2, got {virtual!r} (1 is plain "
                     "1f1b: use --pipeline-schedule 1f1b)"
                 )
-        if schedule == "interleaved" and self.tensor_parallel != 1:
-            raise ConfigError(
-                f"pipeline_schedule 'interleaved' with tensor_parallel {self.tensor_parallel} "
-                "is not supported yet (not tested); use --pipeline-schedule 1f1b or gpipe"
-            )
         count = self.microbatches
         if count is not None:
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
