@@ -213,7 +213,8 @@ def test_models_the_pipeline_cannot_split_are_refused() -> None:
 
     small = {"vocab_size": 100}  # on the meta device: nothing is allocated
     cases = [
-        ("bart-base", {}, "encoder-decoder models"),
+        ("t5-small", {}, "encoder.position 'relative'"),
+        ("s2t-small", {}, "'speech' inputs"),
         ("bert-tiny", {"encoder": {"name": "lstm"}}, "no layer stack to split"),
         ("bert-tiny", {"encoder": {"share_layers": True}}, "a shared block"),
         ("bert-tiny", {"encoder": {"position": "relative"}}, "'relative'"),
@@ -227,6 +228,14 @@ def test_models_the_pipeline_cannot_split_are_refused() -> None:
                 check_pipeline(model, 2)
         with pytest.raises(ConfigError, match="exceeds the 2 encoder layer"):
             check_pipeline(build_model("bert-tiny", small), 3)
+        bart = build_model("bart-base", small)  # 6 + 6 layers
+        with pytest.raises(ConfigError, match="exceeds the 12 encoder and decoder layer"):
+            check_pipeline(bart, 13)
+        with pytest.raises(ConfigError, match="interleaved schedule with an encoder-decoder"):
+            check_pipeline(bart, 2, 2)
+        with pytest.raises(ConfigError, match="pipeline_split 'time' with an encoder-decoder"):
+            check_pipeline(bart, 2, 1, "time")
+        check_pipeline(bart, 12)
 
 
 BAD_LAYOUTS = [

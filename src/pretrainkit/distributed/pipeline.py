@@ -14,7 +14,9 @@ targets to the schedule:
   times every part, ``balance_stages`` charges stage 0 the embedding and the last stage the
   targets). Under the interleaved schedule the stack is cut into M × V stages and process p
   holds stages p, p + M, ... Each process drops the modules of the stages it does not hold
-  (never allocated off rank 0: those processes build on meta).
+  (never allocated off rank 0: those processes build on meta). An encoder-decoder model's
+  stack is the encoder's layers, then the decoder's (``layer_slots``); between decoder
+  stages the memory travels with the decoder's states (``_Seq2SeqStage``).
 - **the loss**: the targets compute it from the labels in the batch. The last stage gets the
   rows of each micro-batch as the schedule's ``target`` and reads their labels from the batch
   it was given; each target's micro-batch mean is weighted by its share of the labelled
@@ -77,6 +79,7 @@ from pretrainkit.distributed.pipeline_plan import (
     check_pipeline,
     keep_stage,
     label_count,
+    layer_slots,
     measure_stage_costs,
     merge_optimizer_states,
     pad_batch,
@@ -162,6 +165,64 @@ class _StageModule(nn.Module):
 _PASS = OnOtherStage()
 
 
+class _Seq2SeqStage(nn.Module):
+    """What ``PipelineStage`` runs for an encoder-decoder model: this stage's ``layers`` of
+    the encoder's ``E`` layers followed by the decoder's (numbered along ``layer_slots``).
+
+    What passes between stages depends on where they cut: within the encoder its hidden
+    states; at the encoder's end its output (the memory, after the encoder's final norm);
+    within the decoder the decoder's hidden states and the memory, which every decoder layer
+    reads (cross-attention) and which therefore travels on, its gradient flowing back through
+    every stage that read it. The stage that holds the decoder's first layer embeds the
+    decoder's inputs, a side input of every stage like the masks.
+    """
+
+    def __init__(
+        self, model: Model, layers: range, last: bool, precision: str, device: torch.device
+    ):
+        super().__init__()
+        self.model = model
+        self.start, self.stop = layers.start, layers.stop
+        self.split = len(cast(TransformerEncoder, model.encoder).layers)  # E
+        self.last = last
+        self.precision, self.device = precision, device
+
+    def forward(
+        self,
+        *received: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        from pretrainkit.training.precision import autocast
+
+        model = self.model
+        with autocast(self.precision, self.device):
+            if self.start < self.split:  # encoder layers here
+                hidden = received[0]
+                if self.start == 0:
+                    hidden = cast(nn.Module, model.embedding)(hidden, token_type_ids, position_ids)
+                hidden = cast(nn.Module, model.encoder)(hidden, attention_mask)
+                if self.stop <= self.split:  # the memory when the encoder ends here
+                    return hidden
+                memory = hidden
+            else:
+                memory = received[-1]
+            if self.start <= self.split:  # the decoder starts here
+                target = cast(nn.Module, model.tgt_embedding)(decoder_input_ids)
+            else:
+                target = received[0]
+            target = cast(nn.Module, model.decoder)(
+                target, decoder_attention_mask, memory, model.encoder_mask(attention_mask)
+            )
+            if self.last:
+                return target
+            # A view, not the received tensor itself: the stage's outputs are new tensors.
+            return target, memory.view_as(memory)
+
+
 def _cpu(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.detach().cpu()
@@ -229,7 +290,8 @@ class PipelineEngine(Engine):
         self.pp_group, self.dp_group = mesh["pp"].get_group(), mesh["dp"].get_group()
         self.first = self.stage_index == 0
         self.last = self.stage_index == stages - 1
-        self._length = 0  # sequence length the stage's buffers were built for
+        # Sequence lengths the stage's buffers were built for (encoder, decoder or None).
+        self._length: tuple[int, int | None] = (0, None)
         self._schedule: Any = None
         self._metric_names: list[str] | None = None
         self._records: dict[int, dict[str, Tensor]] = {}
@@ -264,7 +326,7 @@ class PipelineEngine(Engine):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Keep this stage's modules, then copy rank 0's initial weights into them."""
-        check_pipeline(model, self.pipeline_parallel, self.per_process)
+        check_pipeline(model, self.pipeline_parallel, self.per_process, self.split_name)
         if self.tp_size > 1:
             check_tensor_parallel(model, self.tp_size)
         assert isinstance(model, Model)
@@ -323,6 +385,13 @@ class PipelineEngine(Engine):
 
     def _stage_modules(self, model: Model) -> list[nn.Module]:
         """What the schedule runs: one module per stage this process holds."""
+        if model.decoder is not None:  # one stage per process (checked)
+            last = self.stage_index == len(self.ranges) - 1
+            return [
+                _Seq2SeqStage(
+                    model, self.ranges[self.stage_index], last, self.precision, self.device
+                )
+            ]
         if self.per_process == 1:
             return [_StageModule(model, self.first, self.precision, self.device)]
         return [
@@ -356,9 +425,10 @@ class PipelineEngine(Engine):
         options = fsdp_options(self.precision)
         options["mesh"] = self.layout_mesh["dp"]
         options["reshard_after_forward"] = False
-        layers = cast(TransformerEncoder, model.encoder).layers
+        slots = layer_slots(model)
         for index in self.own_layers:
-            fully_shard(layers[index], **options)
+            stack, local = slots[index]
+            fully_shard(stack.layers[local], **options)
         fully_shard(self.stage_modules[0], **options)
 
     def _split(self, model: Model, on_meta: bool) -> list[range]:
@@ -366,8 +436,10 @@ class PipelineEngine(Engine):
         measured time (rank 0 measures, on its real weights, and sends the costs to all, so
         every process cuts alike however its own clock runs); logged once, and kept in
         ``split_record``."""
-        layers = cast(TransformerEncoder, model.encoder).layers
-        sizes = [sum(p.numel() for p in layer.parameters()) for layer in layers]
+        sizes = [
+            sum(p.numel() for p in stack.layers[index].parameters())
+            for stack, index in layer_slots(model)
+        ]
         record: dict[str, Any] = {"split": self.split_name}
         count = self.pipeline_parallel * self.per_process
         if self.split_name == "params":
@@ -422,43 +494,55 @@ class PipelineEngine(Engine):
 
         from pretrainkit.distributed.tensor_parallel import block_plan
 
-        layers = cast(TransformerEncoder, cast(Model, model).encoder).layers
+        slots = layer_slots(cast(Model, model))
         for index in self.own_layers:
-            block = layers[index]
+            stack, local = slots[index]
+            block = stack.layers[local]
             parallelize_module(block, self.mesh["tp"], block_plan(block), src_data_rank=None)
 
     def _tie_groups(self, model: nn.Module, wanted: list[list[str]]) -> None:
-        """The tied pairs split over two stages, and a process group for each pair in each
-        pipeline and tensor-parallel index (``wanted``: each stage's names)."""
+        """The tied weights held by several stages, and a process group for each in each
+        pipeline and tensor-parallel index (``wanted``: each stage's names).
+
+        A tied set is a source and its aliases (the word embedding, an MLM or LM head, an
+        encoder-decoder's target embedding): its holders are the stages holding any of them;
+        their gradients are summed over all holders before every update, and the gradient
+        norm counts the set on its first holder only.
+        """
         holder = {name: stage for stage, names in enumerate(wanted) for name in names}
         params = dict(model.named_parameters())
-        stages = self.pipeline_parallel
+        sets: dict[str, set[str]] = {}
+        for alias, source in self.aliases.items():
+            sets.setdefault(source, {source}).add(alias)
         self.tied: list[tuple[nn.Parameter, Any]] = []
         self.tied_copies: set[int] = set()  # parameters the norm must not count twice
-        for alias, source in sorted(self.aliases.items()):
-            pair = sorted({holder.get(alias, -1), holder.get(source, -1)})
-            if -1 in pair or len(pair) == 1:
+        for _, names in sorted(sets.items()):
+            holders = sorted({holder[name] for name in names if name in holder})
+            if len(holders) < 2:
                 continue
-            if pair == list(range(stages)):  # the whole pipeline
+            if holders == list(range(self.pipeline_parallel)):  # the whole pipeline
                 group = self.pp_group
             else:  # every process creates every pipeline's groups, in the same order
                 groups = {
-                    (row, index): dist.new_group([self.rank_of(row, s, index) for s in pair])
+                    (row, index): dist.new_group([self.rank_of(row, s, index) for s in holders])
                     for row in range(self.pipelines)
                     for index in range(self.tp_size)
                 }
                 group = groups[self.pipeline_index, self.tp_index]
-            if alias in params:
-                self.tied.append((params[alias], group))
-                self.tied_copies.add(id(params[alias]))
-            elif source in params:
-                self.tied.append((params[source], group))
+            # On one process the tied names are one parameter (named once).
+            own = next((params[name] for name in sorted(names) if name in params), None)
+            if own is None:
+                continue
+            self.tied.append((own, group))
+            if self.stage_index != holders[0]:
+                self.tied_copies.add(id(own))
 
     # -- one step ------------------------------------------------------------------------
 
-    def _schedule_for(self, length: int) -> Any:
-        """The schedule whose stage buffers fit ``length`` positions (built on first use and
-        again when a longer batch comes; every stage sees the same batch, so all agree)."""
+    def _schedule_for(self, length: tuple[int, int | None]) -> Any:
+        """The schedule whose stage buffers fit ``length`` positions (the encoder's and, in an
+        encoder-decoder model, the decoder's; built on first use and again when a longer batch
+        comes; every stage sees the same batch, so all agree)."""
         if self._schedule is not None and length == self._length:
             return self._schedule
         from torch.distributed.pipelining import (
@@ -501,9 +585,22 @@ class PipelineEngine(Engine):
                 f"a batch of {rows} sequences does not split into {self.microbatches} equal "
                 "micro-batches"
             )
-        length = max(self._length, batch["input_ids"].shape[1])
-        batch = pad_batch(batch, length)
-        schedule = self._schedule_for(length)
+        length = max(self._length[0], batch["input_ids"].shape[1])
+        decoder_length, pad_id = None, 0
+        model = cast(Model, self.model)
+        decoder = model.config.decoder
+        if decoder is not None:  # its side padded to its own length
+            if "labels" not in batch:
+                raise ConfigError("an encoder-decoder model's pipeline needs labels in the batch")
+            if "decoder_input_ids" not in batch:
+                inputs = model.decoder_inputs(batch["labels"])
+                batch = {**batch, "decoder_input_ids": inputs}
+            decoder_length = max(self._length[1] or 0, batch["labels"].shape[1])
+            pad_id = decoder.pad_id
+        if self.pipelines > 1:
+            length, decoder_length = self._agree(length, decoder_length)
+        batch = pad_batch(batch, length, decoder_length, pad_id)
+        schedule = self._schedule_for((length, decoder_length))
         side = {key: batch[key] for key in SIDE_INPUTS if key in batch}
         self._records = {}
         losses: list[Tensor] = []
@@ -523,6 +620,15 @@ class PipelineEngine(Engine):
             schedule.step(**side)
         return self._share(losses)
 
+    def _agree(self, length: int, decoder_length: int | None) -> tuple[int, int | None]:
+        """The longest lengths over the pipelines: every pipeline pads to them, so all build
+        their schedules alike. A schedule built anew probes its shapes with a real forward and
+        backward, whose FSDP gathers and reductions over "dp" would otherwise wait for
+        pipelines that are not probing (a hang)."""
+        lengths = torch.tensor([length, decoder_length or 0], device=self.device)
+        dist.all_reduce(lengths, op=dist.ReduceOp.MAX, group=self.dp_group)
+        return int(lengths[0]), (int(lengths[1]) if decoder_length is not None else None)
+
     def _loss(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """The targets' loss on one micro-batch (``rows`` of the batch), as its share of the
         batch mean: each target's micro-batch mean × its labelled entries here / in the batch.
@@ -530,7 +636,9 @@ class PipelineEngine(Engine):
         from pretrainkit.training.precision import autocast
 
         batch = self._batch
-        mask = batch["attention_mask"][rows]
+        # A sequence-to-sequence target reads the decoder's states: their mask.
+        seq2seq = self.model.decoder is not None  # type: ignore[union-attr]
+        mask = batch["decoder_attention_mask" if seq2seq else "attention_mask"][rows]
         total: Tensor | None = None
         metrics: dict[str, Tensor] = {}
         with autocast(self.precision, self.device):

@@ -19,17 +19,35 @@ IGNORE_INDEX = -100
 # Targets whose loss is a mean over the label entries that are not IGNORE_INDEX (the causal
 # LM's shifted by one), which the last stage re-weights per micro-batch; the others would need
 # their own rule.
-PIPELINE_TARGETS = ("mlm", "lm", "nsp", "sop")
-# Batch entries besides input_ids that the embedding and the encoder read (every stage gets
-# them); labels are read by the loss on the last stage.
-SIDE_INPUTS = ("attention_mask", "token_type_ids", "position_ids", "example_ids", "prefix_lengths")
+PIPELINE_TARGETS = ("mlm", "lm", "nsp", "sop", "seq2seq_lm")
+# Entries of a sequence-to-sequence batch on the decoder's side (``[b, t]``, t its own length).
+DECODER_INPUTS = ("decoder_input_ids", "decoder_attention_mask")
+# Batch entries besides input_ids that the embedding, the encoder and the decoder read (every
+# stage gets them); labels are read by the loss on the last stage.
+SIDE_INPUTS = (
+    "attention_mask", "token_type_ids", "position_ids", "example_ids", "prefix_lengths",
+    *DECODER_INPUTS,
+)  # fmt: skip
 # Only the objectives' inputs above: an image or speech batch has no input_ids.
 BATCH_KEYS = ("input_ids", "labels", "pair_labels", *SIDE_INPUTS)
 
 
-def check_pipeline(model: nn.Module, stages: int, per_process: int = 1) -> None:
+def layer_slots(model: Model) -> list[tuple[TransformerEncoder, int]]:
+    """The pipeline's layer stack, in order: each layer as (its stack, its index there). The
+    encoder's layers, then, in an encoder-decoder model, the decoder's: one stack of
+    ``E + D`` layers that the stages cut wherever the split puts them."""
+    stacks = [cast(TransformerEncoder, model.encoder)]
+    if model.decoder is not None:
+        stacks.append(cast(TransformerEncoder, model.decoder))
+    return [(stack, index) for stack in stacks for index in range(len(stack.layers))]
+
+
+def check_pipeline(
+    model: nn.Module, stages: int, per_process: int = 1, split: str = "params"
+) -> None:
     """Fail before anything is written on a model ``stages`` pipeline stages (each process
-    holding ``per_process`` of them, under the interleaved schedule) cannot split.
+    holding ``per_process`` of them, under the interleaved schedule; cut by ``split``)
+    cannot split.
 
     Raises:
         ConfigError: Naming what is not supported (yet) and what to use instead.
@@ -43,39 +61,38 @@ def check_pipeline(model: nn.Module, stages: int, per_process: int = 1) -> None:
             f"{where}: {type(model).__name__} is not a pretrainkit Model (embedding → encoder → "
             "targets); models wrapped by a recipe train with pipeline_parallel 1"
         )
+    stacks = [("encoder", model.encoder)]
     if model.decoder is not None:
+        stacks.append(("decoder", model.decoder))
+        if per_process > 1:
+            raise ConfigError(
+                f"{where}: the interleaved schedule with an encoder-decoder model is not "
+                "supported yet; use --pipeline-schedule 1f1b or gpipe"
+            )
+        if split != "params":
+            raise ConfigError(
+                f"{where}: pipeline_split {split!r} with an encoder-decoder model is not "
+                "supported yet (the measurement times encoder layers only); use "
+                "--pipeline-split params"
+            )
+    for slot, stack in stacks:
+        _check_stack(where, slot, stack)
+    total = sum(cast(TransformerEncoder, stack).num_layers for _, stack in stacks)
+    if stages > total:
+        kind = "encoder and decoder" if model.decoder is not None else "encoder"
         raise ConfigError(
-            f"{where}: encoder-decoder models (a decoder slot) are not supported yet; the "
-            "pipeline splits encoder-only (BERT-like) and decoder-only (GPT/LLaMA-like) stacks"
+            f"{where} exceeds the {total} {kind} layer(s): every stage needs at least one "
+            f"layer; use at most {total} stages in all"
         )
-    encoder = model.encoder
-    if not isinstance(encoder, TransformerEncoder):
-        raise ConfigError(
-            f"{where}: the encoder is a {type(encoder).__name__}, which has no layer stack to "
-            "split; RNN and CNN encoders train with pipeline_parallel 1"
-        )
-    if len(encoder.layers) != encoder.num_layers:
-        raise ConfigError(
-            f"{where}: the encoder applies {len(encoder.layers)} block(s) {encoder.num_layers} "
-            "times (share_layers / layer_groups); a shared block would live on several stages, "
-            "which is not supported"
-        )
-    if encoder.relative_bias is not None:
-        raise ConfigError(
-            f"{where}: encoder.position 'relative' computes one bias table for all layers, "
-            "which the stages would share; not supported yet (use rotary, absolute or alibi)"
-        )
-    if stages > encoder.num_layers:
-        raise ConfigError(
-            f"{where} exceeds the {encoder.num_layers} encoder layer(s): every stage needs at "
-            f"least one layer; use at most {encoder.num_layers} stages in all"
-        )
-    token_part = getattr(model.embedding, "token_part", None)
-    if token_part != "word":
-        raise ConfigError(
-            f"{where}: the embedding reads {token_part!r} inputs; the pipeline takes token ids "
-            "(a 'word' embedding) only so far"
-        )
+    for slot in ("embedding", "tgt_embedding"):
+        token_part = getattr(getattr(model, slot), "token_part", None)
+        if slot == "tgt_embedding" and model.decoder is None:
+            continue
+        if token_part != "word":
+            raise ConfigError(
+                f"{where}: the {slot} reads {token_part!r} inputs; the pipeline takes token "
+                "ids (a 'word' embedding) only so far"
+            )
     names = [entry.name for entry in model.config.targets]
     unsupported = [name for name in names if name not in PIPELINE_TARGETS]
     if unsupported:
@@ -83,6 +100,26 @@ def check_pipeline(model: nn.Module, stages: int, per_process: int = 1) -> None:
             f"{where}: target(s) {', '.join(unsupported)} not supported yet: the last stage "
             "re-weights each target's micro-batch mean into the batch mean, which it knows how "
             f"to do for {', '.join(PIPELINE_TARGETS)}"
+        )
+
+
+def _check_stack(where: str, slot: str, stack: nn.Module) -> None:
+    """One layer stack (the encoder's or the decoder's) that the stages can cut."""
+    if not isinstance(stack, TransformerEncoder):
+        raise ConfigError(
+            f"{where}: the {slot} is a {type(stack).__name__}, which has no layer stack to "
+            "split; RNN and CNN encoders train with pipeline_parallel 1"
+        )
+    if len(stack.layers) != stack.num_layers:
+        raise ConfigError(
+            f"{where}: the {slot} applies {len(stack.layers)} block(s) {stack.num_layers} "
+            "times (share_layers / layer_groups); a shared block would live on several stages, "
+            "which is not supported"
+        )
+    if stack.relative_bias is not None:
+        raise ConfigError(
+            f"{where}: {slot}.position 'relative' computes one bias table for all layers, "
+            "which the stages would share; not supported yet (use rotary, absolute or alibi)"
         )
 
 
@@ -285,15 +322,29 @@ def measure_stage_costs(
 
 def keep_stage(model: Model, layers: Collection[int], first: bool, last: bool) -> None:
     """Drop, in place, every module of ``model`` that this process's stage(s) do not compute
-    (``layers``: the layers of all of them)."""
+    (``layers``: the layers of all of them, numbered along ``layer_slots``).
+
+    An encoder-decoder model's encoder final norm stays with the encoder's last layer (it
+    makes the memory every decoder layer reads), its target embedding with the decoder's first
+    layer (which starts the decoder side) and the decoder's final norm on the last stage.
+    """
     encoder = cast(TransformerEncoder, model.encoder)
-    for index in range(len(encoder.layers)):
+    for index, (stack, local) in enumerate(layer_slots(model)):
         if index not in layers:
-            encoder.layers[index] = OnOtherStage()
+            stack.layers[local] = OnOtherStage()
     if not first:
         model.embedding = OnOtherStage()
-    if not last:
+    if model.decoder is not None:
+        count = len(encoder.layers)
+        if count not in layers:
+            model.tgt_embedding = OnOtherStage()
+        if count - 1 not in layers:
+            encoder.final_norm = None
+        if not last:
+            cast(TransformerEncoder, model.decoder).final_norm = None
+    elif not last:
         encoder.final_norm = None
+    if not last:
         model.targets = nn.ModuleDict()
 
 
@@ -304,24 +355,36 @@ def label_count(target: nn.Module, labels: Tensor) -> Tensor:
     return (labels != IGNORE_INDEX).sum()
 
 
-def pad_batch(batch: dict[str, Tensor], length: int) -> dict[str, Tensor]:
-    """``batch`` with its per-token entries right-padded to ``length`` positions.
+def pad_batch(
+    batch: dict[str, Tensor], length: int, decoder_length: int | None = None, pad_id: int = 0
+) -> dict[str, Tensor]:
+    """``batch`` with its per-token entries right-padded to ``length`` positions (and, in a
+    sequence-to-sequence batch, its decoder side, ``labels`` included, to ``decoder_length``;
+    ``decoder_input_ids`` with ``pad_id``).
 
     The stages exchange activations through buffers of one fixed shape; padding is masked out
-    of attention (``attention_mask`` 0) and of the loss (labels -100).
+    of attention (``attention_mask`` / ``decoder_attention_mask`` 0) and of the loss (labels
+    -100).
     """
     ids = batch["input_ids"]
     rows, width = ids.shape
-    if width == length and "attention_mask" in batch:
-        return batch
-    if "attention_mask" not in batch:
-        batch = {**batch, "attention_mask": torch.ones_like(ids)}
+    masks = {"attention_mask": ids}
+    if decoder_length is not None:
+        masks["decoder_attention_mask"] = batch["labels"]
+    batch = {**batch}
+    for key, like in masks.items():
+        if key not in batch:
+            batch[key] = torch.ones_like(like)
+    decoder_side = {"labels", *DECODER_INPUTS} if decoder_length is not None else set()
     padded = {}
     for key, value in batch.items():
-        if value.dim() >= 2 and tuple(value.shape[:2]) == (rows, width):
-            fill = IGNORE_INDEX if key == "labels" else 0
-            extra = value.new_full((rows, length - width, *value.shape[2:]), fill)
-            value = torch.cat((value, extra), dim=1)
+        wanted = decoder_length if key in decoder_side else length
+        if value.dim() >= 2 and value.shape[0] == rows and wanted is not None:
+            if key in decoder_side or tuple(value.shape[:2]) == (rows, width):
+                fill = IGNORE_INDEX if key == "labels" else 0
+                fill = pad_id if key == "decoder_input_ids" else fill
+                extra = value.new_full((rows, wanted - value.shape[1], *value.shape[2:]), fill)
+                value = torch.cat((value, extra), dim=1)
         padded[key] = value
     return padded
 
