@@ -35,8 +35,8 @@ targets to the schedule:
   micro-batches of a step (``reshard_after_forward`` off: one all-gather per step, not one
   per micro-batch) and freed after its backward.
 - **tensor parallelism** (``tensor_parallel`` N): each stage is N processes that split its
-  transformer blocks as ``distributed.tensor_parallel`` plans them (the embedding, the norms
-  and the targets stay whole). The processes form a ``("dp", "pp", "tp")`` mesh; each "pp"
+  transformer blocks as ``distributed.tensor_parallel`` plans them, and its word tables and
+  heads by vocabulary rows (the norms stay whole). The processes form a ``("dp", "pp", "tp")`` mesh; each "pp"
   row (one tensor-parallel index across the stages) runs its own copy of the schedule and
   sends the whole hidden states ``[b, s, h]`` (plain tensors: the blocks' row-wise outputs
   are all-reduced) to the same index of the next stage.
@@ -484,21 +484,28 @@ class PipelineEngine(Engine):
     def _split_stage(self, model: nn.Module) -> None:
         """Split this stage's transformer blocks over its "tp" processes (no-op without TP).
 
-        Only the blocks: the embedding, the final norm and the targets stay whole, so the
-        hidden states a stage sends on are plain tensors. ``src_data_rank=None``: each process
-        keeps its part of what it holds; the initial weights are copied in afterwards.
+        The blocks as ``distributed.tensor_parallel`` plans them, and the word tables and the
+        heads onto them by vocabulary rows; the norms stay whole, and the hidden states a stage
+        sends on are plain tensors (the row-wise outputs are all-reduced, the table's sums
+        too). ``src_data_rank=None``: each process keeps its part of what it holds; the
+        initial weights are copied in afterwards.
         """
         if self.tp_size == 1:
             return
         from torch.distributed.tensor.parallel import parallelize_module
 
         from pretrainkit.distributed.tensor_parallel import block_plan
+        from pretrainkit.distributed.tensor_parallel_vocabulary import split_vocabulary
 
         slots = layer_slots(cast(Model, model))
         for index in self.own_layers:
             stack, local = slots[index]
             block = stack.layers[local]
             parallelize_module(block, self.mesh["tp"], block_plan(block), src_data_rank=None)
+        # The word tables and heads this stage holds, by vocabulary rows (stage 0's table and
+        # the last stage's tied head alike, so their gradients' parts meet row for row).
+        vocabulary = cast(Model, model).config.vocab_size
+        split_vocabulary(model, self.mesh["tp"], src_data_rank=None, vocabulary=vocabulary)
 
     def _tie_groups(self, model: nn.Module, wanted: list[list[str]]) -> None:
         """The tied weights held by several stages, and a process group for each in each
@@ -724,13 +731,18 @@ class PipelineEngine(Engine):
             local.div_(self.pipelines)
 
     def _sum_tied_gradients(self) -> None:
-        """A weight held by two stages (word embedding, tied head) gets the sum of both
-        stages' gradients on both, as the one shared tensor would in one process."""
+        """A weight held by several stages (word embedding, tied head, a decoder's table) gets
+        the sum of their gradients on each, as the one shared tensor would in one process."""
         for param, group in self.tied:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             # Under fsdp both copies are sharded alike over "dp": the same rows meet.
             grad = param.grad
+            if isinstance(grad, DTensor) and isinstance(param, DTensor):
+                # A split table's lookup may leave its gradient replicated: laid out as the
+                # weight (a local slice, no communication), both copies' parts are the same rows.
+                if grad.placements != param.placements:
+                    grad = param.grad = grad.redistribute(param.device_mesh, param.placements)
             dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
 
     def grad_norm(self, max_norm: float | None) -> Tensor:

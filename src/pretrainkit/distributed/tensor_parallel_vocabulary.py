@@ -29,12 +29,15 @@ from pretrainkit.embeddings.embedding import WordEmbedding
 logger = logging.getLogger(__name__)
 
 
-def vocabulary_groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+def vocabulary_groups(
+    model: nn.Module, vocabulary: int | None = None
+) -> list[list[tuple[str, nn.Module]]]:
     """The modules holding a vocabulary-sized weight, grouped by shared (tied) weight.
 
     The word tables are the ``word`` parts of the embedding slots; the heads, every
     ``nn.Linear`` of the targets whose output width is a word table's vocabulary (the MLM and
-    LM decoders). A tied head falls in its table's group.
+    LM decoders) or ``vocabulary`` (a pipeline's last stage holds the head without the table).
+    A tied head falls in its table's group.
     """
     found: list[tuple[str, nn.Module]] = []
     for _, slot in STACKS:
@@ -43,7 +46,7 @@ def vocabulary_groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
             parts["word"] if "word" in parts else None, WordEmbedding
         ):
             found.append((f"{slot}.parts.word", parts["word"]))
-    sizes = {rows(module) for _, module in found}
+    sizes = {rows(module) for _, module in found} | ({vocabulary} if vocabulary else set())
     targets = getattr(model, "targets", None)
     if isinstance(targets, nn.Module):
         for name, module in targets.named_modules():
@@ -62,8 +65,11 @@ def rows(module: nn.Module) -> int:
     return weight.shape[0]
 
 
-def split_vocabulary(model: nn.Module, tp_mesh: Any, src_data_rank: int | None = 0) -> list[str]:
-    """Split the word tables and the heads onto the vocabulary by rows over ``tp_mesh``.
+def split_vocabulary(
+    model: nn.Module, tp_mesh: Any, src_data_rank: int | None = 0, vocabulary: int | None = None
+) -> list[str]:
+    """Split the word tables and the heads onto the vocabulary by rows over ``tp_mesh``
+    (``vocabulary``: see ``vocabulary_groups``).
 
     Tables are split with ``VocabularyParallelEmbedding`` (the output summed whole), heads
     with ``ColwiseParallel`` whose logits are gathered whole. Tied modules end up sharing one
@@ -81,7 +87,7 @@ def split_vocabulary(model: nn.Module, tp_mesh: Any, src_data_rank: int | None =
 
     size = tp_mesh.size()
     split: list[str] = []
-    for group in vocabulary_groups(model):
+    for group in vocabulary_groups(model, vocabulary):
         vocabulary = rows(group[0][1])
         names = [name for name, _ in group]
         if vocabulary % size:
