@@ -198,6 +198,30 @@ def test_two_tp2_pp2_pipelines_under_ddp_train_as_ddp(root: Path) -> None:
     assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in weights)
 
 
+def test_sequence_parallel_within_the_stages_follows_one_process(root: Path) -> None:
+    # Each stage splits its stack's input along the sequence (32 positions, 16 a process), its
+    # norms (stage 1's final norm too) run on the local positions and it sends whole hidden
+    # states on. Without dropout: one process's curve. With dropout 0.1: the losses of the
+    # same layout without sequence parallelism (every process draws the whole mask).
+    shards, sequence = root / "shards-mlm", [*TP2_PP2, "--sequence-parallel"]
+    torchrun(4, *pretrain_args(shards, root / "tp-pp-sp", *sequence), log=root / "tp-pp-sp.log")
+    assert "(sequence parallel)" in (root / "tp-pp-sp.log").read_text()
+    single, split = losses(root / "single"), losses(root / "tp-pp-sp")
+    assert sorted(split) == list(range(1, STEPS + 1))
+    for step, loss in single.items():
+        assert split[step] == pytest.approx(loss, rel=EXACT), step
+    dropped: dict[str, dict[int, float]] = {}
+    for name, extra in (("tp-pp-dropout", TP2_PP2), ("tp-pp-sp-dropout", sequence)):
+        args = layout_args(shards, root / name, *extra, "--steps", "6", dropout=[])
+        torchrun(4, *args, log=root / f"{name}.log")
+        dropped[name] = losses(root / name)
+    plain, sharded = dropped["tp-pp-dropout"], dropped["tp-pp-sp-dropout"]
+    assert sorted(sharded) == sorted(plain) == list(range(1, 7))
+    for step, loss in plain.items():
+        assert sharded[step] == pytest.approx(loss, rel=EXACT), step
+    assert plain[1] != pytest.approx(single[1], rel=1e-4)  # dropout was on
+
+
 BAD_LAYOUTS = [
     pytest.param(2, TP2_PP2, "needs exactly 4 processes (launched with 2)", id="world-2"),
     pytest.param(8, TP2_PP2, "with strategy 'single' needs exactly 4 processes", id="world-8"),

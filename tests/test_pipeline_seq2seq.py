@@ -9,7 +9,8 @@ end and the decoder's start). The word table is tied three ways (encoder embeddi
 embedding, LM head) and may sit on three stages; its gradients are summed over all of them.
 
 - 2 + 2 layers on PP 4 (one layer a stage: every kind of cut, the table on stages 0, 2, 3)
-  and on TP 2 × PP 2 (the decoder's cross-attention split too) follow one process within
+  and on TP 2 × PP 2 with sequence parallelism (the decoder's cross-attention split too; each
+  stack's activations split along the sequence between sub-layers) follow one process within
   1e-3 per step (measured ≤ 2.6e-7);
 - 1 + 2 layers on PP 2 (stage 0 runs the encoder and the first decoder layer);
 - two pipelines sharded by FSDP follow DDP on 2 processes; their batches have decoder sides
@@ -57,7 +58,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cli(*pretrain_args(shards, root / "single"))
     pp4 = ["--pipeline-parallel", "4", "--microbatches", "4"]
     torchrun(4, *pretrain_args(shards, root / "pp4", *pp4), log=root / "pp4.log")
-    tp2_pp2 = ["--pipeline-parallel", "2", "--tensor-parallel", "2"]
+    # With sequence parallelism: each stack splits its input along the sequence, the decoder's
+    # cross-attention reads the encoder's whole output.
+    tp2_pp2 = ["--pipeline-parallel", "2", "--tensor-parallel", "2", "--sequence-parallel"]
     torchrun(4, *pretrain_args(shards, root / "tp2-pp2", *tp2_pp2), log=root / "tp2-pp2.log")
     cli(*pretrain_args(shards, root / "single-1+2", *ONE_PLUS_TWO))
     across = [*ONE_PLUS_TWO, "--pipeline-parallel", "2"]

@@ -176,7 +176,7 @@ FOUR_LAYERS = [*TINY_MODEL, "--model.encoder.num_layers", "4"]
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer tiny BERT (MLM + NSP, tied decoder): the single-process reference, PP 2
     under 1F1B cut by measured time, and PP 2 interleaved (2 stages per process, 4 in all),
-    alone and with TP 2."""
+    alone and with TP 2 and sequence parallelism."""
     root = tmp_path_factory.mktemp("split")
     shards = layout_shards(root, "bert", "shards")
 
@@ -188,8 +188,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torchrun(2, *args(root / "time", *pp2, "--pipeline-split", "time"), log=root / "time.log")
     interleaved = [*pp2, "--pipeline-schedule", "interleaved", "--stages-per-process", "2"]
     torchrun(2, *args(root / "interleaved", *interleaved), log=root / "interleaved.log")
-    # Each of the 4 stages split over 2 tensor-parallel processes: 4 processes.
-    tp2 = [*interleaved, "--tensor-parallel", "2"]
+    # Each of the 4 stages split over 2 tensor-parallel processes (4 processes), the
+    # activations between sub-layers along the sequence too: a process's two stages each
+    # split their input and gather their output.
+    tp2 = [*interleaved, "--tensor-parallel", "2", "--sequence-parallel"]
     torchrun(4, *args(root / "interleaved-tp2", *tp2), log=root / "interleaved-tp2.log")
     return root
 

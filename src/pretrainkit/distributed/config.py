@@ -51,7 +51,8 @@ class ParallelConfig:
     """With tensor_parallel > 1: also split the norms' and dropouts' activations along the
     sequence (each process holds 1/tensor_parallel of the positions between the attention and
     feed-forward sub-layers, whose inputs are gathered): less activation memory for about the
-    same communication. Not with pipeline_parallel."""
+    same communication. With pipeline_parallel too: each stage splits the sequence as its
+    stack begins and sends the whole hidden states on."""
     pipeline_parallel: int = 1
     """Split the encoder's layer stack into this many consecutive stages, one per process
     (torch.distributed.pipelining): the first also embeds, the last also computes the targets.
@@ -140,13 +141,6 @@ class ParallelConfig:
                 "sequence_parallel splits activations over the processes of a tensor-parallel "
                 "group, but tensor_parallel is 1; add --tensor-parallel N (N > 1) or drop "
                 "--sequence-parallel"
-            )
-        pipeline = self.pipeline_parallel
-        if self.sequence_parallel and isinstance(pipeline, int) and pipeline > 1:
-            raise ConfigError(
-                f"sequence_parallel with pipeline_parallel {pipeline} is not supported yet "
-                "(the stages pass whole activations to each other); drop --sequence-parallel "
-                "or --pipeline-parallel"
             )
         if size == 1:
             return

@@ -36,10 +36,12 @@ targets to the schedule:
   per micro-batch) and freed after its backward.
 - **tensor parallelism** (``tensor_parallel`` N): each stage is N processes that split its
   transformer blocks as ``distributed.tensor_parallel`` plans them, and its word tables and
-  heads by vocabulary rows (the norms stay whole). The processes form a ``("dp", "pp", "tp")`` mesh; each "pp"
-  row (one tensor-parallel index across the stages) runs its own copy of the schedule and
-  sends the whole hidden states ``[b, s, h]`` (plain tensors: the blocks' row-wise outputs
-  are all-reduced) to the same index of the next stage.
+  heads by vocabulary rows (the norms stay whole, or with sequence parallelism run on the
+  local positions between the stack's start and end). The processes form a
+  ``("dp", "pp", "tp")`` mesh; each "pp" row (one tensor-parallel index across the stages)
+  runs its own copy of the schedule and sends the whole hidden states ``[b, s, h]`` (plain
+  tensors: the blocks' row-wise outputs are all-reduced, or a sequence-sharded stack's
+  output gathered) to the same index of the next stage.
 - **checkpoints**: every stage's weights and optimizer state are gathered onto rank 0 and
   written in the usual format (the full ``model.safetensors``, the name-keyed optimizer
   state), which loads in one process and resumes on any layout; or, with checkpoint_format
@@ -299,7 +301,9 @@ class PipelineEngine(Engine):
         self._totals: dict[str, float] = {}
         self._accumulate = 1
         # Engine reads the tensor-parallel size from the mesh's "tp" dimension.
-        super().__init__(model, config, device, precision, mesh if tp > 1 else None)
+        super().__init__(
+            model, config, device, precision, mesh if tp > 1 else None, parallel.sequence_parallel
+        )
 
     # -- the split ---------------------------------------------------------------------
 
@@ -328,7 +332,7 @@ class PipelineEngine(Engine):
         """Keep this stage's modules, then copy rank 0's initial weights into them."""
         check_pipeline(model, self.pipeline_parallel, self.per_process, self.split_name)
         if self.tp_size > 1:
-            check_tensor_parallel(model, self.tp_size)
+            check_tensor_parallel(model, self.tp_size, self.sequence_parallel)
         assert isinstance(model, Model)
         self.aliases = model.tied_parameters()
         on_meta = any(p.is_meta for p in model.parameters())
@@ -485,27 +489,48 @@ class PipelineEngine(Engine):
         """Split this stage's transformer blocks over its "tp" processes (no-op without TP).
 
         The blocks as ``distributed.tensor_parallel`` plans them, and the word tables and the
-        heads onto them by vocabulary rows; the norms stay whole, and the hidden states a stage
-        sends on are plain tensors (the row-wise outputs are all-reduced, the table's sums
-        too). ``src_data_rank=None``: each process keeps its part of what it holds; the
-        initial weights are copied in afterwards.
+        heads onto them by vocabulary rows; the hidden states a stage sends on are whole plain
+        tensors (the row-wise outputs are all-reduced, the table's sums too). With sequence
+        parallelism each stack this stage runs layers of splits its input along the sequence
+        as it begins (there is no embedding slot before it on a later stage) and gathers its
+        output as it ends; its norms, the final one included, run on the local positions.
+        ``src_data_rank=None``: each process keeps its part of what it holds; the initial
+        weights are copied in afterwards.
         """
         if self.tp_size == 1:
             return
         from torch.distributed.tensor.parallel import parallelize_module
 
         from pretrainkit.distributed.tensor_parallel import block_plan
+        from pretrainkit.distributed.tensor_parallel_styles import (
+            GatherSequenceOutput,
+            SequenceParallelNorm,
+            SequenceShardedDropout,
+            ShardSequenceInput,
+        )
         from pretrainkit.distributed.tensor_parallel_vocabulary import split_vocabulary
 
+        mesh, sequence = self.mesh["tp"], self.sequence_parallel
         slots = layer_slots(cast(Model, model))
+        stacks: dict[int, TransformerEncoder] = {}
         for index in self.own_layers:
             stack, local = slots[index]
             block = stack.layers[local]
-            parallelize_module(block, self.mesh["tp"], block_plan(block), src_data_rank=None)
+            parallelize_module(block, mesh, block_plan(block, sequence), src_data_rank=None)
+            dropout = getattr(block, "dropout", None)
+            if sequence and type(dropout) is nn.Dropout:
+                block.dropout = SequenceShardedDropout(dropout.p)
+            stacks[id(stack)] = stack
+        for stack in stacks.values() if sequence else ():
+            parallelize_module(stack, mesh, ShardSequenceInput())
+            parallelize_module(stack, mesh, GatherSequenceOutput())
+            norm = getattr(stack, "final_norm", None)  # on the stage holding it
+            if norm is not None:
+                parallelize_module(norm, mesh, SequenceParallelNorm(), src_data_rank=None)
         # The word tables and heads this stage holds, by vocabulary rows (stage 0's table and
         # the last stage's tied head alike, so their gradients' parts meet row for row).
         vocabulary = cast(Model, model).config.vocab_size
-        split_vocabulary(model, self.mesh["tp"], src_data_rank=None, vocabulary=vocabulary)
+        split_vocabulary(model, mesh, src_data_rank=None, vocabulary=vocabulary)
 
     def _tie_groups(self, model: nn.Module, wanted: list[list[str]]) -> None:
         """The tied weights held by several stages, and a process group for each in each

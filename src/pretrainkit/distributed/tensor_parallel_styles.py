@@ -8,8 +8,9 @@ activations with ``SequenceParallel``; these styles fill the gaps for pretrainki
 - ``SequenceParallelNorm``: ``SequenceParallel`` whose replicated weights come from the source
   rank (PyTorch's assumes they are equal everywhere already) and which reads a plain tensor
   as whole, never as a part.
-- ``GatherSequence`` / ``ShardSequenceOutput`` / ``GatherSequenceOutput``: where the residual
-  stream enters and leaves its sequence-sharded form.
+- ``GatherSequence`` / ``ShardSequenceOutput`` / ``ShardSequenceInput`` /
+  ``GatherSequenceOutput``: where the residual stream enters and leaves its sequence-sharded
+  form.
 - ``SequenceShardedDropout``: dropout on a sequence-sharded tensor with the whole tensor's mask.
 
 Under sequence parallelism the residual stream between sub-layers is a DTensor sharded on the
@@ -133,6 +134,22 @@ class ShardSequenceOutput(ParallelStyle):
             return whole.redistribute(placements=[SEQUENCE])
 
         module.register_forward_hook(shard)
+        return module
+
+
+class ShardSequenceInput(ParallelStyle):
+    """Before a layer stack: its whole first input (hidden states) becomes a DTensor sharded
+    along the sequence (no communication). A pipeline stage's stack receives its input from
+    the previous stage, not from an embedding slot, so the sequence is split here."""
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        def shard(_: nn.Module, inputs: Any) -> Any:
+            first = inputs[0]
+            if not isinstance(first, DTensor):
+                first = DTensor.from_local(first, device_mesh, [Replicate()], run_check=False)
+            return (first.redistribute(placements=[SEQUENCE]), *inputs[1:])
+
+        module.register_forward_pre_hook(shard)
         return module
 
 
