@@ -34,6 +34,7 @@ from pretrainkit.continual.selection import (
     body_parameters,
     choose,
     parameter_groups,
+    top_layer_groups,
 )
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.tokenization import load_tokenizer
@@ -308,6 +309,50 @@ def test_groups_cover_the_backbone_once(setup) -> None:
     }
 
 
+def test_top_layers_narrow_the_candidates_and_the_backward_stops_below_them(setup) -> None:
+    model = pretrainkit.load(setup["base"])
+    groups = parameter_groups(model, lora_rank=4)
+    top = top_layer_groups(model, groups, 1)
+    assert top and all(t.startswith("encoder.layers.1.") for g in top for t in g.tensors)
+    assert {g.name for g in top} == {
+        g.name for g in groups if g.name.startswith("encoder.layers.1.")
+    }
+    assert top_layer_groups(model, groups, 0) == groups
+    # The budget stays a share of the whole backbone, not of the candidates.
+    chosen = choose(top, 0.1, None, seed=3, total=backbone_size(groups))
+    assert sum(g.size for g in chosen) <= 0.1 * backbone_size(groups)
+    with pytest.raises(ConfigError, match="top_layers 3 exceeds the encoder's 2 layer"):
+        top_layer_groups(model, groups, 3)
+    # Only the top layer trainable: the hidden states below it carry no gradient, so autograd
+    # never enters layer 0 (no backward work there), and the top layer gets its gradients.
+    trainable = {t for g in top_layer_groups(model, parameter_groups(model), 1) for t in g.tensors}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    seen: dict[int, bool] = {}
+    for index, layer in enumerate(model.encoder.layers):
+        layer.register_forward_hook(
+            lambda m, i, o, index=index: seen.update({index: o.requires_grad})
+        )
+    ids = torch.randint(5, len(VOCAB), (2, 8))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    assert seen == {0: False, 1: True}
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_a_run_with_top_layers_changes_only_those_layers(setup) -> None:
+    result = run(setup, "top", "--budget", "30%", "--top-layers", "1", "--reg-weight", "10")
+    assert result["summary"]["new_task"]["sentiment"] >= 0.8, result["summary"]
+    for step in result["steps"]:
+        record, _ = read_delta(setup["root"] / "top" / step["folder"] / "model")
+        assert record["body_tensors"]
+        assert all(t.startswith("encoder.layers.1.") for t in record["body_tensors"]), record
+    assert (
+        json.loads((setup["root"] / "top" / "continual.json").read_text())["options"]["top_layers"]
+        == 1
+    )
+
+
 def test_importance_choice_takes_the_best_groups_that_fit() -> None:
     groups = [Group("a", ["a"], 50), Group("b", ["b"], 30), Group("c", ["c"], 20)]
     # 50 % of 100: "b" scores best, "a" does not fit beside it, "c" does.
@@ -361,6 +406,8 @@ def test_bad_options() -> None:
         ContinualOptions(lora_rank=-1)
     with pytest.raises(ConfigError, match="lora_rank 4 with budget 100%"):
         ContinualOptions(budget="100%", lora_rank=4)
+    with pytest.raises(ConfigError, match="top_layers must be ≥ 0"):
+        ContinualOptions(top_layers=-1)
 
 
 @pytest.mark.parametrize(
@@ -398,6 +445,11 @@ def test_duplicate_task_names_and_an_existing_out_are_errors(setup, method, caps
         capsys, "continual", "--model", setup["base"], "--tasks", a, a, "--out", root / "never"
     )
     assert code != 0 and "its own name" in err and not (root / "never").exists()
+    code, _, err = invoke(
+        capsys, "continual", "--model", setup["base"], "--tasks", a, "--out", root / "never",
+        "--top-layers", "3",
+    )  # fmt: skip
+    assert code == 2 and "exceeds the encoder's 2 layer(s)" in err and not (root / "never").exists()
     code, _, err = invoke(
         capsys, "continual", "--model", setup["base"], "--tasks", a, "--out", root / "method"
     )

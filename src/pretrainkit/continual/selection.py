@@ -14,6 +14,8 @@ gradient of the loss) or the mean absolute gradient. A group's score is its mean
 the new task divided by its mean importance for the old ones (their accumulated Fisher): a group
 that matters to the new task and little to the old ones scores high. The greedy choice takes the
 best-scoring groups that still fit in the budget (a knapsack by score per parameter).
+``top_layer_groups`` narrows the candidates to the encoder's top layers, where the backward pass
+can stop (``--top-layers``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pretrainkit.model import Model
 from pretrainkit.peft.core import BODY
 
 _LAYER = re.compile(r"^(.*\.layers\.\d+)\.")
+_STACK_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 
 
 @dataclass
@@ -164,19 +167,59 @@ def group_scores(
     return scores
 
 
+def top_layer_groups(model: Model, groups: list[Group], top_layers: int) -> list[Group]:
+    """The groups of ``model``'s top ``top_layers`` encoder layers and of its final norm: with
+    nothing below them trainable, autograd stops the backward pass at the lowest of them (the
+    hidden states reaching it carry no gradient). ``top_layers`` 0: all of ``groups``.
+
+    Raises:
+        ConfigError: a model with a decoder (its layers would need their own rule), an encoder
+            without a layer stack, or more layers asked for than it has.
+    """
+    if top_layers == 0:
+        return groups
+    if model.decoder is not None:
+        raise ConfigError(
+            f"top_layers {top_layers}: {type(model).__name__} has a decoder; the rule covers "
+            "encoder-only backbones; drop --top-layers"
+        )
+    layers = getattr(model.encoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"top_layers {top_layers}: the encoder ({type(model.encoder).__name__}) has no "
+            "layer stack; drop --top-layers"
+        )
+    if top_layers > len(layers):
+        raise ConfigError(
+            f"top_layers {top_layers} exceeds the encoder's {len(layers)} layer(s); give at "
+            f"most {len(layers)}"
+        )
+    lowest = len(layers) - top_layers
+
+    def above(tensor: str) -> bool:
+        layer = _STACK_LAYER.match(tensor)
+        if layer is not None:
+            return int(layer.group(1)) >= lowest
+        return tensor.startswith("encoder.final_norm.")  # after every layer
+
+    return [g for g in groups if all(above(t) for t in g.tensors)]
+
+
 def choose(
     groups: list[Group],
     fraction: float,
     scores: dict[str, float] | None,
     seed: int = 0,
+    total: int | None = None,
 ) -> list[Group]:
-    """The groups to train within ``fraction`` of the backbone's parameters: the best by score
-    (``scores``), or in a seeded random order (``scores`` None), each taken when it still fits.
+    """The groups to train within ``fraction`` of the backbone's parameters (``total``, by
+    default all of ``groups``): the best by score (``scores``), or in a seeded random order
+    (``scores`` None), each taken when it still fits.
 
     Raises:
         ConfigError: the budget is smaller than the smallest group.
     """
-    total = backbone_size(groups)
+    total = backbone_size(groups) if total is None else total
     allowed = fraction * total
     if fraction >= 1.0:
         return [g for g in groups if not g.lora_rank]

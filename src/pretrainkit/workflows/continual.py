@@ -47,6 +47,7 @@ from pretrainkit.continual.selection import (
     importance,
     normalized,
     parameter_groups,
+    top_layer_groups,
 )
 from pretrainkit.data import BatchIterator
 from pretrainkit.distributed import ParallelConfig
@@ -231,6 +232,7 @@ def continual(
     items = _read_items(list(tasks))
     base_ref = base_reference(model)
     current = _loaded(Path(model))
+    top_layer_groups(current, parameter_groups(current), opts.top_layers)  # fails before writing
     out = Path(out)
     record: dict[str, Any] = {
         "format": FORMAT,
@@ -341,19 +343,21 @@ def _train_task(
         started = time.perf_counter()
         groups = parameter_groups(net, opts.lora_rank)
         by_name = {g.name: g for g in groups}
+        # The budget is a share of the whole backbone; --top-layers narrows the candidates.
+        candidates, total = top_layer_groups(net, groups, opts.top_layers), backbone_size(groups)
         scores = None
         if earlier is not None and earlier.get("step") == k:  # resumed: the same choice
             chosen = [by_name[g] for g in earlier["groups"]]
         elif opts.fraction >= 1.0:
-            chosen = groups
+            chosen = candidates
         elif opts.selection == "random":
-            chosen = choose(groups, opts.fraction, None, seed=opts.seed + k)
+            chosen = choose(candidates, opts.fraction, None, seed=opts.seed + k, total=total)
         else:
             parameters = body_parameters(net)
             batches = _importance_batches(item, net, opts.seed, opts.importance_batches)
             new = normalized(importance(net, parameters, batches, opts.importance))
             scores = group_scores(groups, new, old_fisher)
-            chosen = choose(groups, opts.fraction, scores)
+            chosen = choose(candidates, opts.fraction, scores, total=total)
         whole = [t for g in chosen if not g.lora_rank for t in g.tensors]
         parameters = body_parameters(net)
         slots = attach_slots(net, {g.tensors[0]: g.lora_rank for g in chosen if g.lora_rank})
