@@ -9,6 +9,8 @@
 #            centroids from the STS-B multi-mt *train* sentences of 10 languages)
 #   ep-ap    EP + Attention-Pull (weight 1, MSE, all layers)
 #   ep-ap-r  EP + AP + Robust targets (weight 1)
+#   ep-ap-r-apW  EP + AP with weight W + R (e.g. ep-ap-r-ap0.1: the AP weight tuned on the
+#            English select part)
 # The splits keep an XNLI premise's three rows together, and the zero-shot files hold only the
 # held-out rows of each language (dev-xx files are row-aligned translations of dev-en: scoring
 # the whole file would score translations of the training rows).
@@ -69,6 +71,7 @@ options() {
     ep) echo "${push[@]}" ;;
     ep-ap) echo "${push[@]}" --attention-pull 1.0 ;;
     ep-ap-r) echo "${push[@]}" --attention-pull 1.0 --robust-targets 1.0 ;;
+    ep-ap-r-ap*) echo "${push[@]}" --attention-pull "${1#ep-ap-r-ap}" --robust-targets 1.0 ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
   esac
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 LANGUAGES = {"xnli": ["de", "es", "fr", "ru", "zh"], "pawsx": ["de", "es", "fr", "zh"]}
 ROWS = ["plain", "fgm", "ep", "ep-ap", "ep-ap-r"]
 EVAL = re.compile(
-    r"eval-(?P<backbone>.+)-(?P<task>xnli|pawsx)-(?P<row>[a-z-]+?)-(?P<seed>\d+)-(?P<lang>[a-z]+)"
+    r"eval-(?P<backbone>.+)-(?P<task>xnli|pawsx)-(?P<row>[a-z0-9.-]+?)-(?P<seed>\d+)-(?P<lang>[a-z]+)"
 )
 
 
@@ -50,7 +50,8 @@ def main() -> int:
         print(f"\n{backbone}, {task} (accuracy; mean ± std over seeds)\n")
         print("| row | seeds | en (select) | " + " | ".join(languages) + " | zero-shot avg |")
         print("|---" * (len(languages) + 4) + "|")
-        for row in ROWS:
+        tuned = sorted({r for b, t, r in scores if (b, t) == (backbone, task)} - set(ROWS))
+        for row in [*ROWS, *tuned]:  # then rows with tuned weights (ep-ap-r-ap0.1, ...)
             by_lang = scores.get((backbone, task, row))
             if not by_lang:
                 continue
