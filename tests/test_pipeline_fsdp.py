@@ -6,7 +6,8 @@ each stage is sharded by FSDP2 over the same stage of both pipelines, which redu
 processes: the curves agree to float rounding (measured ≤ 2.1e-7 relative; asserted 1e-3).
 The headline layout, tensor × pipeline × FSDP (``--tensor-parallel 2 --pipeline-parallel 2
 --strategy fsdp``, 8 processes: 2 pipelines × 2 stages × 2 tensor-parallel processes, FSDP
-sharding the split blocks over the pipelines in 2-D), follows the same reference. Both write
+sharding the split blocks over the pipelines in 2-D; with ``--sequence-parallel``), follows
+the same reference. Both write
 the full weights (gathered over the shards, the tensor-parallel parts and the stages), which
 load in one process; their checkpoints resume on other layouts with the same losses. The
 FSDP × PP 2 run writes sharded checkpoints (every process its stage's part, through
@@ -55,7 +56,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Its checkpoints sharded: each process writes its stage's part (the tied copy once).
     sharded = ["--checkpoint-format", "sharded"]
     torchrun(4, *pretrain_args(shards, root / "fsdp-pp2", *FSDP_PP2, *sharded), log=root / "a.log")
-    torchrun(8, *pretrain_args(shards, root / "fsdp-tp2-pp2", *FSDP_TP2_PP2), log=root / "b.log")
+    # With sequence parallelism: the stages' norms run on sequence parts, FSDP-sharded too.
+    sequence = [*FSDP_TP2_PP2, "--sequence-parallel"]
+    torchrun(8, *pretrain_args(shards, root / "fsdp-tp2-pp2", *sequence), log=root / "b.log")
     return root
 
 
