@@ -71,5 +71,14 @@ for name in distilled-1l-crops no-teacher-1l; do
   run "eval-$name" pk evaluate --model "$work/$name" --data "$data/sst2/dev.tsv" \
     --columns label,text_a
 done
+# One layer without the hidden-state loss (at one layer it ties student layer 0 to teacher
+# layer 3), with 4 and with 8 teacher-labelled crops per sentence.
+for crops in 4 8; do
+  run "distilled-1l-crops$crops-soft" pk distill --teacher "$work/teacher" --student "$work/teacher" \
+    --student-layers 1 --recipe task --crops "$crops" --hidden-weight 0 "${sst[@]}" \
+    --out "$work/distilled-1l-crops$crops-soft" "${long[@]}"
+  run "eval-distilled-1l-crops$crops-soft" pk evaluate --model "$work/distilled-1l-crops$crops-soft" \
+    --data "$data/sst2/dev.tsv" --columns label,text_a
+done
 run bench-all pk bench --model "$work/teacher/model" "$work/distilled-crops/model" \
   "$work/distilled-1l-crops/model" --batch 1,32 --seq 64 --rounds 5
