@@ -19,13 +19,12 @@ import statistics
 import time
 
 import torch
-from profile_step import random_batch
+from profile_step import random_batch, train_step
 
 import pretrainkit
 from pretrainkit.distributed.engines import transformer_layers
 from pretrainkit.training.config import TrainConfig
 from pretrainkit.training.optim import build_optimizer
-from pretrainkit.training.precision import autocast
 
 
 def main() -> None:
@@ -50,12 +49,7 @@ def main() -> None:
     batch = random_batch(models["eager"][0].config.vocab_size, 32, 128)
 
     def step(model, optimizer) -> None:
-        with autocast(args.precision, torch.device("cpu")):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, batch, args.precision)
 
     start = time.perf_counter()
     step(*models["compiled"])

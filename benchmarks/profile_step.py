@@ -51,6 +51,16 @@ def random_batch(vocab: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
     }
 
 
+def train_step(model, optimizer, batch: dict[str, torch.Tensor], precision: str) -> None:
+    """One step as the trainer runs it: forward under autocast, backward, clipping, AdamW."""
+    with autocast(precision, torch.device("cpu")):
+        loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="bert-tiny")
@@ -69,12 +79,7 @@ def main() -> None:
     batch = random_batch(model.config.vocab_size, args.batch, args.seq)
 
     def step() -> None:
-        with autocast(args.precision, torch.device("cpu")):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, batch, args.precision)
 
     for _ in range(3):
         step()
