@@ -6,6 +6,13 @@ QA (start/end). Shape: all-MiniLM-L6-v2's (6 layers, hidden 384, 12 heads, FFN 1
 --layers/--hidden/--heads/--ffn say otherwise. AdamW step included; fp32 and bf16 autocast.
 
     python benchmarks/finetune_throughput.py --precisions fp32 bf16 --threads 1
+
+With --data (a ``label<TAB>text`` file, e.g. SST-2 train) and --vocab, classification runs on
+real sentences instead of full random rows: each round trains on the same --steps batches of
+--batch rows drawn from the file, tokenised with the vocabulary and cut to --seq. transformers
+gets each batch padded to its longest row (what ``DataCollatorWithPadding`` does); pretrainkit
+runs it padded the same way and packed (``collate_packed``, what ``finetune --pack`` does).
+Tokens/s count the real tokens of the batch for all three.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import platform
 import time
 
+import numpy as np
 import torch
 
 import pretrainkit
@@ -45,6 +53,34 @@ def make_batch(head: str, batch: int, seq: int, seed: int = 0) -> dict[str, torc
     return inputs
 
 
+def real_batches(args: argparse.Namespace) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """--steps batches of --batch rows of --data, padded (both systems) and packed (ours)."""
+    import random
+
+    from pretrainkit.data.batching import collate, collate_packed
+    from pretrainkit.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(args.vocab)
+    with open(args.data, encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    rows = [(int(label), text) for label, text in rows if label in ("0", "1")]
+    rng = random.Random(0)
+    picked = [rng.sample(rows, args.batch) for _ in range(args.steps)]
+    out: dict[str, list[dict[str, torch.Tensor]]] = {"padded": [], "packed": []}
+    for chosen in picked:
+        instances = []
+        for label, text in chosen:
+            ids, types = tokenizer.build_inputs(tokenizer.encode(text), None, args.seq)
+            instances.append({
+                "input_ids": np.asarray(ids, dtype=np.int64),
+                "token_type_ids": np.asarray(types, dtype=np.int64),
+                "labels": np.asarray(label, dtype=np.int64),
+            })  # fmt: skip
+        out["padded"].append(collate(instances, tokenizer.pad_id))
+        out["packed"].append(collate_packed(instances, tokenizer.pad_id))
+    return out
+
+
 def models(head: str, args: argparse.Namespace):
     import transformers as tf
 
@@ -71,10 +107,13 @@ def models(head: str, args: argparse.Namespace):
     return ours.train(), theirs.train()
 
 
-def step_fn(model, batch, precision: str):
+def step_fn(model, batches, precision: str):
+    """One training step per call, on the next of ``batches`` in turn."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    turn = iter(range(1 << 62))
 
     def step():
+        batch = batches[next(turn) % len(batches)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(**batch).loss
         loss.backward()
@@ -97,16 +136,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", help="label<TAB>text rows: real sentences (classification)")
+    parser.add_argument("--vocab", help="WordPiece vocabulary for --data")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data and (not args.vocab or args.run != ["classification"]):
+        parser.error("--data needs --vocab and --heads-to-run classification")
+    real = real_batches(args) if args.data else None
     for head in args.run:
-        batch = make_batch(head, args.batch, args.seq)
         for precision in args.precisions:
             torch.manual_seed(0)
             ours, theirs = models(head, args)
-            steps = {"pretrainkit": step_fn(ours, batch, precision),
-                     "transformers": step_fn(theirs, batch, precision)}  # fmt: skip
+            if real is None:
+                batch = [make_batch(head, args.batch, args.seq)]
+                steps = {"pretrainkit": step_fn(ours, batch, precision),
+                         "transformers": step_fn(theirs, batch, precision)}  # fmt: skip
+            else:
+                steps = {"pretrainkit": step_fn(ours, real["padded"], precision),
+                         "pretrainkit_packed": step_fn(ours, real["packed"], precision),
+                         "transformers": step_fn(theirs, real["padded"], precision)}  # fmt: skip
             for step in steps.values():  # warm-up: allocator, autocast caches
                 step()
                 step()
@@ -117,17 +166,31 @@ def main() -> None:
                     for _ in range(args.steps):
                         step()
                     per_round[name].append(time.perf_counter() - start)
-            tokens = args.batch * args.seq * args.steps
+            if real is None:
+                tokens = args.batch * args.seq * args.steps
+            else:  # the real tokens of the round's batches
+                tokens = sum(int(b["attention_mask"].sum()) for b in real["padded"])
             rates = {k: sorted(tokens / t for t in v) for k, v in per_round.items()}
-            ratios = sorted(
-                a / b for a, b in zip(per_round["transformers"], per_round["pretrainkit"])
-            )
+            ratios = {}
+            for name in per_round:
+                if name != "transformers":
+                    r = sorted(a / b for a, b in zip(per_round["transformers"], per_round[name]))
+                    ratios[name] = r
             print(json.dumps({
                 "head": head,
                 "precision": precision,
                 **{f"{k}_tokens_per_s_median": round(v[len(v) // 2], 1) for k, v in rates.items()},
-                "ratio_median": round(ratios[len(ratios) // 2], 3),
-                "ratio_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
+                **{f"{k}_ratio_median": round(r[len(r) // 2], 3) for k, r in ratios.items()},
+                **{f"{k}_ratio_min_max": [round(r[0], 3), round(r[-1], 3)]
+                   for k, r in ratios.items()},
+                **({} if real is None else {
+                    "rows_per_batch": args.batch,
+                    "padded_tokens_per_batch": np.mean(
+                        [b["input_ids"].numel() for b in real["padded"]]).item(),
+                    "packed_tokens_per_batch": np.mean(
+                        [b["input_ids"].numel() for b in real["packed"]]).item(),
+                    "real_tokens_per_batch": tokens / args.steps,
+                }),
             }), flush=True)  # fmt: skip
     print(json.dumps({
         "machine": platform.processor() or platform.machine(),

@@ -104,23 +104,40 @@ def test_vocabulary_and_sequence_parallel_follow_one_process(root: Path) -> None
     assert plan["data_parallel_size"] == 1
 
 
-def test_finetune_under_tp2_follows_one_process(root: Path) -> None:
-    # finetune splits its task rows over the data-parallel readers too: both processes of the
-    # tensor-parallel group train on the same batches as one process does.
+def finetune_under(root: Path, name: str, layout: list[str], *extra: str) -> None:
+    """``finetune`` of a classifier on ``ROOT/single``, 8 steps of 8 rows, dropout off: once
+    in one process (``ROOT/NAME-single``) and once under ``layout`` with 2 processes
+    (``ROOT/NAME-split``); their loss curves must agree step by step."""
     from helpers import write_classification
 
-    write_classification(root / "cls.tsv", 64, seed=3)
+    write_classification(root / f"{name}.tsv", 64, seed=3)
     args = [
-        "finetune", "--model", str(root / "single"), "--train", str(root / "cls.tsv"),
+        "finetune", "--model", str(root / "single"), "--train", str(root / f"{name}.tsv"),
         "--steps", "8", "--batch-size", "8", "--lr", "1e-3", "--log-every", "1",
-        "--seq-length", "32", "--dropout", "0", *QUIET,
+        "--seq-length", "32", "--dropout", "0", *QUIET, *extra,
     ]  # fmt: skip
-    cli(*args, "--out", root / "ft-single")
-    torchrun(2, *args, "--out", str(root / "ft-tp2"), *TP2, log=root / "ft-tp2.log")
-    single, split = losses(root / "ft-single"), losses(root / "ft-tp2")
+    cli(*args, "--out", root / f"{name}-single")
+    out = root / f"{name}-split"
+    torchrun(2, *args, "--out", str(out), *layout, log=root / f"{name}-split.log")
+    single, split = losses(root / f"{name}-single"), losses(out)
     assert sorted(split) == list(range(1, 9))
     for step, loss in single.items():
         assert split[step] == pytest.approx(loss, rel=TP_TOLERANCE), step
+
+
+def test_finetune_under_tp2_follows_one_process(root: Path) -> None:
+    # finetune splits its task rows over the data-parallel readers too: both processes of the
+    # tensor-parallel group train on the same batches as one process does.
+    finetune_under(root, "ft", TP2)
+
+
+def test_packed_finetune_under_tp2_and_sp_follows_one_process(root: Path) -> None:
+    # --pack under TP 2 with sequence parallelism: the packed rows are cut along the sequence
+    # like any other; the per-example mask, positions and the unpacking before the head hold.
+    # (Packed against padded, in one process: tests/test_packing.py.)
+    finetune_under(root, "ftp", SP2, "--pack")
+    task = json.loads((root / "ftp-split" / "model" / "task.json").read_text())
+    assert task["options"]["pack"] is True
 
 
 @pytest.mark.parametrize("run", ["tp2", "tp2-sp"])

@@ -64,6 +64,17 @@ class ModelOutput:
     encoder_hidden_states: torch.Tensor | None = None
 
 
+def unpack_examples(
+    hidden: torch.Tensor, unpack_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows ``[rows, s, h]`` → one row per example ``[n, longest, h]`` (zeros past each
+    example's end) and that layout's padding mask ``[n, longest]``."""
+    keep = unpack_index >= 0
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    rows = flat[unpack_index.clamp(min=0)].masked_fill(~keep[..., None], 0.0)
+    return rows, keep.long()
+
+
 class Model(nn.Module):
     """The five slots: embedding ─► encoder ─► [tgt_embedding ─► decoder] ─► targets.
 
@@ -172,6 +183,7 @@ class Model(nn.Module):
         prefix_lengths: torch.Tensor | None = None,
         input_features: torch.Tensor | None = None,
         patch_mask: torch.Tensor | None = None,
+        unpack_index: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the slots; targets compute losses for the labels they are given.
 
@@ -188,6 +200,9 @@ class Model(nn.Module):
         causal); see ``pretrainkit.layers.attention.attention_pattern``.
         Masked-patch pre-training (objective ``masked_patch``): ``patch_mask`` ``[b, patches]``
         marks the patches the ``patch`` embedding replaces by its mask vector.
+        Packed batches (``data.batching.collate_packed``, a task's ``--pack``): ``unpack_index``
+        ``[n, longest]`` gathers the encoder's packed output back into one row per example
+        before the targets, whose labels are per example.
         """
         given_inputs = [x for x in (input_ids, pixel_values, input_features) if x is not None]
         if len(given_inputs) != 1:
@@ -204,6 +219,10 @@ class Model(nn.Module):
             )
         memory = None
         attention_mask = self.encoder_mask(attention_mask)  # speech: of the subsampled frames
+        if unpack_index is not None:
+            if example_ids is None or self.decoder is not None:
+                raise ValueError("unpack_index needs example_ids and a model without a decoder")
+            hidden, attention_mask = unpack_examples(hidden, unpack_index)
         target_mask = attention_mask
         if self.decoder is not None and self.tgt_embedding is not None:
             if decoder_input_ids is None:

@@ -48,6 +48,97 @@ def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, to
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
+# The per-token keys the encoder reads; in a packed batch they share rows with other examples.
+PACKED_KEYS = ("input_ids", "token_type_ids")
+
+
+def collate_packed(
+    instances: list[dict[str, np.ndarray]], pad_id: int, capacity: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Pack instances into as few rows of at most ``capacity`` tokens as first-fit decreasing
+    allows, so that the encoder spends no work on padding (short sentences padded to their
+    batch's longest are mostly padding). By default a row is as wide as the longest example,
+    so the packed batch is the padded one with fewer rows: wider rows pack a little tighter,
+    but attention over a row costs its width squared whatever the mask hides (MiniLM on SST-2
+    batches, bf16: rows of 128 took 1.2x the step of rows as wide as the longest example).
+
+    Every example keeps its own ``position_ids`` (from 0) and ``example_ids`` (0, 1, ... over
+    the batch; -1 on row padding), which the encoder turns into block-diagonal attention: a
+    packed example computes what it computes alone. ``unpack_index`` ``[n, longest]`` holds each
+    example's flat token positions in the packed ``[rows * length]`` layout (-1 past its end);
+    the model gathers the encoder's output back into one row per example with it, so the
+    targets read ``[n, longest, h]`` as from ``collate`` and need not know about packing.
+
+    Args:
+        instances: dicts with 1-D ``input_ids`` (and ``token_type_ids``), 0-d per-example values
+            (class labels, scores, span positions) and other 1-D per-token values (token labels),
+            which stay one row per example.
+        pad_id: the tokenizer's padding id.
+        capacity: the most tokens in a packed row; None or less than the longest example: the
+            longest example's length.
+
+    Returns:
+        ``input_ids``, ``token_type_ids``, ``attention_mask``, ``position_ids`` and
+        ``example_ids`` ``[rows, length]``; ``unpack_index`` ``[n, longest]``; the 0-d values
+        stacked to ``[n]`` and the other per-token values padded to ``[n, longest]``.
+    """
+    if not instances:
+        raise ValueError("cannot collate an empty list of instances")
+    if "input_ids" not in instances[0]:
+        raise ConfigError(f"packing needs instances with input_ids, got {sorted(instances[0])}")
+    lengths = [len(inst["input_ids"]) for inst in instances]
+    longest = max(lengths)
+    capacity = max(capacity or 0, longest)
+    rows: list[list[int]] = []  # the examples of each row, in placing order
+    room: list[int] = []
+    for example in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = next((r for r, free in enumerate(room) if free >= lengths[example]), len(rows))
+        if row == len(rows):
+            rows.append([])
+            room.append(capacity)
+        rows[row].append(example)
+        room[row] -= lengths[example]
+    width = capacity - min(room)  # the fullest row
+    packed = {key: np.full((len(rows), width), 0, dtype=np.int64) for key in PACKED_KEYS}
+    packed["input_ids"][:] = pad_id
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    example_ids = np.full((len(rows), width), -1, dtype=np.int64)
+    unpack = np.full((len(instances), longest), -1, dtype=np.int64)
+    for r, members in enumerate(rows):
+        cursor = 0
+        for example in members:
+            n = lengths[example]
+            span = slice(cursor, cursor + n)
+            for key in PACKED_KEYS:
+                if key in instances[example]:
+                    packed[key][r, span] = instances[example][key]
+            positions[r, span] = np.arange(n)
+            example_ids[r, span] = example
+            unpack[example, :n] = r * width + np.arange(cursor, cursor + n)
+            cursor += n
+    batch = {key: packed[key] for key in PACKED_KEYS if key in instances[0]}
+    batch["attention_mask"] = (example_ids >= 0).astype(np.int64)
+    batch["position_ids"], batch["example_ids"], batch["unpack_index"] = (
+        positions,
+        example_ids,
+        unpack,
+    )
+    for key in instances[0]:
+        if key in PACKED_KEYS:
+            continue
+        values = [inst[key] for inst in instances]
+        if np.ndim(values[0]) == 0:
+            kind = np.float32 if np.asarray(values[0]).dtype.kind == "f" else np.int64
+            batch[key] = np.asarray(values, dtype=kind)  # [n]
+            continue
+        fill = IGNORE_INDEX if key == "labels" else 0
+        per_example = np.full((len(instances), longest), fill, dtype=np.int64)  # [n, longest]
+        for row, value in enumerate(values):
+            per_example[row, : len(value)] = value
+        batch[key] = per_example
+    return {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
 class BatchIterator:
     """Batch source (see INTERFACES.md) that groups a stream's instances into padded batches.
 

@@ -134,6 +134,10 @@ class TaskRecipe(Recipe):
 
         same_vocabulary(teacher, student)
         spec = task_of(teacher, "--teacher")
+        if getattr(spec.options, "pack", False):
+            # The distiller runs the slots itself on plain rows (``distill.states``); a teacher
+            # fine-tuned with packed batches is distilled from padded ones.
+            spec.options = dataclasses.replace(spec.options, pack=False)
         data = spec.read(one_file(context.data, self.name), columns=context.columns)
         net = task_model(student, spec)
         _keep_head(student, net, spec.name)

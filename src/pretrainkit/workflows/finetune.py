@@ -301,6 +301,8 @@ def fit(
         **plan,
     }
     check_model(parallel, net)  # tensor parallelism: heads and FFN width it must divide
+    if getattr(spec.options, "pack", False):
+        check_packable(net, perturb)
     # Split over the data-parallel processes: a tensor-parallel group reads one batch.
     stream = spec.stream(
         train_data,
@@ -334,6 +336,21 @@ def fit(
             strategy=parallel,
         )
         return trainer.fit()
+
+
+def check_packable(net: Model, perturb: Any) -> None:
+    """Refuse ``--pack`` where packed rows would be read as plain ones, before anything is
+    written: a stack without per-example attention, or perturbed training (which runs the
+    embedding and encoder itself)."""
+    from pretrainkit.encoders.transformer import TransformerEncoder
+
+    if not isinstance(net.encoder, TransformerEncoder):
+        raise ConfigError(
+            f"--pack needs a transformer encoder (per-example attention), not "
+            f"{type(net.encoder).__name__}"
+        )
+    if perturb is not None:
+        raise ConfigError("--pack cannot be combined with perturbed training (EP/AP/R, FGM, PGD)")
 
 
 def perturbed(net: Model, options: Any) -> torch.nn.Module:
