@@ -70,8 +70,8 @@ def model(preset: str, pooling: str, target: str = "classification") -> pretrain
     options = {"pooling": pooling, "dropout": 0.0}
     if target == "classification":
         options["labels"] = ["a", "b"]
-    if target == "token_classification":
-        options = {"labels": ["O", "B", "I"]}
+    if target in ("token_classification", "crf"):
+        options = {"labels": ["O", "B-X", "I-X"]}
     if target == "regression":
         options = {"pooling": pooling, "dropout": 0.0}
     shape = {**TINY, "targets": [{"name": target, "options": options}]}
@@ -129,8 +129,9 @@ def test_regression_scores_stay_float_and_match():
     torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-6)
 
 
-def test_per_token_labels_stay_one_row_per_example():
-    net = model("bert-tiny", "mean", target="token_classification").eval()
+@pytest.mark.parametrize("target", ["token_classification", "crf"])
+def test_per_token_labels_stay_one_row_per_example(target):
+    net = model("bert-tiny", "mean", target=target).eval()
     padded = collate(examples(token_labels=True), 0)
     packed = collate_packed(examples(token_labels=True), 0, capacity=40)
     assert packed["labels"].shape == padded["labels"].shape  # [n, longest], -100 past each end

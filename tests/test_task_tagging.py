@@ -419,6 +419,21 @@ def test_softmax_head_learns_and_predicts_cut_words_as_o(base: Path, tmp_path: P
     assert all(set(tags[4:]) <= {"O"} for tags in rows.tags or [])
 
 
+def test_packed_crf_training_learns(base: Path, tmp_path: Path) -> None:
+    # --pack on a tagging run (per-token labels stay one row per example; the packed CRF loss
+    # equals the padded one: tests/test_packing.py).
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    write_tagging(train, 128, 5)
+    write_tagging(dev, 32, 6)
+    result = finetune(
+        "tagging", base, train, dev, tmp_path / "run",
+        {"steps": 40, "lr": 3e-3, "warmup": 4, "precision": "fp32", "progress": False},
+        batch_size=16, task_options={"seq_length": 32, "crf": True, "pack": True},
+    )  # fmt: skip
+    assert result["last_eval"]["f1"] > 0.8, result["last_eval"]
+    assert task_of(pretrainkit.load(tmp_path / "run" / "model")).options.pack is True
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\)"):
         build_task("tagging", {"dropout": 1.5})

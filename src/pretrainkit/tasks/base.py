@@ -48,6 +48,23 @@ class TaskOptions:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
 
 
+@dataclass
+class PackOptions(TaskOptions):
+    """The options of a task whose training instances are one token sequence each, read by a
+    head that needs no other row of the batch: such batches may be packed."""
+
+    pack: bool = False
+    """Pack several training examples into each row of a batch (block-diagonal attention,
+    positions restarting per example) instead of padding every example to the batch's longest:
+    the same examples and loss with less work when lengths vary. Training batches only;
+    transformer encoders only; not with perturbed training (EP/AP/R, FGM, PGD)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.pack, bool):
+            raise ConfigError(f"pack must be true or false, got {self.pack!r}")
+
+
 class Task(ABC):
     """One downstream problem. Subclasses set the class attributes and the abstract methods.
 
@@ -105,9 +122,12 @@ class Task(ABC):
     def collate(self, instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, Any]:
         """The stream's instances → one training batch (padding to the longest by default). A
         task whose instance is several sequences (a question and its choices) flattens them
-        here, so ``--batch-size`` and ``--epochs`` count its rows."""
-        from pretrainkit.data.batching import collate
+        here, so ``--batch-size`` and ``--epochs`` count its rows. Tasks with ``PackOptions``
+        pack the batch when asked (``data.batching.collate_packed``)."""
+        from pretrainkit.data.batching import collate, collate_packed
 
+        if isinstance(self.options, PackOptions) and self.options.pack:
+            return collate_packed(instances, pad_id)
         return collate(instances, pad_id)
 
     @abstractmethod

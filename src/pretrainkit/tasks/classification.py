@@ -12,7 +12,7 @@ import torch
 
 from pretrainkit.config import TargetConfig
 from pretrainkit.errors import ConfigError, DataError
-from pretrainkit.tasks.base import TASKS, Task, TaskOptions
+from pretrainkit.tasks.base import TASKS, PackOptions, Task, TaskOptions
 from pretrainkit.tasks.metrics import classification_metrics
 from pretrainkit.tasks.tsv import (
     ClassificationData,
@@ -55,28 +55,9 @@ class ClassificationOptions(TaskOptions):
 
 
 @dataclass
-class PackableOptions(ClassificationOptions):
-    pack: bool = False
-    """Pack several training examples into each row of a batch (block-diagonal attention,
-    positions restarting per example) instead of padding every example to the batch's longest:
-    the same examples and loss with less work when lengths vary. Training batches only;
-    transformer encoders only; not with perturbed training (EP/AP/R, FGM, PGD)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.pack, bool):
-            raise ConfigError(f"pack must be true or false, got {self.pack!r}")
-
-
-def collate_examples(
-    instances: list[dict[str, np.ndarray]], pad_id: int, options: PackableOptions
-) -> dict[str, Any]:
-    """A training batch, packed when the options say so (see ``PackableOptions.pack``)."""
-    from pretrainkit.data.batching import collate, collate_packed
-
-    if options.pack:
-        return collate_packed(instances, pad_id)
-    return collate(instances, pad_id)
+class PackableOptions(ClassificationOptions, PackOptions):
+    """``ClassificationOptions`` and ``--pack`` (one sequence per example: classification,
+    regression)."""
 
 
 def refuse_other_tasks(data: ClassificationData) -> None:
@@ -178,9 +159,6 @@ class Classification(SoftmaxOutputs, Task):
         return ClassificationStream(
             data, tokenizer, self._label_set(), self.options.seq_length, seed, rank, world_size
         )
-
-    def collate(self, instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, Any]:
-        return collate_examples(instances, pad_id, self.options)
 
     def batches(
         self, data: ClassificationData, tokenizer: Tokenizer, batch_size: int

@@ -18,7 +18,7 @@ from pretrainkit.config import TargetConfig
 from pretrainkit.errors import DataError
 from pretrainkit.fileio import read_utf8
 from pretrainkit.tasks.base import TASKS, Task
-from pretrainkit.tasks.classification import PackableOptions, collate_examples, width_defaults
+from pretrainkit.tasks.classification import PackableOptions, width_defaults
 from pretrainkit.tasks.metrics import regression_metrics
 from pretrainkit.tasks.tsv import (
     ClassificationData,
@@ -175,9 +175,6 @@ class Regression(Task):
     ) -> RegressionStream:
         seq_length = self.options.seq_length
         return RegressionStream(data, tokenizer, seq_length, seed, rank, world_size)
-
-    def collate(self, instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, Any]:
-        return collate_examples(instances, pad_id, self.options)
 
     def batches(
         self, data: ClassificationData, tokenizer: Tokenizer, batch_size: int

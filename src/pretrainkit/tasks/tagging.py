@@ -48,7 +48,7 @@ from pretrainkit.data.batching import collate
 from pretrainkit.data.instances import RowStream
 from pretrainkit.errors import ConfigError, DataError, closest
 from pretrainkit.fileio import read_input
-from pretrainkit.tasks.base import TASKS, Task, TaskOptions
+from pretrainkit.tasks.base import TASKS, PackOptions, Task
 from pretrainkit.tasks.classification import width_defaults
 from pretrainkit.tokenization import Tokenizer
 
@@ -62,7 +62,7 @@ _EXPECTED = "a header text_a<TAB>label (space-separated words, one BIO tag per w
 
 
 @dataclass
-class TaggingOptions(TaskOptions):
+class TaggingOptions(PackOptions):
     crf: bool = False
     """A CRF layer over the tags (BIO-constrained transitions, Viterbi decoding) instead of an
     independent softmax per token."""
