@@ -398,16 +398,22 @@ def test_cli_finetune_crf_then_evaluate_and_predict(base: Path, tmp_path: Path, 
     assert code == 2 and "--crf does not apply to task 'classification'" in err
 
 
-def test_softmax_head_learns_and_predicts_cut_words_as_o(base: Path, tmp_path: Path) -> None:
-    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
-    write_tagging(train, 128, 3)
-    write_tagging(dev, 32, 4)
+def train_tagger(base: Path, root: Path, seed: int, **options: object) -> tuple[dict, Path]:
+    """40 steps of ``finetune --task tagging`` on 128 sample rows; (its result, the dev file)."""
+    train, dev = root / "train.tsv", root / "dev.tsv"
+    write_tagging(train, 128, seed)
+    write_tagging(dev, 32, seed + 1)
     result = finetune(
-        "tagging", base, train, dev, tmp_path / "run",
+        "tagging", base, train, dev, root / "run",
         {"steps": 40, "lr": 3e-3, "warmup": 4, "precision": "fp32", "progress": False},
-        batch_size=16, task_options={"seq_length": 32, "dropout": 0.0},
+        batch_size=16, task_options={"seq_length": 32, **options},
     )  # fmt: skip
     assert result["last_eval"]["f1"] > 0.8, result["last_eval"]
+    return result, dev
+
+
+def test_softmax_head_learns_and_predicts_cut_words_as_o(base: Path, tmp_path: Path) -> None:
+    _, dev = train_tagger(base, tmp_path, 3, dropout=0.0)
     model = pretrainkit.load(tmp_path / "run" / "model")
     assert "token_classification" in model.target_modules()
     from pretrainkit.workflows.finetune import predict
@@ -422,15 +428,7 @@ def test_softmax_head_learns_and_predicts_cut_words_as_o(base: Path, tmp_path: P
 def test_packed_crf_training_learns(base: Path, tmp_path: Path) -> None:
     # --pack on a tagging run (per-token labels stay one row per example; the packed CRF loss
     # equals the padded one: tests/test_packing.py).
-    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
-    write_tagging(train, 128, 5)
-    write_tagging(dev, 32, 6)
-    result = finetune(
-        "tagging", base, train, dev, tmp_path / "run",
-        {"steps": 40, "lr": 3e-3, "warmup": 4, "precision": "fp32", "progress": False},
-        batch_size=16, task_options={"seq_length": 32, "crf": True, "pack": True},
-    )  # fmt: skip
-    assert result["last_eval"]["f1"] > 0.8, result["last_eval"]
+    train_tagger(base, tmp_path, 5, crf=True, pack=True)
     assert task_of(pretrainkit.load(tmp_path / "run" / "model")).options.pack is True
 
 
