@@ -122,16 +122,20 @@ class GatherSequence(ParallelStyle):
         return module
 
 
+def _sequence_sharded(x: torch.Tensor, device_mesh: Any) -> DTensor:
+    """``x`` — a plain tensor whole on every process, or a DTensor — sharded along the
+    sequence (each process keeps its positions; no communication)."""
+    if not isinstance(x, DTensor):
+        x = DTensor.from_local(x, device_mesh, [Replicate()], run_check=False)
+    return x.redistribute(placements=[SEQUENCE])
+
+
 class ShardSequenceOutput(ParallelStyle):
-    """After an embedding: its whole output becomes a DTensor sharded along the sequence
-    (each process keeps its positions; no communication)."""
+    """After an embedding: its whole output becomes a DTensor sharded along the sequence."""
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         def shard(_: nn.Module, inputs: Any, output: torch.Tensor) -> DTensor:
-            if isinstance(output, DTensor):
-                return output.redistribute(placements=[SEQUENCE])
-            whole = DTensor.from_local(output, device_mesh, [Replicate()], run_check=False)
-            return whole.redistribute(placements=[SEQUENCE])
+            return _sequence_sharded(output, device_mesh)
 
         module.register_forward_hook(shard)
         return module
@@ -144,10 +148,7 @@ class ShardSequenceInput(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         def shard(_: nn.Module, inputs: Any) -> Any:
-            first = inputs[0]
-            if not isinstance(first, DTensor):
-                first = DTensor.from_local(first, device_mesh, [Replicate()], run_check=False)
-            return (first.redistribute(placements=[SEQUENCE]), *inputs[1:])
+            return (_sequence_sharded(inputs[0], device_mesh), *inputs[1:])
 
         module.register_forward_pre_hook(shard)
         return module
