@@ -82,3 +82,17 @@ for crops in 4 8; do
 done
 run bench-all pk bench --model "$work/teacher/model" "$work/distilled-crops/model" \
   "$work/distilled-1l-crops/model" --batch 1,32 --seq 64 --rounds 5
+# Seeds 1 and 2 of the one-layer comparison (8 crops without the hidden-state loss against no
+# teacher); the rows above ran with the default seed 42. The teacher stays the same.
+for seed in 1 2; do
+  run "distilled-1l-crops8-soft-seed$seed" pk distill --teacher "$work/teacher" \
+    --student "$work/teacher" --student-layers 1 --recipe task --crops 8 --hidden-weight 0 \
+    "${sst[@]}" --out "$work/distilled-1l-crops8-soft-seed$seed" "${long[@]}" --seed "$seed"
+  run "no-teacher-1l-seed$seed" pk distill --teacher "$work/teacher" --student "$work/teacher" \
+    --student-layers 1 --recipe task --soft-weight 0 --hidden-weight 0 "${sst[@]}" \
+    --out "$work/no-teacher-1l-seed$seed" "${long[@]}" --seed "$seed"
+  for name in "distilled-1l-crops8-soft-seed$seed" "no-teacher-1l-seed$seed"; do
+    run "eval-$name" pk evaluate --model "$work/$name" --data "$data/sst2/dev.tsv" \
+      --columns label,text_a
+  done
+done
