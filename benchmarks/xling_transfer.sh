@@ -102,7 +102,8 @@ for backbone in "$@"; do
     if [ "$align" != 1 ]; then continue; fi
     first="${seeds%% *}"
     models=("$dir")
-    for row in plain ep-ap-r; do
+    # plain, ep-ap-r and any ep-ap-r-apW row (a tuned Attention-Pull weight) of this run
+    for row in plain ep-ap-r $(printf '%s\n' $rows | grep '^ep-ap-r-ap' || true); do
       if [ -d "$work/runs/$name-$task-$row-$first/model" ]; then
         models+=("$work/runs/$name-$task-$row-$first/model")
       fi
