@@ -13,6 +13,7 @@
 #              $LORA_RANK (trained as B·A, stored as its two factors)
 #   top2-lora-5  lora-5 with the candidates narrowed to the top 2 of the 6 layers
 #              (--top-layers 2): the backward pass stops below them, for a cheaper step
+#   top1-lora-5  the same with the top layer only (--top-layers 1)
 # Then benchmarks/continual_table.py prints the accuracy matrices and the summary. Simple
 # baselines per task (TF-IDF + LR, TF-IDF cosine for STS-B) come from their scripts.
 #
@@ -95,10 +96,13 @@ run lora-5 pk continual --model "$work/minilm" --tasks $part_tasks --out "$work/
 run top2-lora-5 pk continual --model "$work/minilm" --tasks $part_tasks \
   --out "$work/top2-lora-5" --budget 5% --selection importance --regularizer ewc \
   --reg-weight "$ewc" --lora-rank "$lora_rank" --top-layers 2
+run top1-lora-5 pk continual --model "$work/minilm" --tasks $part_tasks \
+  --out "$work/top1-lora-5" --budget 5% --selection importance --regularizer ewc \
+  --reg-weight "$ewc" --lora-rank "$lora_rank" --top-layers 1
 run tfidf-sst2 python3 "$here/tfidf_baseline.py" --train "$data/sst2/train.tsv" \
   --dev "$data/sst2/dev.tsv" --columns label,text_a
 run tfidf-xnli python3 "$here/tfidf_baseline.py" --train "$work/data/xnli-train.tsv" \
   --dev "$work/data/xnli-test.tsv" --columns text_a,text_b,label
 run tfidf-stsb python3 "$here/sts_tfidf_baseline.py" \
   --train "$data/stsb-multi-mt/stsb-en-train.csv" --dev "$data/stsb-multi-mt/stsb-en-dev.csv"
-python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5,lora-5,top2-lora-5}
+python3 "$here/continual_table.py" "$work"/{seq-full,full-ewc,random-5,method-5,lora-5,top2-lora-5,top1-lora-5}
