@@ -77,7 +77,7 @@ def real_batches(args: argparse.Namespace) -> dict[str, list[dict[str, torch.Ten
                 "labels": np.asarray(label, dtype=np.int64),
             })  # fmt: skip
         out["padded"].append(collate(instances, tokenizer.pad_id))
-        out["packed"].append(collate_packed(instances, tokenizer.pad_id))
+        out["packed"].append(collate_packed(instances, tokenizer.pad_id, args.pack_width))
     return out
 
 
@@ -138,6 +138,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", help="label<TAB>text rows: real sentences (classification)")
     parser.add_argument("--vocab", help="WordPiece vocabulary for --data")
+    parser.add_argument(
+        "--pack-width",
+        type=int,
+        default=None,
+        help="tokens per packed row (default: the batch's longest example, as finetune --pack)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
