@@ -216,6 +216,15 @@ def test_finetune_with_pack_follows_the_padded_run(tmp_path, capsys):
     assert student["options"]["pack"] is False
 
 
+def test_pack_must_be_a_boolean():
+    from pretrainkit.errors import ConfigError
+    from pretrainkit.tasks import build_task
+
+    with pytest.raises(ConfigError, match=r"task tagging.pack: expected true or false, got 'yes'"):
+        build_task("tagging", {"pack": "yes"})
+    assert build_task("regression", {"pack": True}).options.pack is True
+
+
 def test_pack_is_refused_where_it_cannot_hold(tmp_path, capsys):
     write_classification(tmp_path / "train.tsv", 32, seed=1)
     train = tmp_path / "train.tsv"
