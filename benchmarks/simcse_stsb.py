@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=32)
     parser.add_argument("--pooling", default="mean")
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=42, help="training seed (finetune's default)")
     args = parser.parse_args()
     options = {
         "seq_length": args.seq_length,
@@ -45,7 +46,13 @@ def main() -> None:
     dev = task.read(args.dev)
     before = evaluate_task(task_model(pretrainkit.load(args.model), task), task, dev)
     start = time.perf_counter()
-    train = {"steps": args.steps, "lr": args.lr, "progress": False, "log_every": 50}
+    train = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "progress": False,
+        "log_every": 50,
+        "seed": args.seed,
+    }
     result = finetune(
         "simcse", args.model, args.train, args.dev, args.out, train,
         batch_size=args.batch_size, task_options=options,
