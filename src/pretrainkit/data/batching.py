@@ -12,6 +12,27 @@ from pretrainkit.data.masking import IGNORE_INDEX
 from pretrainkit.errors import ConfigError
 
 
+def one_row_each(
+    instances: list[dict[str, np.ndarray]], keys: list[str], width: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """``keys`` of the instances, one row per instance: 0-d values stacked to ``[b]`` (class
+    indices int64, regression scores float32), per-token values padded to ``[b, width]`` with
+    ``pad_id`` (input_ids), -100 (labels) or 0 (the rest)."""
+    batch: dict[str, np.ndarray] = {}
+    for key in keys:
+        values = [inst[key] for inst in instances]
+        if np.ndim(values[0]) == 0:
+            kind = np.float32 if np.asarray(values[0]).dtype.kind == "f" else np.int64
+            batch[key] = np.asarray(values, dtype=kind)  # [b]
+            continue
+        fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
+        padded = np.full((len(instances), width), fill, dtype=np.int64)  # [b, width]
+        for row, value in enumerate(values):
+            padded[row, : len(value)] = value
+        batch[key] = padded
+    return batch
+
+
 def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
     """Stack instances into an int64 batch, padding to the longest `input_ids`.
 
@@ -29,20 +50,8 @@ def collate(instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, to
     if not instances:
         raise ValueError("cannot collate an empty list of instances")
     lengths = [len(inst["input_ids"]) for inst in instances]
-    size, longest = len(instances), max(lengths)
-    batch: dict[str, np.ndarray] = {}
-    for key in instances[0]:
-        values = [inst[key] for inst in instances]
-        if np.ndim(values[0]) == 0:
-            # Class indices stay int64; regression scores stay float32.
-            kind = np.float32 if np.asarray(values[0]).dtype.kind == "f" else np.int64
-            batch[key] = np.asarray(values, dtype=kind)  # [b]
-            continue
-        fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
-        padded = np.full((size, longest), fill, dtype=np.int64)  # [b, s]
-        for row, value in enumerate(values):
-            padded[row, : len(value)] = value
-        batch[key] = padded
+    longest = max(lengths)
+    batch = one_row_each(instances, list(instances[0]), longest, pad_id)
     attention = np.arange(longest)[None, :] < np.asarray(lengths)[:, None]  # [b, s]
     batch["attention_mask"] = attention.astype(np.int64)
     return {key: torch.from_numpy(value) for key, value in batch.items()}
@@ -124,19 +133,8 @@ def collate_packed(
         example_ids,
         unpack,
     )
-    for key in instances[0]:
-        if key in PACKED_KEYS:
-            continue
-        values = [inst[key] for inst in instances]
-        if np.ndim(values[0]) == 0:
-            kind = np.float32 if np.asarray(values[0]).dtype.kind == "f" else np.int64
-            batch[key] = np.asarray(values, dtype=kind)  # [n]
-            continue
-        fill = IGNORE_INDEX if key == "labels" else 0
-        per_example = np.full((len(instances), longest), fill, dtype=np.int64)  # [n, longest]
-        for row, value in enumerate(values):
-            per_example[row, : len(value)] = value
-        batch[key] = per_example
+    per_example = [key for key in instances[0] if key not in PACKED_KEYS]
+    batch |= one_row_each(instances, per_example, longest, pad_id)  # [n] or [n, longest]
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
