@@ -65,7 +65,7 @@ def model_config(args: argparse.Namespace, seq2seq: bool) -> dict:
         "vocab_size": 0,
         "embedding": {
             "parts": ["speech", "sinusoidal"],
-            "num_mel_bins": 80,
+            "num_mel_bins": args.num_mel_bins,
             "conv_channels": 2 * args.hidden,
             "max_positions": 512,
         },  # fmt: skip
@@ -145,6 +145,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-mel-bins", type=int, default=80, help="log-mel bins per frame")
+    parser.add_argument(
+        "--freq-mask-width", type=int, default=15, help="widest SpecAugment frequency mask"
+    )
     parser.add_argument("--speakers", nargs="*", help="only these held-out speakers")
     parser.add_argument("--tasks", nargs="*", default=["speech_classification", "speech2text"])
     parser.add_argument("--report", type=Path, nargs="*", help="only merge these runs' results")
@@ -172,7 +176,12 @@ def main() -> None:
             result = finetune(
                 task, bases[task], folder / f"{prefix}_train.tsv", folder / f"{prefix}_test.tsv",
                 args.out / "runs" / held / task, dict(train), batch_size=args.batch_size,
-                task_options={**OPTIONS, **({"target_length": 16} if prefix == "s2t" else {})},
+                task_options={
+                    **OPTIONS,
+                    "num_mel_bins": args.num_mel_bins,
+                    "freq_mask_width": args.freq_mask_width,
+                    **({"target_length": 16} if prefix == "s2t" else {}),
+                },
                 overwrite=True,
             )  # fmt: skip
             fold[task] = {**result["last_eval"], "seconds": round(time.perf_counter() - start, 1)}

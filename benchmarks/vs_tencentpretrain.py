@@ -60,7 +60,10 @@ pretrain
     clock (TencentPretrain: batch x seq x step / its first tokens/s, a window that starts when
     its Trainer is built, just before the loop; pretrainkit: ``elapsed`` of its first record),
     i.e. process start until the training loop begins (imports, model build, data opening).
-    Rounds are interleaved: for each round, TencentPretrain fp32, pretrainkit fp32, bf16.
+    Rounds are interleaved: for each round, TencentPretrain fp32, then each pretrainkit variant
+    of --pk-precisions (default fp32, bf16; a ``-pack`` variant such as ``fp32-pack`` adds
+    ``--pack``: each batch's instances packed into fewer rows, the same instances and loss; a
+    row's steps/s then counts the same 32 instances a step with less padding computed).
     Pre-training data: TencentPretrain and pretrainkit preprocess of --corpus (the last round of
     the preprocess part when it ran on the same corpus, else one untimed build).
 
@@ -658,8 +661,7 @@ class Bench:
             str(steps),
             "--batch-size",
             str(self.args.batch_size),
-            "--precision",
-            precision,
+            *precision_flags(precision),
             "--log-every",
             str(report),
             "--no-progress",
@@ -981,8 +983,7 @@ class Bench:
                             str(a.seq_length),
                             "--pooling",
                             "first",
-                            "--precision",
-                            prec,
+                            *precision_flags(prec),
                             "--log-every",
                             str(report),
                             "--no-progress",
@@ -1016,6 +1017,15 @@ class Bench:
 
 
 # -- report -------------------------------------------------------------------------------------
+
+
+def precision_flags(variant: str) -> list[str]:
+    """``fp32`` / ``bf16``, optionally with ``-pack`` (e.g. ``bf16-pack``): the pretrainkit
+    flags of that variant (``--pack`` packs each batch's instances into fewer rows)."""
+    precision, _, extra = variant.partition("-")
+    if extra not in ("", "pack"):
+        raise SystemExit(f"--pk-precisions: {variant!r} is not fp32 / bf16 [+ '-pack']")
+    return ["--precision", precision] + (["--pack"] if extra else [])
 
 
 def loads_text(values: list[float]) -> str:
@@ -1121,7 +1131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train", type=Path, default=data / "chnsenticorp" / "train.tsv")
     p.add_argument("--dev", type=Path, default=data / "chnsenticorp" / "dev.tsv")
     p.add_argument("--presets", nargs="+", default=["bert-tiny", "bert-small", "bert-base"])
-    p.add_argument("--pk-precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument(
+        "--pk-precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        help="pretrainkit variants: fp32, bf16, fp32-pack, bf16-pack (-pack: --pack)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--help-runs", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)

@@ -41,6 +41,8 @@ def _vocab_and_shards(root: Path, corpus: Path, objective: str) -> Path:
     tokenizer, shards = root / "tokenizer", root / f"shards-{objective}"
     if not tokenizer.exists():
         cli("vocab", "--corpus", corpus, "--kind", "wordpiece", "--size", 300, "--out", tokenizer)
+    if shards.exists():  # made for an earlier test of this module (a parametrized one)
+        return shards
     cli(
         "preprocess", "--corpus", corpus, "--tokenizer", tokenizer, "--objective", objective,
         "--seq-length", 32, "--out", shards,
@@ -137,14 +139,15 @@ def _same_numbers(record: dict) -> dict:
 
 @pytest.mark.slow  # 5-10 s: three training processes
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX job-control signals")
+@pytest.mark.parametrize("pack", [[], ["--pack"]], ids=["padded", "packed"])
 def test_resume_after_sigkill_gives_the_same_losses_and_weights(
-    grammar: Path, tmp_path: Path
+    grammar: Path, tmp_path: Path, pack: list[str]
 ) -> None:
     # Sentence pairs + NSP + dynamic masking: the stream with the most state to restore.
     shards = _vocab_and_shards(grammar, grammar / "corpus.txt", "bert")
     args = [
         "pretrain", *TINY_MODEL, "--data", shards, "--steps", 12, "--save-every", 3,
-        "--log-every", 1, "--batch-size", 8, "--lr", 1e-3, *QUIET,
+        "--log-every", 1, "--batch-size", 8, "--lr", 1e-3, *QUIET, *pack,
     ]  # fmt: skip
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = popen_cli(*args, "--out", straight, log=tmp_path / "straight.log")

@@ -229,6 +229,13 @@ def _add_pretrain(p):
         "--dev", help="held-out shard folder scored every --eval-every steps and at the end"
     )
     p.add_argument("--eval-batches", type=int, default=20, help="batches of --dev per evaluation")
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="pack each training batch's instances into as few rows as they fit (block-diagonal "
+        "attention, positions restarting per instance): the same instances and loss without "
+        "the padding's work (objectives bert, albert, mlm; transformer encoders)",
+    )
     # Only from a --config file: a mapping of dotted model keys, like --model.KEY VALUE flags.
     p.set_defaults(model_overrides=None)
     _train_options(p)
@@ -255,6 +262,7 @@ def pretrain(args, extra):
         global_batch_size=args.global_batch_size,
         overwrite=args.overwrite,
         objective_options=_objective_options(args, None),
+        pack=args.pack,
     )
 
 

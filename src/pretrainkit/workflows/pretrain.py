@@ -108,6 +108,7 @@ def pretrain(
     global_batch_size: int | None = None,
     overwrite: bool = False,
     objective_options: dict[str, Any] | None = None,
+    pack: bool = False,
 ) -> dict:
     """Pre-train ``model`` (preset, YAML or folder config) on the shards in ``data``.
 
@@ -117,7 +118,10 @@ def pretrain(
     the shards; ``batch_size`` is per process, ``global_batch_size`` per optimizer step.
     ``out`` is a new run folder, or an existing one with ``resume`` or ``overwrite`` (see
     ``workflows.run_folder``). ``objective_options`` replace the objective options recorded in
-    the shards' manifest; each replaced value is logged.
+    the shards' manifest; each replaced value is logged. ``pack`` packs each training batch's
+    instances into as few rows as they fit (``Objective.collate_packed``: the same instances
+    and loss without the padding's work; objectives ``bert``, ``albert``, ``mlm``, transformer
+    encoders, not with pipeline parallelism); held-out batches stay padded.
     """
     from pretrainkit.data import BatchIterator, Shards, pretraining_stream
     from pretrainkit.training import Trainer
@@ -150,6 +154,13 @@ def pretrain(
         )
         config = load_model_config(config, {"vocab_size": tokenizer.vocab_size})
     check_targets(objective, [t.name for t in config.targets], f"model {model}")
+    if pack:
+        get_objective(objective).check_packable()
+    if pack and parallel.pipeline_parallel > 1:
+        raise ConfigError(
+            "--pack with pipeline_parallel > 1: micro-batches split a batch by rows, which "
+            "packed rows do not allow; drop --pack"
+        )
     emb = config.embedding
     if "position" in emb.parts and seq_length + emb.position_offset > emb.max_positions:
         raise ConfigError(
@@ -164,6 +175,10 @@ def pretrain(
     with init_device(parallel):  # FSDP: only rank 0 allocates the whole model
         net = build_model(config)
     check_model(parallel, net)  # TP: heads and FFN width it must divide; PP: a stack to split
+    if pack:
+        from pretrainkit.workflows.finetune import check_packable
+
+        check_packable(net, None)
     net.tokenizer = tokenizer
     run = {
         "command": "pretrain",
@@ -174,6 +189,7 @@ def pretrain(
         "objective": objective,
         "objective_options": options,
         "seq_length": seq_length,
+        "pack": pack,
         "parameters": sum(p.numel() for p in net.parameters()),
         **batch_plan(parallel, batch_size, train.accumulate),
     }
@@ -186,7 +202,8 @@ def pretrain(
         world_size=data_parallel_size(parallel),
         options=options,
     )
-    collate = get_objective(objective).collate
+    chosen = get_objective(objective)
+    collate = chosen.collate_packed if pack else chosen.collate
     batches = BatchIterator(stream, batch_size, tokenizer.pad_id, collate_fn=collate)
     with run_folder(out, resume, overwrite) as folder:
         if is_main_process():

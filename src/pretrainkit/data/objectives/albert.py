@@ -11,6 +11,7 @@ class AlbertPairs(Objective):
     targets = frozenset({"mlm", "sop"})
     min_seq_length = 5
     masks = True
+    packable = True
 
     def stream(self, shards, seq_length, seed, mask_prob, rank, world_size):
         from pretrainkit.data.pairs import PairStream

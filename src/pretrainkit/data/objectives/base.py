@@ -34,6 +34,9 @@ class Objective:
     """A dataclass of its settable options (CLI flags, recorded in the shard manifest)."""
     options: Any = None
     """The options in force: an ``options_class`` instance (defaults in the registered one)."""
+    packable: ClassVar[bool] = False
+    """Whether its instances are one token sequence each, read by targets that need no other
+    row of the batch, so that ``pretrain --pack`` may pack them (``collate_packed``)."""
 
     def __init__(self) -> None:
         self.options = self.options_class() if self.options_class is not None else None
@@ -125,6 +128,23 @@ class Objective:
         from pretrainkit.data.batching import collate  # torch: not for preprocessing workers
 
         return collate(instances, pad_id)
+
+    def check_packable(self) -> None:
+        """Raise ConfigError unless ``pretrain --pack`` may pack its instances."""
+        if not self.packable:
+            raise ConfigError(
+                f"--pack: objective {self.name!r} cannot be packed, its instances are not one "
+                "token sequence each read by per-example targets (packable objectives: "
+                f"{', '.join(n for n in OBJECTIVES.names() if OBJECTIVES.get(n).packable)})"
+            )
+
+    def collate_packed(self, instances: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        """Instances → one packed batch (``data.batching.collate_packed``: several instances a
+        row, block-diagonal attention), for ``pretrain --pack``; only when ``packable``."""
+        self.check_packable()
+        from pretrainkit.data.batching import collate_packed  # torch: not for workers
+
+        return collate_packed(instances, pad_id)
 
     def check_targets(self, target_names: list[str], where: str) -> None:
         """Raise ConfigError unless the model trains exactly this objective's targets."""

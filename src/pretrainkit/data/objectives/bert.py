@@ -11,6 +11,7 @@ class BertPairs(Objective):
     targets = frozenset({"mlm", "nsp"})
     min_seq_length = 5
     masks = True
+    packable = True
 
     def stream(self, shards, seq_length, seed, mask_prob, rank, world_size):
         from pretrainkit.data.pairs import PairStream

@@ -11,6 +11,7 @@ class MaskedLM(Objective):
     targets = frozenset({"mlm"})
     min_seq_length = 3
     masks = True
+    packable = True
 
     def stream(self, shards, seq_length, seed, mask_prob, rank, world_size):
         from pretrainkit.data.streams import WindowStream
