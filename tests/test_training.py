@@ -234,14 +234,23 @@ def test_bf16_autocast_trains(tmp_path):
     assert len(losses) == 6 and losses[0] > 2.0 and losses[-1] < 0.25 * losses[0], losses
 
 
-def test_precision_resolution(tmp_path, monkeypatch):
+def test_precision_resolution(tmp_path, monkeypatch, caplog):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
     assert "avx512_bf16" in cpu_flags(cpuinfo) and cpu_flags(tmp_path / "missing") == frozenset()
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto", "cpu") == "fp32"
+    # bf16 asked for on such a CPU: honoured, and the emulation is said (once a process).
+    precision_module.warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger="pretrainkit.training.precision"):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    assert "without native bf16 instructions" in caplog.text
+    caplog.clear()
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"amx_bf16"}))
     assert resolve_precision("auto", "cpu") == "bf16"
+    with caplog.at_level("WARNING", logger="pretrainkit.training.precision"):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    assert caplog.text == ""
     assert resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ConfigError, match="fp16.*needs a CUDA GPU"):
         resolve_precision("fp16", "cpu")

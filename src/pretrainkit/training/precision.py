@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
 
 import torch
 
 from pretrainkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Flags that mean the CPU computes bf16 dot products natively (x86: AVX-512 BF16, AMX;
 # aarch64: the BF16 extension). Without one of them bf16 autocast is emulated and slower.
@@ -70,7 +73,21 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         raise ConfigError("precision 'bf16' is not supported by this GPU; use 'fp16' or 'fp32'")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"unknown precision {precision!r}; valid choices: auto, fp32, bf16, fp16")
+    if precision == "bf16" and kind == "cpu" and not cpu_supports_bf16():
+        warn_emulated_bf16()
     return precision
+
+
+@functools.lru_cache(maxsize=1)
+def warn_emulated_bf16() -> None:
+    """Say once per process that bf16 was asked for on a CPU that emulates it: honoured as
+    asked, but on an AVX2-only EPYC a bf16 GEMM ran 6.5x slower than fp32
+    (benchmarks/gemm_precision.py)."""
+    log.warning(
+        "precision bf16 on a CPU without native bf16 instructions (%s): autocast is emulated "
+        "and usually much slower than fp32; 'auto' would choose fp32 here",
+        "/".join(sorted(CPU_BF16_FLAGS)),
+    )
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
