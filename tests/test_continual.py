@@ -30,6 +30,7 @@ from pretrainkit.continual.module import ContinualModel, attach_slots, fold_slot
 from pretrainkit.continual.options import ContinualOptions, parse_budget
 from pretrainkit.continual.selection import (
     Group,
+    backbone_fraction,
     backbone_size,
     body_parameters,
     choose,
@@ -353,6 +354,28 @@ def test_a_run_with_top_layers_changes_only_those_layers(setup) -> None:
     )
 
 
+def test_a_model_scoped_budget_counts_the_head_in_what_is_trained_and_stored(setup) -> None:
+    result = run(
+        setup, "scoped", "--budget", "30%", "--budget-scope", "model", "--reg-weight", "10"
+    )
+    assert result["summary"]["new_task"]["sentiment"] >= 0.8, result["summary"]
+    for step in result["steps"]:
+        model = step["body_parameters"] + step["trainable_head"]
+        # The groups got what the head left of 30 % of the model ...
+        assert step["backbone_budget"] * step["body_parameters"] == pytest.approx(
+            0.30 * model - step["trainable_head"]
+        )
+        # ... so body and head together stay within it, and so does the delta on disk.
+        assert step["trainable_body"] + step["trainable_head"] <= 0.30 * model
+        assert step["delta_bytes"] <= 0.30 * step["full_bytes"]
+
+
+def test_a_head_larger_than_the_budget_is_an_error() -> None:
+    assert backbone_fraction(0.05, 1000, 10, "5%") == pytest.approx((0.05 * 1010 - 10) / 1000)
+    with pytest.raises(ConfigError, match="budget 1% of the model .* the task's head alone has"):
+        backbone_fraction(0.01, 1000, 20, "1%")
+
+
 def test_importance_choice_takes_the_best_groups_that_fit() -> None:
     groups = [Group("a", ["a"], 50), Group("b", ["b"], 30), Group("c", ["c"], 20)]
     # 50 % of 100: "b" scores best, "a" does not fit beside it, "c" does.
@@ -408,6 +431,8 @@ def test_bad_options() -> None:
         ContinualOptions(budget="100%", lora_rank=4)
     with pytest.raises(ConfigError, match="top_layers must be ≥ 0"):
         ContinualOptions(top_layers=-1)
+    with pytest.raises(ConfigError, match="unknown budget_scope 'head'.*backbone, model"):
+        ContinualOptions(budget_scope="head")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from pretrainkit.errors import ConfigError, closest
 SELECTIONS = ("importance", "random")
 IMPORTANCES = ("fisher", "gradient")
 REGULARIZERS = ("ewc", "l2sp", "none")
+BUDGET_SCOPES = ("backbone", "model")
 
 
 def parse_budget(text: str | float) -> float:
@@ -49,6 +50,12 @@ class ContinualOptions:
     budget: str = "5%"
     """Share of the backbone's parameters each task may change (its parameter groups are
     chosen to fit), e.g. 5% or 0.05; 100% is full fine-tuning."""
+
+    budget_scope: str = "backbone"
+    """What the budget is a share of: backbone (the shared encoder; each task's head trains on
+    top of it) or model (backbone plus the task's head, which always trains: the groups get
+    what the head leaves, so everything the task trains, and its delta, stays within the
+    budget)."""
 
     selection: str = "importance"
     """How the groups are chosen: importance (high on the new task, low on the old ones) or
@@ -91,6 +98,7 @@ class ContinualOptions:
             ("selection", self.selection, SELECTIONS),
             ("importance", self.importance, IMPORTANCES),
             ("regularizer", self.regularizer, REGULARIZERS),
+            ("budget_scope", self.budget_scope, BUDGET_SCOPES),
         ):
             if value not in choices:
                 hint = closest(str(value), choices)

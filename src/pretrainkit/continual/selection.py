@@ -98,6 +98,24 @@ def backbone_size(groups: list[Group]) -> int:
     return sum(g.size for g in groups if not g.lora_rank)
 
 
+def backbone_fraction(fraction: float, backbone: int, head: int, budget: str) -> float:
+    """The share of the backbone a task's groups may take when ``fraction`` of the whole model
+    (``backbone`` + the task's ``head`` parameters) is its budget and the head always trains
+    (``--budget-scope model``).
+
+    Raises:
+        ConfigError: the head alone fills the budget.
+    """
+    allowed = fraction * (backbone + head)
+    if allowed <= head:
+        raise ConfigError(
+            f"budget {budget} of the model ({int(allowed):,} parameters with the head) leaves "
+            f"nothing for the backbone: the task's head alone has {head:,}; give a larger "
+            "--budget or --budget-scope backbone"
+        )
+    return (allowed - head) / backbone
+
+
 def importance(
     model: nn.Module,
     parameters: dict[str, nn.Parameter],

@@ -40,6 +40,7 @@ from pretrainkit.continual.deltas import (
 from pretrainkit.continual.module import ContinualModel, attach_slots, fold_slots
 from pretrainkit.continual.options import ContinualOptions, TaskSpec, read_task_spec
 from pretrainkit.continual.selection import (
+    backbone_fraction,
     backbone_size,
     body_parameters,
     choose,
@@ -58,7 +59,7 @@ from pretrainkit.fileio import (
     read_safetensors,
 )
 from pretrainkit.model import Model
-from pretrainkit.peft.core import BODY
+from pretrainkit.peft.core import BODY, head_parameters
 from pretrainkit.tasks import Task, build_task
 from pretrainkit.tasks.base import task_from_record
 from pretrainkit.workflows.finetune import _loaded, evaluate_task, fit, task_model
@@ -343,21 +344,27 @@ def _train_task(
         started = time.perf_counter()
         groups = parameter_groups(net, opts.lora_rank)
         by_name = {g.name: g for g in groups}
-        # The budget is a share of the whole backbone; --top-layers narrows the candidates.
+        # The budget is a share of the whole backbone (or, with budget_scope model, of the
+        # backbone and this task's head together); --top-layers narrows the candidates.
         candidates, total = top_layer_groups(net, groups, opts.top_layers), backbone_size(groups)
+        fraction = opts.fraction
+        if opts.budget_scope == "model" and fraction < 1.0:
+            head = set(head_parameters(net))
+            head_size = sum(p.numel() for n, p in net.named_parameters() if n in head)
+            fraction = backbone_fraction(fraction, total, head_size, opts.budget)
         scores = None
         if earlier is not None and earlier.get("step") == k:  # resumed: the same choice
             chosen = [by_name[g] for g in earlier["groups"]]
         elif opts.fraction >= 1.0:
             chosen = candidates
         elif opts.selection == "random":
-            chosen = choose(candidates, opts.fraction, None, seed=opts.seed + k, total=total)
+            chosen = choose(candidates, fraction, None, seed=opts.seed + k, total=total)
         else:
             parameters = body_parameters(net)
             batches = _importance_batches(item, net, opts.seed, opts.importance_batches)
             new = normalized(importance(net, parameters, batches, opts.importance))
             scores = group_scores(groups, new, old_fisher)
-            chosen = choose(candidates, opts.fraction, scores, total=total)
+            chosen = choose(candidates, fraction, scores, total=total)
         whole = [t for g in chosen if not g.lora_rank for t in g.tensors]
         parameters = body_parameters(net)
         slots = attach_slots(net, {g.tensors[0]: g.lora_rank for g in chosen if g.lora_rank})
@@ -390,6 +397,7 @@ def _train_task(
         info.update(
             groups=[g.name for g in chosen],
             body_parameters=total,
+            backbone_budget=fraction,
             trainable_body=trained,
             trainable_head=sum(p.numel() for p in _head(net, cm)),
             regularizer=opts.regularizer if weight > 0 else "none",
