@@ -13,6 +13,11 @@ real sentences instead of full random rows: each round trains on the same --step
 gets each batch padded to its longest row (what ``DataCollatorWithPadding`` does); pretrainkit
 runs it padded the same way and packed (``collate_packed``, what ``finetune --pack`` does).
 Tokens/s count the real tokens of the batch for all three.
+
+With --heads-to-run token_classification, --data is a tagging TSV (header ``text_a<TAB>label``,
+space-separated characters and tags, e.g. msra_ner train): one tag per token, [CLS] / [SEP] and
+rows whose tokens do not match their characters one to one are skipped; tags are numbered in
+order of appearance (at most 7, the head's labels).
 """
 
 from __future__ import annotations
@@ -63,18 +68,40 @@ def real_batches(args: argparse.Namespace) -> dict[str, list[dict[str, torch.Ten
     tokenizer = load_tokenizer(args.vocab)
     with open(args.data, encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    rows = [(int(label), text) for label, text in rows if label in ("0", "1")]
+    tagging = args.run == ["token_classification"]
+    if tagging:
+        tags: dict[str, int] = {}
+        examples = []
+        for text, labels in rows[1:]:  # header text_a<TAB>label
+            chars, names = text.split(), labels.split()
+            ids = tokenizer.encode(" ".join(chars))
+            if len(ids) != len(chars) or len(names) != len(chars):
+                continue
+            tag_ids = [tags.setdefault(name, len(tags)) for name in names]
+            examples.append((ids, tag_ids))
+        if len(tags) > 7:
+            raise SystemExit(f"{args.data}: {len(tags)} tags, the head has 7")
+    else:
+        examples = [
+            (tokenizer.encode(text), int(label)) for label, text in rows if label in ("0", "1")
+        ]
     rng = random.Random(0)
-    picked = [rng.sample(rows, args.batch) for _ in range(args.steps)]
+    picked = [rng.sample(examples, args.batch) for _ in range(args.steps)]
     out: dict[str, list[dict[str, torch.Tensor]]] = {"padded": [], "packed": []}
     for chosen in picked:
         instances = []
-        for label, text in chosen:
-            ids, types = tokenizer.build_inputs(tokenizer.encode(text), None, args.seq)
+        for ids, label in chosen:
+            inputs, types = tokenizer.build_inputs(ids, None, args.seq)
+            if tagging:  # -100 on [CLS], [SEP] and what the cut dropped
+                target = np.full(len(inputs), -100, dtype=np.int64)
+                kept = label[: len(inputs) - 2]
+                target[1 : 1 + len(kept)] = kept
+            else:
+                target = np.asarray(label, dtype=np.int64)
             instances.append({
-                "input_ids": np.asarray(ids, dtype=np.int64),
+                "input_ids": np.asarray(inputs, dtype=np.int64),
                 "token_type_ids": np.asarray(types, dtype=np.int64),
-                "labels": np.asarray(label, dtype=np.int64),
+                "labels": target,
             })  # fmt: skip
         out["padded"].append(collate(instances, tokenizer.pad_id))
         out["packed"].append(collate_packed(instances, tokenizer.pad_id, args.pack_width))
@@ -136,7 +163,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", help="label<TAB>text rows: real sentences (classification)")
+    parser.add_argument(
+        "--data",
+        help="real sentences: label<TAB>text rows (classification) or a tagging TSV "
+        "text_a<TAB>label (token_classification)",
+    )
     parser.add_argument("--vocab", help="WordPiece vocabulary for --data")
     parser.add_argument(
         "--pack-width",
@@ -147,8 +178,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.data and (not args.vocab or args.run != ["classification"]):
-        parser.error("--data needs --vocab and --heads-to-run classification")
+    if args.data and (
+        not args.vocab or args.run not in (["classification"], ["token_classification"])
+    ):
+        parser.error("--data needs --vocab and one of --heads-to-run classification / "
+                     "token_classification")  # fmt: skip
     real = real_batches(args) if args.data else None
     for head in args.run:
         for precision in args.precisions:
