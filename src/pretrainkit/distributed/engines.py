@@ -15,27 +15,37 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from pretrainkit.errors import CheckpointError, ConfigError
 from pretrainkit.fileio import read_safetensors
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from pretrainkit.training.config import TrainConfig
+
+WEIGHTS = "model.safetensors"
+
+
+def dcp_state_dict() -> ModuleType:
+    """``torch.distributed.checkpoint.state_dict``, imported on first use.
+
+    Importing it pulls in DTensor and the checkpoint planners: 1.3-1.6 s on a 2-core CPU
+    (``python -X importtime``), which every one-process run paid before its first step.
+    """
+    import torch.distributed.checkpoint.state_dict as state_dict
+
+    return state_dict
+
 
 # Checkpoints hold the full (unsharded) optimizer state keyed by parameter name, gathered on
 # rank 0, rather than torch.distributed.checkpoint's one-file-per-rank layout: one format for
 # single, DDP and FSDP, readable by one process and resumable under another of these strategies.
 # Its cost is rank 0's host memory (8 bytes per parameter for AdamW's two moments); past that,
 # sharded DCP checkpoints are the way (see docs/DISTRIBUTED.md).
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-WEIGHTS = "model.safetensors"
+def full_options() -> Any:
+    """The options of the ``full`` checkpoint format: gathered onto rank 0, on the CPU."""
+    return dcp_state_dict().StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def full_tensor(value: Tensor) -> Tensor:
@@ -149,10 +159,11 @@ class Engine:
         self.split(model, src_data_rank=None)
         if on_meta:
             materialize(model, self.device)
-        set_model_state_dict(
+        sd = dcp_state_dict()
+        sd.set_model_state_dict(
             model,
             initial,
-            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            options=sd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
         broadcast_buffers(model)
         return model
@@ -298,11 +309,15 @@ class Engine:
         """
         if self.tensor_parallel == 1:
             return None
-        return cast(dict[str, Tensor], get_model_state_dict(self.module, options=FULL))
+        sd = dcp_state_dict()
+        return cast(dict[str, Tensor], sd.get_model_state_dict(self.module, options=full_options()))
 
     def optimizer_state(self) -> dict[str, Any] | None:
         """The full optimizer state keyed by parameter name (on rank 0; None elsewhere)."""
-        return get_optimizer_state_dict(self.module, self.optimizer, options=FULL) or None
+        sd = dcp_state_dict()
+        return (
+            sd.get_optimizer_state_dict(self.module, self.optimizer, options=full_options()) or None
+        )
 
     def extra_state(self) -> dict[str, Any]:
         """Engine state beside the optimizer's (the fp16 loss scale)."""
@@ -333,8 +348,8 @@ class Engine:
             if state.get("format", 1) == 1:  # older checkpoints: parameter indexes, one process
                 self.optimizer.load_state_dict(state["optimizer"])
             else:
-                set_optimizer_state_dict(
-                    self.module, self.optimizer, state["optimizer"], options=FULL
+                dcp_state_dict().set_optimizer_state_dict(
+                    self.module, self.optimizer, state["optimizer"], options=full_options()
                 )
                 self.per_tensor_updates()
             if self.scaler is not None and state.get("scaler"):
@@ -350,7 +365,10 @@ class Engine:
         weights = read_safetensors(path)
         if self.tensor_parallel > 1:  # full weights, each process keeps its part
             full: dict[str, Any] = weights_with_aliases(self.model, weights)
-            set_model_state_dict(self.module, full, options=StateDictOptions(full_state_dict=True))
+            sd = dcp_state_dict()
+            sd.set_model_state_dict(
+                self.module, full, options=sd.StateDictOptions(full_state_dict=True)
+            )
             return
         if isinstance(self.model, Model):
             load_state_strict(self.model, weights, str(path))
@@ -475,10 +493,11 @@ class FSDPEngine(Engine):
         if on_meta:
             # Sharded parameters are swapped in place, so tied weights stay tied.
             model.to_empty(device="cpu" if self.cpu_offload else self.device)
-        set_model_state_dict(
+        sd = dcp_state_dict()
+        sd.set_model_state_dict(
             model,
             initial,
-            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            options=sd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
         broadcast_buffers(model)  # every process enters: some may have come from meta
         return model
@@ -488,12 +507,16 @@ class FSDPEngine(Engine):
         return model
 
     def full_state_dict(self) -> dict[str, Tensor] | None:
-        return cast(dict[str, Tensor], get_model_state_dict(self.module, options=FULL))
+        sd = dcp_state_dict()
+        return cast(dict[str, Tensor], sd.get_model_state_dict(self.module, options=full_options()))
 
     def load_weights(self, directory: Path) -> None:
         path = Path(directory) / WEIGHTS
         weights: dict[str, Any] = weights_with_aliases(self.model, read_safetensors(path))
-        set_model_state_dict(self.module, weights, options=StateDictOptions(full_state_dict=True))
+        sd = dcp_state_dict()
+        sd.set_model_state_dict(
+            self.module, weights, options=sd.StateDictOptions(full_state_dict=True)
+        )
 
 
 def fsdp_options(precision: str, cpu_offload: bool = False) -> dict[str, Any]:
