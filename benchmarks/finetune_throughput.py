@@ -7,6 +7,9 @@ QA (start/end). Shape: all-MiniLM-L6-v2's (6 layers, hidden 384, 12 heads, FFN 1
 
     python benchmarks/finetune_throughput.py --precisions fp32 bf16 --threads 1
 
+--inference times forward passes in eval mode, without labels or gradients (``evaluate`` and
+``predict``; packed as a model fine-tuned with ``--pack`` evaluates) instead of training steps.
+
 With --data (a ``label<TAB>text`` file, e.g. SST-2 train) and --vocab, classification runs on
 real sentences instead of full random rows: each round trains on the same --steps batches of
 --batch rows drawn from the file, tokenised with the vocabulary and cut to --seq. transformers
@@ -134,13 +137,23 @@ def models(head: str, args: argparse.Namespace):
     return ours.train(), theirs.train()
 
 
-def step_fn(model, batches, precision: str):
-    """One training step per call, on the next of ``batches`` in turn."""
+def step_fn(model, batches, precision: str, inference: bool = False):
+    """One training step per call, on the next of ``batches`` in turn; with ``inference`` one
+    forward pass without labels or gradients in eval mode instead (what ``evaluate`` and
+    ``predict`` run)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     turn = iter(range(1 << 62))
 
     def step():
         batch = batches[next(turn) % len(batches)]
+        if inference:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with (
+                torch.no_grad(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+            ):
+                model(**inputs)
+            return
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(**batch).loss
         loss.backward()
@@ -175,6 +188,12 @@ def main() -> None:
         default=None,
         help="tokens per packed row (default: the batch's longest example, as finetune --pack)",
     )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help="time forward passes in eval mode without labels or gradients (evaluate / "
+        "predict; packed: what a model fine-tuned with --pack runs) instead of training steps",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,14 +207,19 @@ def main() -> None:
         for precision in args.precisions:
             torch.manual_seed(0)
             ours, theirs = models(head, args)
+            if args.inference:
+                ours.eval()
+                theirs.eval()
             if real is None:
                 batch = [make_batch(head, args.batch, args.seq)]
-                steps = {"pretrainkit": step_fn(ours, batch, precision),
-                         "transformers": step_fn(theirs, batch, precision)}  # fmt: skip
+                steps = {"pretrainkit": step_fn(ours, batch, precision, args.inference),
+                         "transformers": step_fn(theirs, batch, precision, args.inference)}  # fmt: skip
             else:
-                steps = {"pretrainkit": step_fn(ours, real["padded"], precision),
-                         "pretrainkit_packed": step_fn(ours, real["packed"], precision),
-                         "transformers": step_fn(theirs, real["padded"], precision)}  # fmt: skip
+                steps = {
+                    "pretrainkit": step_fn(ours, real["padded"], precision, args.inference),
+                    "pretrainkit_packed": step_fn(ours, real["packed"], precision, args.inference),
+                    "transformers": step_fn(theirs, real["padded"], precision, args.inference),
+                }
             for step in steps.values():  # warm-up: allocator, autocast caches
                 step()
                 step()
@@ -219,6 +243,7 @@ def main() -> None:
             print(json.dumps({
                 "head": head,
                 "precision": precision,
+                "mode": "inference" if args.inference else "training",
                 **{f"{k}_tokens_per_s_median": round(v[len(v) // 2], 1) for k, v in rates.items()},
                 **{f"{k}_ratio_median": round(r[len(r) // 2], 3) for k, r in ratios.items()},
                 **{f"{k}_ratio_min_max": [round(r[0], 3), round(r[-1], 3)]

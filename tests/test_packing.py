@@ -246,3 +246,92 @@ def test_pack_is_refused_where_it_cannot_hold(tmp_path, capsys):
     code, _, err = finetune(capsys, lstm, train, train, tmp_path / "rnn", "--pack")
     assert code != 0 and "--pack needs a transformer encoder" in err
     assert not (tmp_path / "rnn").exists()
+
+
+def _tagging(path, rows, seed):
+    from sample_tagging import write_tagging
+
+    write_tagging(path, rows, seed)
+
+
+def _regression(path, rows, seed):
+    from task_samples import SAMPLES
+
+    SAMPLES["regression"].write(path, rows, seed)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "write"),
+    [
+        ("classification", {"pooling": "mean"}, lambda p, r, s: write_classification(p, r, s)),
+        ("classification", {"pooling": "first"}, lambda p, r, s: write_classification(p, r, s, pairs=True)),
+        ("regression", {"pooling": "mean"}, _regression),
+        ("tagging", {"crf": False}, _tagging),
+        ("tagging", {"crf": True}, _tagging),
+    ],
+)  # fmt: skip
+def test_evaluation_of_a_packed_task_packs_and_gives_the_padded_outputs(
+    tmp_path, name, options, write
+):
+    """A task that packs its training batches also packs its evaluation and prediction
+    batches: fewer rows, the same examples in the same order, the same outputs."""
+    from pretrainkit.tasks import build_task
+    from pretrainkit.workflows.finetune import model_outputs
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    tokenizer = load_tokenizer(vocab)
+    write(tmp_path / "dev.tsv", 45, 3)
+    # Every third row cut to two words (the tags with them): rows of mixed length, as real
+    # files have; same-length rows leave nothing to pack into rows as wide as the longest.
+    lines = (tmp_path / "dev.tsv").read_text().splitlines()
+    for i in range(1, len(lines), 3):
+        fields = lines[i].split("\t")
+        for c in range(len(fields)) if name == "tagging" else range(1, len(fields)):
+            fields[c] = " ".join(fields[c].split()[:2])
+        lines[i] = "\t".join(fields)
+    (tmp_path / "dev.tsv").write_text("\n".join(lines) + "\n")
+    tasks = {
+        pack: build_task(name, {**options, "seq_length": 40, "dropout": 0.0, "pack": pack})
+        for pack in (False, True)
+    }
+    data = tasks[False].read(tmp_path / "dev.tsv")
+    for task in tasks.values():
+        task.fit_labels(data)
+    target = tasks[False].target()
+    torch.manual_seed(0)
+    net = pretrainkit.build_model(
+        "bert-tiny", {**TINY, "targets": [{"name": target.name, "options": target.options}]}
+    )
+    net.tokenizer = tokenizer
+    padded = list(tasks[False].eval_batches(data, tokenizer, 16))
+    packed = list(tasks[True].eval_batches(data, tokenizer, 16))
+    assert [len(b["unpack_index"]) for b in packed] == [len(b["input_ids"]) for b in padded]
+    assert sum(len(b["input_ids"]) for b in packed) < sum(len(b["input_ids"]) for b in padded)
+    assert "example_ids" not in padded[0] and "example_ids" in packed[0]
+    outputs = {pack: model_outputs(net, task, data, 16) for pack, task in tasks.items()}
+    assert len(outputs[True]) == len(outputs[False]) == len(data) == 45
+    for a, b in zip(outputs[False], outputs[True], strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-5, rtol=1e-5)
+    gold = tasks[False].gold(data)
+    assert tasks[True].metrics(outputs[True], gold) == pytest.approx(
+        tasks[False].metrics(outputs[False], gold)
+    )
+    lines = {pack: task.prediction_lines(outputs[pack], data) for pack, task in tasks.items()}
+    assert lines[True] == lines[False]
+
+
+def test_packing_an_evaluation_batch_refuses_what_it_cannot_place():
+    from pretrainkit.data.batching import pack_padded
+    from pretrainkit.errors import ConfigError
+
+    batch = collate(examples([3, 5]), 0)
+    packed = pack_padded({**batch, "_rows": [7, 8]}, 0)
+    assert packed["_rows"] == [7, 8] and packed["input_ids"].shape == (2, 5)
+    with pytest.raises(ConfigError, match="needs its attention_mask"):
+        pack_padded({"input_ids": batch["input_ids"]}, 0)
+    left = {**batch, "attention_mask": batch["attention_mask"].flip(1)}
+    with pytest.raises(ConfigError, match="needs right padding"):
+        pack_padded(left, 0)
+    with pytest.raises(ConfigError, match=r"has \['example_ids', 'position_ids'"):
+        pack_padded(collate_packed(examples([3, 5]), 0), 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,6 +137,37 @@ def collate_packed(
     per_example = [key for key in instances[0] if key not in PACKED_KEYS]
     batch |= one_row_each(instances, per_example, longest, pad_id)  # [n] or [n, longest]
     return {key: torch.from_numpy(value) for key, value in batch.items()}
+
+
+def pack_padded(batch: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """An evaluation batch padded to its longest (``collate``'s layout) in ``collate_packed``'s:
+    the same examples in the same order, so the model's per-example outputs are the padded
+    batch's (within float rounding) for less work.
+
+    Per-token tensors ``[n, s]`` are cut to each example's length (``attention_mask``, which
+    must be right padding), ``[n]`` tensors stay per example, and the task's own keys (``_``
+    prefix) and non-tensors pass through unchanged.
+
+    Raises:
+        ConfigError: a batch without ``attention_mask``, with left padding, or with a model
+            input packing cannot place (``position_ids``, ``example_ids``: packed already).
+    """
+    mask = batch.get("attention_mask")
+    if not torch.is_tensor(mask) or mask.dim() != 2:
+        raise ConfigError("packing an evaluation batch needs its attention_mask [n, s]")
+    lengths = mask.sum(1)
+    if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None])).all()):
+        raise ConfigError("packing an evaluation batch needs right padding (ones, then zeros)")
+    own = {k: v for k, v in batch.items() if k.startswith("_") or not torch.is_tensor(v)}
+    inputs = {k: v for k, v in batch.items() if k not in own and k != "attention_mask"}
+    placed = {"position_ids", "example_ids", "unpack_index"} & set(inputs)
+    if placed:
+        raise ConfigError(f"cannot pack an evaluation batch that has {sorted(placed)}")
+    instances = [
+        {k: (v[i, :n] if v.dim() == 2 else v[i]).numpy() for k, v in inputs.items()}
+        for i, n in enumerate(lengths.tolist())
+    ]
+    return collate_packed(instances, pad_id) | own
 
 
 class BatchIterator:

@@ -56,8 +56,9 @@ class PackOptions(TaskOptions):
     pack: bool = False
     """Pack several training examples into each row of a batch (block-diagonal attention,
     positions restarting per example) instead of padding every example to the batch's longest:
-    the same examples and loss with less work when lengths vary. Training batches only;
-    transformer encoders only; not with perturbed training (EP/AP/R, FGM, PGD)."""
+    the same examples and loss with less work when lengths vary. Recorded in the model folder:
+    its evaluation and prediction batches are packed too (``Task.eval_batches``; SAMP's stay
+    padded). Transformer encoders only; not with perturbed training (EP/AP/R, FGM, PGD)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +140,20 @@ class Task(ABC):
         A row of a batch may be part of a row of the data (one window of a long context);
         ``row_outputs``, ``metrics`` and ``prediction_lines`` then put the parts together.
         """
+
+    def eval_batches(self, data: Any, tokenizer: Tokenizer, batch_size: int) -> Iterator[dict]:
+        """``batches`` as evaluation and prediction run them: packed when the task packs its
+        training batches (``PackOptions.pack``, recorded in the model folder), so a packed
+        model is also evaluated without the padding's work. The rows and their order stay
+        ``batches``'s; the model unpacks its output per example, so ``row_outputs`` reads
+        what it reads from a padded batch. (SAMP calibrates on padded batches: its fused
+        attention and ONNX export take the plain inputs.)"""
+        batches = self.batches(data, tokenizer, batch_size)
+        if not (isinstance(self.options, PackOptions) and self.options.pack):
+            return batches
+        from pretrainkit.data.batching import pack_padded
+
+        return (pack_padded(batch, tokenizer.pad_id) for batch in batches)
 
     # -- the head and its outputs -----------------------------------------------------------
     @abstractmethod

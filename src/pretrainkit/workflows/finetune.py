@@ -77,7 +77,7 @@ def model_outputs(model: Model, task: Task, data: Any, batch_size: int = 64) -> 
     device = next(model.parameters()).device
     outputs: list[Any] = []
     try:
-        for batch in task.batches(data, model.tokenizer, batch_size):
+        for batch in task.eval_batches(data, model.tokenizer, batch_size):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             outputs += task.batch_outputs(model, batch)  # a forward pass, or generation
     finally:
