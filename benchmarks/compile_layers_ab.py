@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
 import torch
-from profile_step import random_batch, train_step
+from profile_step import interleaved_ms, random_batch, train_step
 
 import pretrainkit
 from pretrainkit.distributed.engines import transformer_layers
@@ -55,15 +54,11 @@ def main() -> None:
     step(*models["compiled"])
     first = time.perf_counter() - start
     step(*models["eager"])
-    times: dict[str, list[float]] = {name: [] for name in models}
-    loads = []
-    for _ in range(args.rounds):
-        for name, (model, optimizer) in models.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step(model, optimizer)
-            times[name].append((time.perf_counter() - start) / args.steps * 1000)
-        loads.append(round(os.getloadavg()[0], 2))
+    times, loads = interleaved_ms(
+        {name: lambda _, pair=pair: step(*pair) for name, pair in models.items()},
+        args.rounds,
+        args.steps,
+    )
     eager, compiled = statistics.median(times["eager"]), statistics.median(times["compiled"])
     print(
         json.dumps(

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
-from profile_step import train_step
+from profile_step import interleaved_ms, train_step
 
 import pretrainkit
 from pretrainkit.data import Shards, pretraining_stream
@@ -77,18 +76,16 @@ def main() -> None:
         with torch.no_grad(), autocast(args.precision, torch.device("cpu")):
             first_loss[name] = float(model(**layouts[name][0]).loss)
         model.train()
-    times: dict[str, list[float]] = {name: [] for name in layouts}
-    loads = []
     for name, (model, optimizer) in models.items():  # warm-up step each
         train_step(model, optimizer, layouts[name][0], args.precision)
-    for r in range(args.rounds):
-        for name, (model, optimizer) in models.items():
-            start = time.perf_counter()
-            for s in range(args.steps):
-                batch = layouts[name][(r * args.steps + s) % args.batches]
-                train_step(model, optimizer, batch, args.precision)
-            times[name].append((time.perf_counter() - start) / args.steps * 1000)
-        loads.append(round(os.getloadavg()[0], 2))
+
+    def variant(name: str) -> Callable[[int], None]:
+        model, optimizer = models[name]
+        return lambda i: train_step(
+            model, optimizer, layouts[name][i % args.batches], args.precision
+        )
+
+    times, loads = interleaved_ms({name: variant(name) for name in models}, args.rounds, args.steps)
     padded, packed = statistics.median(times["padded"]), statistics.median(times["packed"])
     print(
         json.dumps(

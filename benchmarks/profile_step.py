@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -59,6 +60,24 @@ def train_step(model, optimizer, batch: dict[str, torch.Tensor], precision: str)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def interleaved_ms(
+    variants: dict[str, Callable[[int], None]], rounds: int, steps: int
+) -> tuple[dict[str, list[float]], list[float]]:
+    """Milliseconds per step of each variant, round by round: in every round each variant runs
+    ``steps`` steps in turn (called with the step's index over all rounds), so machine noise
+    falls on all of them. Also the 1-minute load average after each round."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    loads = []
+    for r in range(rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            for s in range(steps):
+                step(r * steps + s)
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+        loads.append(round(os.getloadavg()[0], 2))
+    return times, loads
 
 
 def main() -> None:
