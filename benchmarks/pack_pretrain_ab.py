@@ -41,12 +41,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="steps per round and layout")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the shards' instance stream (pretrain's default --seed is 42)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     shards = Shards.open(args.shards)
     objective = get_objective(shards.manifest["objective"])
-    stream = pretraining_stream(shards, seed=0)
+    stream = pretraining_stream(shards, seed=args.seed)
     pad = shards.tokenizer.pad_id
     drawn = [[next(stream) for _ in range(args.batch_size)] for _ in range(args.batches)]
     layouts = {
@@ -94,6 +100,7 @@ def main() -> None:
                 "precision": args.precision,
                 "objective": objective.name,
                 "batch_size": args.batch_size,
+                "seed": args.seed,
                 "threads": args.threads,
                 "layouts": shape,
                 "first_batch_loss": first_loss,
