@@ -134,7 +134,7 @@ class TaskRecipe(Recipe):
 
         same_vocabulary(teacher, student)
         spec = task_of(teacher, "--teacher")
-        if getattr(spec.options, "pack", False):
+        if spec.packs:
             # The distiller runs the slots itself on plain rows (``distill.states``); a teacher
             # fine-tuned with packed batches is distilled from padded ones.
             spec.options = dataclasses.replace(spec.options, pack=False)

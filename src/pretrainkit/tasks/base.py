@@ -120,6 +120,12 @@ class Task(ABC):
     ) -> InstanceStream:
         """The endless, resumable stream of training instances."""
 
+    @property
+    def packs(self) -> bool:
+        """Whether this task's batches are packed (``PackOptions.pack``, asked for with ``--pack``
+        and recorded in the model folder)."""
+        return isinstance(self.options, PackOptions) and self.options.pack
+
     def collate(self, instances: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, Any]:
         """The stream's instances → one training batch (padding to the longest by default). A
         task whose instance is several sequences (a question and its choices) flattens them
@@ -127,7 +133,7 @@ class Task(ABC):
         pack the batch when asked (``data.batching.collate_packed``)."""
         from pretrainkit.data.batching import collate, collate_packed
 
-        if isinstance(self.options, PackOptions) and self.options.pack:
+        if self.packs:
             return collate_packed(instances, pad_id)
         return collate(instances, pad_id)
 
@@ -149,7 +155,7 @@ class Task(ABC):
         what it reads from a padded batch. (SAMP calibrates on padded batches: its fused
         attention and ONNX export take the plain inputs.)"""
         batches = self.batches(data, tokenizer, batch_size)
-        if not (isinstance(self.options, PackOptions) and self.options.pack):
+        if not self.packs:
             return batches
         from pretrainkit.data.batching import pack_padded
 

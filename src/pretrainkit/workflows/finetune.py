@@ -301,7 +301,7 @@ def fit(
         **plan,
     }
     check_model(parallel, net)  # tensor parallelism: heads and FFN width it must divide
-    if getattr(spec.options, "pack", False):
+    if spec.packs:
         check_packable(net, perturb)
     # Split over the data-parallel processes: a tensor-parallel group reads one batch.
     stream = spec.stream(
