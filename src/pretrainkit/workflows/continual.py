@@ -347,10 +347,10 @@ def _train_task(
         # The budget is a share of the whole backbone (or, with budget_scope model, of the
         # backbone and this task's head together); --top-layers narrows the candidates.
         candidates, total = top_layer_groups(net, groups, opts.top_layers), backbone_size(groups)
+        head = set(head_parameters(net))  # what ContinualModel trains besides the body
+        head_size = sum(p.numel() for n, p in net.named_parameters() if n in head)
         fraction = opts.fraction
         if opts.budget_scope == "model" and fraction < 1.0:
-            head = set(head_parameters(net))
-            head_size = sum(p.numel() for n, p in net.named_parameters() if n in head)
             fraction = backbone_fraction(fraction, total, head_size, opts.budget)
         scores = None
         if earlier is not None and earlier.get("step") == k:  # resumed: the same choice
@@ -392,14 +392,13 @@ def _train_task(
             slots,
         )
         holder.append(cm)
-        total = backbone_size(groups)
         trained = sum(g.size for g in chosen)
         info.update(
             groups=[g.name for g in chosen],
             body_parameters=total,
             backbone_budget=fraction,
             trainable_body=trained,
-            trainable_head=sum(p.numel() for p in _head(net, cm)),
+            trainable_head=head_size,
             regularizer=opts.regularizer if weight > 0 else "none",
             scores={g: round(s, 6) for g, s in (scores or {}).items()},
             select_seconds=time.perf_counter() - started,
@@ -452,11 +451,6 @@ def _train_task(
         "seconds": {"select": info["select_seconds"], "train": seconds - info["select_seconds"]},
         "metrics": {},
     }
-
-
-def _head(net: Model, cm: ContinualModel) -> list[torch.Tensor]:
-    parameters = dict(net.named_parameters())
-    return [parameters[t] for t in cm.head if t in parameters]
 
 
 def export_task(
