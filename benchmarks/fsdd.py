@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument(
         "--freq-mask-width", type=int, default=15, help="widest SpecAugment frequency mask"
     )
+    parser.add_argument(
+        "--vtlp", type=float, default=0.0, help="VTLP warp range on training instances (0 = off)"
+    )
     parser.add_argument("--speakers", nargs="*", help="only these held-out speakers")
     parser.add_argument("--tasks", nargs="*", default=["speech_classification", "speech2text"])
     parser.add_argument("--report", type=Path, nargs="*", help="only merge these runs' results")
@@ -180,6 +183,7 @@ def main() -> None:
                     **OPTIONS,
                     "num_mel_bins": args.num_mel_bins,
                     "freq_mask_width": args.freq_mask_width,
+                    "vtlp": args.vtlp,
                     **({"target_length": 16} if prefix == "s2t" else {}),
                 },
                 overwrite=True,

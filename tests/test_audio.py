@@ -14,7 +14,14 @@ from helpers import require
 # isort: split
 from sample_speech_classification import write_wav
 
-from pretrainkit.data.audio import Filterbank, normalize, read_wav, resample, spec_augment
+from pretrainkit.data.audio import (
+    Filterbank,
+    normalize,
+    read_wav,
+    resample,
+    spec_augment,
+    vtlp_frequencies,
+)
 from pretrainkit.errors import ConfigError, DataError
 
 
@@ -67,6 +74,44 @@ def test_windows_and_frame_count() -> None:
         Filterbank(8000)(samples[:150])
     with pytest.raises(ConfigError, match="window must be one of povey, hamming, hann"):
         Filterbank(8000, window="blackman")
+
+
+def test_vtlp_warp_is_linear_below_the_boundary_and_keeps_nyquist() -> None:
+    hz = torch.linspace(0, 4000, 401, dtype=torch.float64)  # 8 kHz: Nyquist 4,000 Hz
+    assert torch.equal(vtlp_frequencies(hz, 1.0, 8000), hz)
+    for warp in (0.9, 1.1):
+        out = vtlp_frequencies(hz, warp, 8000)
+        boundary = 0.8 * 4000 * min(warp, 1.0) / warp  # 3,200 Hz / 1.1 = 2,909 Hz for 1.1
+        low = hz <= boundary
+        torch.testing.assert_close(out[low], hz[low] * warp)
+        assert out[0] == 0 and out[-1] == pytest.approx(4000.0)
+        assert bool((out.diff() > 0).all())  # monotonic: no two frequencies swap
+        assert float(out.max()) <= 4000.0 + 1e-9
+
+
+def test_warped_filters_move_a_tone_like_a_shorter_vocal_tract() -> None:
+    """A 1 kHz tone's energy lands in the filter of 1.1 kHz at warp 1.1 (0.9 kHz at 0.9), and
+    ``log_mel(power(x))`` is the plain filterbank."""
+    rate, t = 8000, np.arange(8000) / 8000
+    samples = (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    bank = Filterbank(rate, 40)
+    power = bank.power(samples)
+    assert power.shape == (98, 128)
+    torch.testing.assert_close(bank.log_mel(power), bank(samples), rtol=0, atol=0)
+    torch.testing.assert_close(bank.warped(1.0), bank.mel)
+
+    def peak(warp: float) -> int:
+        return int(bank.log_mel(power, warp).mean(0).argmax())
+
+    def filter_of(hz: float) -> int:  # the filter whose triangle peaks nearest ``hz``
+        single = Filterbank(rate, 40).log_mel(
+            Filterbank(rate, 40).power((0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32))
+        )
+        return int(single.mean(0).argmax())
+
+    assert peak(1.0) == filter_of(1000.0)
+    assert peak(1.1) == filter_of(1100.0) > peak(1.0)
+    assert peak(0.9) == filter_of(900.0) < peak(1.0)
 
 
 def test_normalize_gives_zero_mean_unit_variance_and_leaves_flat_bins_at_zero() -> None:

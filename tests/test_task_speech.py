@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import task_samples  # noqa: F401 - the sample modules import it: it must load first
 import torch
-from helpers import data_dir
+from helpers import data_dir, require
 
 # isort: split
 from sample_speech2text import write_base as write_seq2seq_base
@@ -19,6 +19,7 @@ from sample_speech2text import write_tone_words
 from sample_speech_classification import RATE, speech_config, tone, write_tones, write_wav
 
 import pretrainkit
+from pretrainkit.data.audio import normalize, read_wav
 from pretrainkit.errors import ConfigError, DataError
 from pretrainkit.tasks import build_task
 from pretrainkit.tasks.speech2text import greedy_transcribe
@@ -160,6 +161,56 @@ def test_speed_perturbation_draws_one_of_three_speeds(tmp_path: Path) -> None:
     first = [next(replay)["input_features"] for _ in range(5)]
     again = task.stream(data, None, 0, 0, 1)
     assert all(np.array_equal(next(again)["input_features"], f) for f in first)
+
+
+def test_vtlp_warps_each_instance_by_a_drawn_factor(tmp_path: Path) -> None:
+    """Every instance of the one recording is its features at some warp factor in [0.9, 1.1]
+    (found again by a search over the factors), the factors spread over the range, a replay draws
+    the same ones, and evaluation batches are never warped."""
+    write_tones(tmp_path / "train.tsv", 1, 2)
+    task = build_task("speech_classification", {**OPTIONS, "vtlp": 0.1})
+    data = task.read(tmp_path / "train.tsv")
+    task.fit_labels(data)
+    stream = task.stream(data, None, 0, 0, 1)
+    instances = [next(stream)["input_features"] for _ in range(12)]
+    bank = task.options.filterbank()
+    audio = read_wav(tmp_path / "train_audio" / "0.wav", RATE).samples
+    power = bank.power(audio).float()
+    minimize_scalar = require("scipy.optimize").minimize_scalar
+    grid = np.arange(0.88, 1.1201, 0.002)
+    found = []
+    for features in instances:
+        assert features.shape == data.features[0].shape
+
+        def error(warp: float, features: np.ndarray = features) -> float:
+            return float(np.abs(features - normalize(bank.log_mel(power, warp)).numpy()).max())
+
+        near = grid[int(np.argmin([error(float(w)) for w in grid]))]
+        best = minimize_scalar(
+            error, bounds=(near - 0.002, near + 0.002), method="bounded", options={"xatol": 1e-9}
+        )
+        assert best.fun < 1e-3  # exactly the features at some warp factor
+        found.append(round(float(best.x), 4))
+    assert all(0.9 <= w <= 1.1 for w in found) and len(set(found)) == len(found)
+    assert min(found) < 0.97 and max(found) > 1.03
+    again = task.stream(data, None, 0, 0, 1)
+    assert all(np.array_equal(next(again)["input_features"], f) for f in instances)
+    batch = next(task.batches(data, None, 8))
+    assert np.array_equal(batch["input_features"][0].numpy(), data.features[0])
+    for bad, message in ((-0.1, "must be in"), (0.5, "must be in"), (True, "expected a number")):
+        with pytest.raises(ConfigError, match=f"vtlp.*{message}"):
+            build_task("speech_classification", {**OPTIONS, "vtlp": bad})
+
+
+def test_vtlp_with_speed_perturbation_keeps_the_three_speeds(tmp_path: Path) -> None:
+    write_tones(tmp_path / "train.tsv", 2, 1)
+    options = {**OPTIONS, "speed_perturb": True, "vtlp": 0.05, "spec_augment": True}
+    task = build_task("speech_classification", options)
+    data = task.read(tmp_path / "train.tsv")
+    task.fit_labels(data)
+    stream = task.stream(data, None, 0, 0, 1)
+    lengths = {len(next(stream)["input_features"]) for _ in range(40)}
+    assert lengths == {28, 25, 31}
 
 
 def test_collate_pads_features_and_label_sequences() -> None:

@@ -148,7 +148,7 @@ class Filterbank:
                 f"filterbank: low_frequency {low_frequency} must be below Nyquist and the "
                 f"frame ({frame_length_ms} ms) at least 2 samples"
             )
-        self.preemphasis = preemphasis
+        self.preemphasis, self.low_frequency = preemphasis, low_frequency
         self.fft_length = 1 << (self.frame_length - 1).bit_length()  # next power of two
         self.window = _window(window, self.frame_length)  # [frame_length]
         self.mel = _mel_matrix(num_mel_bins, self.fft_length, sample_rate, low_frequency)
@@ -161,6 +161,15 @@ class Filterbank:
 
     def __call__(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Log-mel energies ``[frames, num_mel_bins]`` (float32) of mono ``samples`` in [-1, 1).
+
+        Raises:
+            ConfigError: the waveform is shorter than one frame (callers name the file).
+        """
+        return self.log_mel(self.power(samples))
+
+    def power(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The power spectrum ``[frames, fft_length / 2]`` (float64) the filters read; the
+        Nyquist bin, which no filter weighs, is dropped.
 
         Raises:
             ConfigError: the waveform is shorter than one frame (callers name the file).
@@ -178,8 +187,22 @@ class Filterbank:
             frames = frames - self.preemphasis * previous
         spectrum = torch.fft.rfft(frames * self.window, n=self.fft_length)  # [f, fft/2 + 1]
         power = spectrum.real.square() + spectrum.imag.square()
-        energies = power[:, : self.fft_length // 2] @ self.mel  # [f, mel]
+        return power[:, : self.fft_length // 2]
+
+    def log_mel(self, power: torch.Tensor, warp: float = 1.0) -> torch.Tensor:
+        """Log-mel energies ``[frames, num_mel_bins]`` (float32) of a ``power`` spectrum; with
+        ``warp`` other than 1 the frequency axis is first warped as by a vocal tract that much
+        shorter (``vtlp_frequencies``) - the VTLP augmentation of Jaitly & Hinton (2013)."""
+        mel = self.mel if warp == 1.0 else self.warped(warp)
+        energies = power.to(mel.dtype) @ mel  # [f, mel]
         return energies.clamp(min=_LOG_FLOOR).log().float()
+
+    def warped(self, warp: float) -> torch.Tensor:
+        """The filter matrix ``[fft_length / 2, num_mel_bins]`` evaluated at each FFT bin's
+        warped frequency: energy at ``f`` Hz lands in the filters of ``vtlp_frequencies(f)``."""
+        return _mel_matrix(
+            self.num_mel_bins, self.fft_length, self.sample_rate, self.low_frequency, warp
+        )
 
 
 def _window(kind: str, length: int) -> torch.Tensor:
@@ -195,15 +218,33 @@ def _mel(hz: torch.Tensor | float) -> torch.Tensor:
     return 1127.0 * torch.log1p(torch.as_tensor(hz, dtype=torch.float64) / 700.0)
 
 
-def _mel_matrix(bins: int, fft_length: int, sample_rate: int, low: float) -> torch.Tensor:
+def vtlp_frequencies(hz: torch.Tensor, warp: float, sample_rate: int) -> torch.Tensor:
+    """Vocal tract length perturbation's frequency warp (Jaitly & Hinton, 2013): ``hz * warp``
+    up to a boundary, then the straight line that takes the boundary's image to Nyquist, so the
+    warped axis still spans [0, Nyquist] and is monotonic. The boundary is 0.8 x Nyquist scaled
+    by ``min(warp, 1) / warp`` (their 4,800 Hz of 8 kHz is 0.6 x Nyquist at 16 kHz; 0.8 keeps
+    more of the narrow 8 kHz band linear)."""
+    nyquist = sample_rate / 2
+    boundary = 0.8 * nyquist * min(warp, 1.0) / warp
+    image = boundary * warp  # where the boundary lands
+    upper = nyquist - (nyquist - image) * (nyquist - hz) / (nyquist - boundary)
+    return torch.where(hz <= boundary, hz * warp, upper)
+
+
+def _mel_matrix(
+    bins: int, fft_length: int, sample_rate: int, low: float, warp: float = 1.0
+) -> torch.Tensor:
     """``[fft_length / 2, bins]``: triangles with edges evenly spaced in mel, evaluated at each
-    FFT bin's mel value (Kaldi's construction; the Nyquist bin gets no weight, as there)."""
+    FFT bin's mel value (Kaldi's construction; the Nyquist bin gets no weight, as there); with
+    ``warp`` other than 1, at the mel value of each bin's VTLP-warped frequency."""
     low_mel, high_mel = _mel(low), _mel(sample_rate / 2)
     edges = low_mel + torch.arange(bins + 2, dtype=torch.float64) * (high_mel - low_mel) / (
         bins + 1
     )
     left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # [bins, 1]
     hz = torch.arange(fft_length // 2, dtype=torch.float64) * sample_rate / fft_length
+    if warp != 1.0:
+        hz = vtlp_frequencies(hz, warp, sample_rate)
     mel = _mel(hz)[None, :]  # [1, fft/2]
     rising, falling = (mel - left) / (center - left), (right - mel) / (right - center)
     return torch.clamp(torch.minimum(rising, falling), min=0.0).T.contiguous()

@@ -54,6 +54,12 @@ class SpeechOptions(TaskOptions):
     speed_perturb: bool = False
     """Training instances at 0.9x, 1x or 1.1x speed, drawn per instance (Kaldi's speed
     perturbation: tempo and pitch change together); the recordings are read again for it."""
+    vtlp: float = 0.0
+    """Vocal tract length perturbation (Jaitly & Hinton, 2013) on training instances: each one's
+    frequency axis is warped by a factor drawn from [1 - vtlp, 1 + vtlp] before the mel
+    filters, as if a speaker with a shorter or longer vocal tract said it (0 = off; 0.1 is
+    usual). The recordings are read again and their power spectra kept in memory (fft/2 values a
+    frame instead of num_mel_bins)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +69,11 @@ class SpeechOptions(TaskOptions):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (1000 if name == "sample_rate" else 0):
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not 0.0 <= self.vtlp < 0.5:
+            raise ConfigError(
+                f"vtlp must be in [0, 0.5) (warp factors 1 - vtlp to 1 + vtlp), got {self.vtlp}"
+            )
+        self.vtlp = float(self.vtlp)
         # Mask widths without SpecAugment would be ignored: other than the defaults (which
         # older task.json files record) they are an error.
         widths = {"freq_mask_width": 27, "time_mask_width": 40}
@@ -188,8 +199,9 @@ def read_speech_tsv(
 
 class SpeechStream(RowStream):
     """Endless stream of ``{input_features, labels}`` instances, reshuffled every epoch. The
-    speed (``speed_perturb``) and the SpecAugment masks (``spec_augment``) of an instance are
-    drawn from (seed, epoch, slot), so a resumed run sees the same ones."""
+    speed (``speed_perturb``), the VTLP warp factor (``vtlp``) and the SpecAugment masks
+    (``spec_augment``) of an instance are drawn from (seed, epoch, slot), so a resumed run sees
+    the same ones."""
 
     def __init__(
         self,
@@ -203,9 +215,11 @@ class SpeechStream(RowStream):
         self.start(len(data), seed, rank, world_size, data.path)
         self.data, self.labels, self.options = data, labels, options
         self.seq_length = options.seq_length
-        self.variants = [data.features]
-        if options.speed_perturb:
-            self.variants += [_perturbed(data, options, speed) for speed in SPEEDS]
+        # With VTLP the variants hold power spectra, turned into features per instance.
+        self.bank = options.filterbank() if options.vtlp else None
+        speeds = SPEEDS if options.speed_perturb else ()
+        self.variants = [_perturbed(data, options, 1.0)] if options.vtlp else [data.features]
+        self.variants += [_perturbed(data, options, speed) for speed in speeds]
 
     def __next__(self) -> dict[str, np.ndarray]:
         epoch, slot, row = self.order.current()
@@ -213,6 +227,10 @@ class SpeechStream(RowStream):
         rng = np.random.default_rng([self.seed, epoch, slot])
         variant = int(rng.integers(len(self.variants))) if len(self.variants) > 1 else 0
         features = torch.from_numpy(self.variants[variant][row])
+        if self.bank is not None:
+            vtlp = self.options.vtlp
+            warp = float(rng.uniform(1.0 - vtlp, 1.0 + vtlp))
+            features = normalize(self.bank.log_mel(features, warp))[: self.seq_length]
         if self.options.spec_augment:
             features = spec_augment(
                 features,
@@ -227,8 +245,9 @@ SPEEDS = (0.9, 1.1)
 
 
 def _perturbed(data: SpeechData, options: SpeechOptions, speed: float) -> list[np.ndarray]:
-    """Every row's features at ``speed``: the recording read again and resampled as if it had
-    been recorded at ``speed`` times the rate (shorter and higher for speed > 1)."""
+    """Every row's features at ``speed`` (its whole power spectrum, float32, when
+    ``options.vtlp`` is set): the recording read again and resampled as if it had been recorded at ``speed`` times
+    the rate (shorter and higher for speed > 1)."""
     bank, rate = options.filterbank(), options.sample_rate
     out = []
     for row, audio in enumerate(data.audio):
@@ -237,12 +256,17 @@ def _perturbed(data: SpeechData, options: SpeechOptions, speed: float) -> list[n
         except DataError as error:  # changed since it was read
             raise DataError(f"audio file {error}", data.path, row + data.first_line) from None
         try:
-            features = normalize(bank(resample(samples, round(rate * speed), rate)))
+            power = bank.power(resample(samples, round(rate * speed), rate))
         except ConfigError as error:  # sped up below one frame
             raise DataError(
                 f"audio {audio} at speed {speed}: {error}", data.path, row + data.first_line
             ) from None
-        out.append(features[: options.seq_length].numpy())
+        # Normalised over the whole recording, then cut, as read_speech_tsv does; so spectra
+        # are kept whole and cut once turned into features.
+        if options.vtlp:
+            out.append(power.float().numpy())
+        else:
+            out.append(normalize(bank.log_mel(power))[: options.seq_length].numpy())
     return out
 
 
