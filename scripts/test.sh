@@ -12,4 +12,8 @@ export PRETRAINKIT_DATA="${PRETRAINKIT_DATA:-$PWD/../shared/data}"
 python3 -m ruff check src tests benchmarks
 python3 -m ruff format --check src tests benchmarks
 python3 -m mypy src
-python3 -m pytest "$@"
+# One worker per core (at most 8: each holds torch and transformers in memory); the tests of a
+# file stay on one worker, so a module's shared fixtures are built once. PYTEST_WORKERS=0 runs
+# them in this process.
+workers="${PYTEST_WORKERS:-$(python3 -c 'import os; print(min(len(os.sched_getaffinity(0)), 8))')}"
+python3 -m pytest -n "$workers" --dist loadfile "$@"
