@@ -246,8 +246,8 @@ SPEEDS = (0.9, 1.1)
 
 def _perturbed(data: SpeechData, options: SpeechOptions, speed: float) -> list[np.ndarray]:
     """Every row's features at ``speed`` (its whole power spectrum, float32, when
-    ``options.vtlp`` is set): the recording read again and resampled as if it had been recorded at ``speed`` times
-    the rate (shorter and higher for speed > 1)."""
+    ``options.vtlp`` is set): the recording read again and resampled as if it had been recorded
+    at ``speed`` times the rate (shorter and higher for speed > 1)."""
     bank, rate = options.filterbank(), options.sample_rate
     out = []
     for row, audio in enumerate(data.audio):
